@@ -1,0 +1,1 @@
+//! Peer servers and criterion micro-benchmarks for `cargo xtask bench`.

@@ -1,0 +1,1 @@
+//! Shard-local bucketized cuckoo cache of validated tokens.

@@ -1,0 +1,1 @@
+//! Command-line interface (clap): serve, keygen, token, stats, block, audit.

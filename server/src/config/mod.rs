@@ -1,0 +1,1 @@
+//! Configuration: TOML file, flags on top, every limit validated once at start.

@@ -1,0 +1,2 @@
+//! The `subzero` binary: a thin clap front over the library.
+fn main() {}

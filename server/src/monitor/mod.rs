@@ -1,0 +1,1 @@
+//! Monitor: latency histograms, counters and the Prometheus exposition.

@@ -1,0 +1,1 @@
+//! Shard-local pool of pre-signed tokens per (client, audience, scope set).

@@ -1,0 +1,2 @@
+//! xtask: bootstrap, test, run and bench tooling that cargo alone cannot do.
+fn main() {}
