@@ -16,8 +16,11 @@
 //! Memory: each slot costs [`SLOT_OVERHEAD_BYTES`] beyond the value (a 2-byte tag, the 8-byte
 //! hash, the 8-byte expiry and the 16-byte boxed-slice pointer: 34 bytes for a value with
 //! alignment ≤ 8), plus the token bytes themselves and the allocator's header for that box
-//! (8–16 bytes with glibc malloc). At a 90% load factor that is about 38 bytes per cached entry
-//! before the allocator header, 54 after: well under the 128-byte budget.
+//! (8–16 bytes with glibc malloc). Values are stored inline, so an empty slot also holds a
+//! value's space: at load factor `L` the overhead per cached entry is
+//! `(34 + size_of::<V>()) / L - size_of::<V>()`. For a 96-byte value at 90% load that is 48
+//! bytes (64 with the allocator header): within the 128-byte budget. Size the cache near the
+//! expected entry count; a mostly empty table wastes value-sized slots.
 
 #[cfg(test)]
 mod tests;
