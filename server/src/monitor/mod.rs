@@ -80,7 +80,10 @@ impl OpHistograms {
 
     /// Records one request of `op` that took `ns`.
     pub fn record(&mut self, op: Op, ns: u64) {
-        let idx = Op::ALL.iter().position(|&o| o == op).unwrap_or(Op::ALL.len() - 1);
+        let idx = Op::ALL
+            .iter()
+            .position(|&o| o == op)
+            .unwrap_or(Op::ALL.len() - 1);
         self.hists[idx].saturating_record(ns.max(1));
     }
 
