@@ -1,7 +1,9 @@
 //! Shared helpers for end-to-end tests: start the real `subzero` binary on loopback, speak
 //! HTTP/1.1 to it over plain sockets, and stop it by pid.
 #![allow(dead_code)] // reason: each test file uses a different subset.
+#![allow(clippy::zombie_processes)] // reason: `Server::drop` kills and reaps the child.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -197,10 +199,10 @@ impl Conn {
 pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
     let mut text = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
     for (k, v) in headers {
-        text.push_str(&format!("{k}: {v}\r\n"));
+        let _ = write!(text, "{k}: {v}\r\n");
     }
     if !body.is_empty() || method == "POST" || method == "PUT" {
-        text.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        let _ = write!(text, "Content-Length: {}\r\n", body.len());
     }
     text.push_str("\r\n");
     text.push_str(body);
