@@ -159,7 +159,7 @@ pub(crate) fn start(cfg: &GateConfig, listener_fds: &[RawFd]) -> Result<Started,
     {
         let xdp = xdp_program(&mut ebpf)?;
         for iface in &cfg.xdp_ifaces {
-            ifaces.push((iface.clone(), attach_xdp(xdp, iface)));
+            ifaces.push((iface.clone(), attach_xdp(xdp, iface, cfg.force_generic)));
         }
     }
     let n_failed = ifaces.iter().filter(|(_, m)| *m == GateMode::Off).count();
@@ -212,7 +212,16 @@ pub(crate) fn start(cfg: &GateConfig, listener_fds: &[RawFd]) -> Result<Started,
 }
 
 /// Driver mode first, then generic with a warning; `Off` when neither works.
-fn attach_xdp(xdp: &mut Xdp, iface: &str) -> GateMode {
+fn attach_xdp(xdp: &mut Xdp, iface: &str, force_generic: bool) -> GateMode {
+    if force_generic {
+        return match xdp.attach(iface, XdpMode::Skb) {
+            Ok(_) => GateMode::Generic,
+            Err(e) => {
+                tracing::warn!("gate: XDP generic mode could not attach to {iface}: {e}");
+                GateMode::Off
+            }
+        };
+    }
     match xdp.attach(iface, XdpMode::Driver) {
         Ok(_) => GateMode::Native,
         Err(native_err) => match xdp.attach(iface, XdpMode::Skb) {

@@ -30,6 +30,8 @@ pub use subzero_common::{Reason, N_REASONS, PIN_DIR};
 pub struct GateConfig {
     /// Interfaces to attach XDP to (driver mode, generic as fallback). Empty → gate off.
     pub xdp_ifaces: Vec<String>,
+    /// Attach in generic (SKB) mode only, skipping driver mode (tests, misbehaving drivers).
+    pub force_generic: bool,
     /// Attach the socket filter to the listeners on interfaces where XDP could not attach.
     pub socket_filter: bool,
     /// New TCP connections (SYN) per second per source.
@@ -52,6 +54,7 @@ impl Default for GateConfig {
     fn default() -> GateConfig {
         GateConfig {
             xdp_ifaces: Vec::new(),
+            force_generic: false,
             socket_filter: true,
             syn_rate_per_s: 200,
             syn_burst: 400,
