@@ -81,6 +81,18 @@ pub(crate) fn load_object() -> Result<Ebpf, GateError> {
     Ok(ebpf)
 }
 
+/// An error with its sources, `a: b: c` (aya keeps the errno in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        cur = s.source();
+    }
+    text
+}
+
 fn verbose(e: &aya::programs::ProgramError) -> String {
     match e {
         aya::programs::ProgramError::LoadError {
@@ -89,7 +101,7 @@ fn verbose(e: &aya::programs::ProgramError) -> String {
         } => {
             format!("{io_error}; verifier log:\n{verifier_log}")
         }
-        other => other.to_string(),
+        other => chain(other),
     }
 }
 
@@ -181,7 +193,7 @@ pub(crate) fn start(cfg: &GateConfig, listener_fds: &[RawFd]) -> Result<Started,
             match sock.attach(borrowed) {
                 Ok(()) => n_attached += 1,
                 Err(e) => {
-                    tracing::warn!("gate: socket filter did not attach to listener fd {fd}: {e}")
+                    tracing::warn!("gate: socket filter did not attach to listener fd {fd}: {e}");
                 }
             }
         }
@@ -217,7 +229,10 @@ fn attach_xdp(xdp: &mut Xdp, iface: &str, force_generic: bool) -> GateMode {
         return match xdp.attach(iface, XdpMode::Skb) {
             Ok(_) => GateMode::Generic,
             Err(e) => {
-                tracing::warn!("gate: XDP generic mode could not attach to {iface}: {e}");
+                tracing::warn!(
+                    "gate: XDP generic mode could not attach to {iface}: {}",
+                    chain(&e)
+                );
                 GateMode::Off
             }
         };
@@ -226,11 +241,18 @@ fn attach_xdp(xdp: &mut Xdp, iface: &str, force_generic: bool) -> GateMode {
         Ok(_) => GateMode::Native,
         Err(native_err) => match xdp.attach(iface, XdpMode::Skb) {
             Ok(_) => {
-                tracing::warn!("gate: XDP driver mode unavailable on {iface} ({native_err}); using generic (SKB) mode");
+                tracing::warn!(
+                    "gate: XDP driver mode unavailable on {iface} ({}); using generic (SKB) mode",
+                    chain(&native_err)
+                );
                 GateMode::Generic
             }
             Err(generic_err) => {
-                tracing::warn!("gate: XDP could not attach to {iface}: driver mode: {native_err}; generic mode: {generic_err}");
+                tracing::warn!(
+                    "gate: XDP could not attach to {iface}: driver mode: {}; generic mode: {}",
+                    chain(&native_err),
+                    chain(&generic_err)
+                );
                 GateMode::Off
             }
         },

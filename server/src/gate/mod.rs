@@ -67,6 +67,28 @@ impl Default for GateConfig {
     }
 }
 
+impl GateConfig {
+    /// The gate settings for a loaded `[gate]` section; unset keys keep their defaults.
+    pub fn from_section(
+        section: &crate::config::GateSection,
+        data_dir: &std::path::Path,
+    ) -> GateConfig {
+        let d = GateConfig::default();
+        GateConfig {
+            xdp_ifaces: section.xdp.clone(),
+            force_generic: d.force_generic,
+            socket_filter: section.socket_filter.unwrap_or(d.socket_filter),
+            syn_rate_per_s: section.syn_rate_per_s.unwrap_or(d.syn_rate_per_s),
+            syn_burst: section.syn_burst.unwrap_or(d.syn_burst),
+            pkt_rate_per_s: section.pkt_rate_per_s.unwrap_or(d.pkt_rate_per_s),
+            pkt_burst: section.pkt_burst.unwrap_or(d.pkt_burst),
+            block_ttl_s: section.block_ttl_s.unwrap_or(d.block_ttl_s),
+            persist_blocklist: section.persist_blocklist.unwrap_or(d.persist_blocklist),
+            data_dir: data_dir.to_path_buf(),
+        }
+    }
+}
+
 /// How the gate is filtering.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GateMode {
