@@ -155,7 +155,8 @@ impl BlockEntry {
     }
 }
 
-/// Key of `SZ_RATE`: the source address, IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`).
+/// Key of `SZ_RATE`: the source address, IPv4 as v4-mapped IPv6 (`::ffff:a.b.c.d`), IPv6 as
+/// its /64 prefix (low 64 bits zero).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
 pub struct RateKey {

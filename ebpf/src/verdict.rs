@@ -38,7 +38,11 @@ pub fn rate_limited(src: Src, l4: L4, now_ns: u64) -> bool {
     }
     let key = match src {
         Src::V4(a) => RateKey::v4(a),
-        Src::V6(a) => RateKey::v6(a),
+        // One bucket per /64: a single IPv6 host usually owns the whole prefix and could
+        // otherwise rotate through it to get a fresh bucket per address.
+        Src::V6(a) => RateKey::v6([
+            a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], 0, 0, 0, 0, 0, 0, 0, 0,
+        ]),
     };
     let is_syn = l4 == L4::Syn;
     let Some(entry) = SZ_RATE.get_ptr_mut(&key) else {

@@ -483,9 +483,17 @@ fn packet_bucket_limits_all_packets_per_source() {
         Reason::DropRate,
         "packet 6",
     );
+    // The bucket is per /64: another address in the same /64 shares it, another /64 does not.
     expect(
         &mut h,
         &frame_v6("2001:db8:77::2", UDP, &udp()),
+        XDP_DROP,
+        Reason::DropRate,
+        "same /64",
+    );
+    expect(
+        &mut h,
+        &frame_v6("2001:db8:78::2", UDP, &udp()),
         XDP_PASS,
         Reason::Pass,
         "other source",
@@ -531,4 +539,58 @@ fn socket_filter_applies_the_blocklist() {
         after[Reason::Pass as usize] - before[Reason::Pass as usize],
         2
     );
+}
+
+// ---- cost -----------------------------------------------------------------------------------
+
+#[test]
+fn repeated_runs_count_every_packet_and_report_the_cost() {
+    let Some(mut h) = harness() else { return };
+    block(&mut h, "10.0.0.0/8");
+    for i in 0..1_000u32 {
+        // A realistic trie: a thousand /32s next to the /8.
+        let [a, b, c, d] = (0xC633_0000 + i).to_be_bytes();
+        block(&mut h, &format!("{a}.{b}.{c}.{d}"));
+    }
+    let n = 100_000;
+    for (what, frame, action, reason) in [
+        (
+            "blocked SYN",
+            syn_v4("10.9.8.7"),
+            XDP_DROP,
+            Reason::DropBlock,
+        ),
+        (
+            "allowed ACK",
+            frame_v4("192.0.2.200", TCP, &tcp(ACK)),
+            XDP_PASS,
+            Reason::Pass,
+        ),
+        (
+            "ARP",
+            {
+                let mut f = eth(&[], 0x0806);
+                f.extend_from_slice(&[0u8; 28]);
+                f
+            },
+            XDP_PASS,
+            Reason::Pass,
+        ),
+    ] {
+        // Buckets on (so the cost includes the SZ_RATE update) but too large to ever drop.
+        h.set_rates(u32::MAX, u32::MAX, u32::MAX, u32::MAX).unwrap();
+        let before = h.counters().unwrap();
+        let (got, per_run) = h.time_xdp(&frame, n).unwrap();
+        let after = h.counters().unwrap();
+        assert_eq!(got, action, "{what}");
+        assert_eq!(
+            after[reason as usize] - before[reason as usize],
+            u64::from(n),
+            "{what}: every run counted"
+        );
+        eprintln!(
+            "{what}: {} ns per run in the kernel (BPF_PROG_TEST_RUN, {n} repeats)",
+            per_run.as_nanos()
+        );
+    }
 }

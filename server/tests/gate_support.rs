@@ -288,10 +288,16 @@ pub fn healthz_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::i
     Ok(text.lines().next().unwrap_or("").to_owned())
 }
 
-/// Sends `n` crafted packets from `src` to `dst:port` through a raw IPv4 socket (`IP_HDRINCL`):
-/// TCP SYNs with rising source ports, or UDP datagrams. Returns how many the kernel accepted.
+/// Sends `n` crafted packets from `src` to `dst:port` through a raw IPv4 socket (`IP_HDRINCL`),
+/// 256 per `sendmmsg`: TCP SYNs with varying source ports, or UDP datagrams. Returns how many
+/// the kernel accepted.
 pub fn raw_flood(src: Ipv4Addr, dst: Ipv4Addr, port: u16, n: usize, syn: bool) -> usize {
-    // SAFETY: raw socket owned here and closed at the end; buffers outlive each call.
+    const BATCH: usize = 256;
+    let packets: Vec<Vec<u8>> = (0..BATCH)
+        .map(|i| packet(src, dst, 10_000 + i as u16, port, syn))
+        .collect();
+    // SAFETY: raw socket owned here and closed at the end; the iovecs and headers point into
+    // `packets` and `to`, which outlive every call.
     unsafe {
         let fd = libc::socket(
             libc::AF_INET,
@@ -307,7 +313,7 @@ pub fn raw_flood(src: Ipv4Addr, dst: Ipv4Addr, port: u16, n: usize, syn: bool) -
             (&raw const on).cast(),
             4,
         );
-        let to = libc::sockaddr_in {
+        let mut to = libc::sockaddr_in {
             sin_family: libc::AF_INET as libc::sa_family_t,
             sin_port: 0,
             sin_addr: libc::in_addr {
@@ -315,19 +321,38 @@ pub fn raw_flood(src: Ipv4Addr, dst: Ipv4Addr, port: u16, n: usize, syn: bool) -
             },
             sin_zero: [0; 8],
         };
+        let mut iovs: Vec<libc::iovec> = packets
+            .iter()
+            .map(|p| libc::iovec {
+                iov_base: p.as_ptr() as *mut _,
+                iov_len: p.len(),
+            })
+            .collect();
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                let mut h: libc::msghdr = std::mem::zeroed();
+                h.msg_name = (&raw mut to).cast();
+                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+                h.msg_iov = iov;
+                h.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: h,
+                    msg_len: 0,
+                }
+            })
+            .collect();
         let mut sent = 0;
-        for i in 0..n {
-            let pkt = packet(src, dst, 10_000 + (i % 50_000) as u16, port, syn);
-            let rc = libc::sendto(
-                fd,
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&raw const to).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
+        let mut n_errors = 0;
+        while sent < n && n_errors < 1_000 {
+            let want = (n - sent).min(BATCH);
+            let rc = libc::sendmmsg(fd, msgs.as_mut_ptr(), want as u32, 0);
             if rc > 0 {
-                sent += 1;
+                sent += rc as usize;
+            } else {
+                // ENOBUFS under pressure: back off briefly.
+                n_errors += 1;
+                std::thread::sleep(Duration::from_micros(100));
             }
         }
         libc::close(fd);

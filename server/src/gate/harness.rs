@@ -62,6 +62,27 @@ impl GateHarness {
             })
     }
 
+    /// Runs the XDP program `repeat` times on `frame` in the kernel; returns the action and the
+    /// kernel-measured mean time per run.
+    pub fn time_xdp(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), GateError> {
+        let prog = xdp_program(&mut self.ebpf)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::new()
+        };
+        prog.test_run(opts)
+            .map(|r| (r.return_value, r.duration))
+            .map_err(|e| GateError::Load {
+                what: "XDP test run",
+                message: e.to_string(),
+            })
+    }
+
     /// Runs the socket filter once on `frame` (Ethernet onwards; the kernel strips it);
     /// returns the bytes kept (0 = dropped).
     pub fn run_socket(&mut self, frame: &[u8]) -> Result<u32, GateError> {

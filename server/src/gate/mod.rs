@@ -317,3 +317,24 @@ impl Gate {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_is_send_and_off_by_default() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Gate>();
+        let gate = Gate::start(&GateConfig::default(), &[]);
+        assert_eq!(gate.mode(), GateMode::Off);
+        assert_eq!(GateMode::Generic.as_str(), "generic");
+    }
+
+    #[test]
+    fn until_ns_zero_ttl_is_forever() {
+        assert_eq!(until_ns(5, 0), 0);
+        assert_eq!(until_ns(5, 2), 2_000_000_005);
+        assert_eq!(until_ns(u64::MAX - 1, 10), u64::MAX);
+    }
+}
