@@ -483,3 +483,56 @@ fn hold_gate_until_killed() {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// With no bpffs at /sys/fs/bpf (a private mount namespace with it unmounted), the loader
+/// mounts one and pins there.
+#[test]
+fn mounts_bpffs_when_missing() {
+    if !privileged("bpffs mount test") {
+        return;
+    }
+    let _g = lock();
+    let ns = NetNs::lo_only('k');
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let (was_bpffs, mode, now_bpffs, pinned) = ns.run(move || {
+        // SAFETY: this thread gets its own mount namespace; the strings are NUL-terminated.
+        unsafe {
+            assert_eq!(
+                libc::unshare(libc::CLONE_NEWNS),
+                0,
+                "unshare: {}",
+                std::io::Error::last_os_error()
+            );
+            let rc = libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            assert_eq!(rc, 0, "make / private: {}", std::io::Error::last_os_error());
+            while is_bpffs("/sys/fs/bpf") {
+                assert_eq!(libc::umount2(c"/sys/fs/bpf".as_ptr(), libc::MNT_DETACH), 0);
+            }
+        }
+        let was_bpffs = is_bpffs("/sys/fs/bpf");
+        let gate = Gate::start(&config(&["lo"], &data_dir), &[]);
+        let mode = gate.mode();
+        let now_bpffs = is_bpffs("/sys/fs/bpf");
+        let pinned = Path::new(PIN_DIR).join("SZ_COUNTERS").exists();
+        drop(gate);
+        (was_bpffs, mode, now_bpffs, pinned)
+    });
+    assert!(!was_bpffs, "bpffs was unmounted for the test");
+    assert_eq!(mode, GateMode::Generic);
+    assert!(now_bpffs, "the loader mounted bpffs");
+    assert!(pinned, "and pinned there");
+}
+
+fn is_bpffs(path: &str) -> bool {
+    let c = std::ffi::CString::new(path).unwrap();
+    // SAFETY: zeroed statfs is a valid out-buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &raw mut st) }) == 0 && st.f_type == 0xcafe_4a11
+}
