@@ -319,6 +319,52 @@ fn batch_verifies_many_and_reports_each() {
     assert_eq!(results[8]["claims"]["sub"], "u8");
 }
 
+#[test]
+fn large_batch_is_split_across_shards_and_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let mut tokens: Vec<String> = (0..600)
+        .map(|i| issue_fast(dir.path(), &format!("u{i}")))
+        .collect();
+    for i in [0, 299, 300, 599] {
+        tokens[i] = format!("{}x", tokens[i]); // corrupt the signature
+    }
+    let body = serde_json::json!({ "tokens": tokens }).to_string();
+    let resp = server.request("POST", "/v1/authenticate/batch", &[], &body);
+    assert_eq!(
+        resp.status,
+        200,
+        "{}",
+        &resp.body[..resp.body.len().min(300)]
+    );
+    let json = resp.json();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 600);
+    assert_eq!(json["valid"], 596);
+    for (i, r) in results.iter().enumerate() {
+        if [0, 299, 300, 599].contains(&i) {
+            assert_eq!(r["valid"], false, "token {i}");
+        } else {
+            assert_eq!(
+                r["claims"]["sub"],
+                format!("u{i}"),
+                "token {i} out of order"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let metrics = server.request("GET", "/metrics", &[], "").body;
+    let parts: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("subzero_batch_parts_served_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        parts >= 1,
+        "no part was verified on another shard:\n{metrics}"
+    );
+}
+
 /// Signs in-process (the CLI would cost a process start per token).
 fn issue_fast(data_dir: &std::path::Path, sub: &str) -> String {
     let ring = KeyRing::load(data_dir, now_s()).unwrap();

@@ -19,12 +19,6 @@ struct TokenBody<'a> {
     token: std::borrow::Cow<'a, str>,
 }
 
-#[derive(Deserialize)]
-struct BatchBody<'a> {
-    #[serde(borrow)]
-    tokens: Vec<std::borrow::Cow<'a, str>>,
-}
-
 impl ShardApp {
     /// Looks `token` up in the cache, else verifies it (reloading an external issuer's JWKS
     /// once on an unknown kid), checks revocation and caches the result.
@@ -54,7 +48,7 @@ impl ShardApp {
     }
 
     /// Revocation check and cache insert for a freshly verified token.
-    fn admit(
+    pub(super) fn admit(
         &mut self,
         token: &[u8],
         claims: Result<Claims, TokenError>,
@@ -147,71 +141,6 @@ impl ShardApp {
             }
         }
         op
-    }
-
-    pub(super) fn authenticate_batch(
-        &mut self,
-        req: &Request<'_>,
-        now_s: u64,
-        out: &mut Vec<u8>,
-    ) -> Op {
-        let ka = req.keep_alive;
-        let body: BatchBody<'_> = match serde_json::from_slice(req.body) {
-            Ok(body) => body,
-            Err(_) => {
-                respond::error(
-                    out,
-                    Status::BadRequest,
-                    "invalid_request",
-                    "body must be JSON {\"tokens\": [\"...\", ...]}",
-                    ka,
-                );
-                return Op::Other;
-            }
-        };
-        let max = self.config().auth.max_batch_tokens;
-        if body.tokens.is_empty() || body.tokens.len() > max {
-            let text = format!("a batch holds 1 to {max} tokens, got {}", body.tokens.len());
-            respond::error(out, Status::BadRequest, "invalid_request", &text, ka);
-            return Op::Other;
-        }
-        // Cache hits first; the misses are verified together (Ed25519 batch verification).
-        let mut results: Vec<Option<Result<Rc<Cached>, Denial>>> = body
-            .tokens
-            .iter()
-            .map(|t| {
-                self.cache
-                    .get(t.as_bytes(), now_s)
-                    .map(|c| Ok(Rc::clone(c)))
-            })
-            .collect();
-        let miss_idx: Vec<usize> = (0..results.len())
-            .filter(|&i| results[i].is_none())
-            .collect();
-        let misses: Vec<&[u8]> = miss_idx
-            .iter()
-            .map(|&i| body.tokens[i].as_bytes())
-            .collect();
-        let verified = self.verifier.verify_batch(&misses, now_s);
-        for (&i, claims) in miss_idx.iter().zip(verified) {
-            results[i] = Some(self.admit(body.tokens[i].as_bytes(), claims, now_s));
-        }
-        let items: Vec<serde_json::Value> = results
-            .into_iter()
-            .map(|r| match r {
-                Some(Ok(cached)) => serde_json::json!({ "valid": true, "claims": cached.claims }),
-                Some(Err(denial)) => serde_json::json!({
-                    "valid": false,
-                    "error": "invalid_token",
-                    "error_description": denial.description(),
-                }),
-                None => serde_json::json!({ "valid": false, "error": "server_error" }),
-            })
-            .collect();
-        let n_valid = items.iter().filter(|v| v["valid"] == true).count();
-        let text = serde_json::json!({ "results": items, "valid": n_valid }).to_string();
-        http::write_json(out, Status::Ok, text.as_bytes(), ka);
-        Op::AuthenticateBatch
     }
 }
 

@@ -8,6 +8,7 @@
 //! to the control plane, and the response waits for it as a deferred ticket.
 
 mod authn;
+mod batch;
 mod respond;
 mod token;
 
@@ -65,6 +66,26 @@ pub enum ShardMsg {
         /// Until when.
         exp_s: u64,
     },
+    /// Part of a split batch to verify on this shard.
+    BatchPart {
+        /// Shard that owns the request.
+        origin: usize,
+        /// Its batch id.
+        batch_id: u64,
+        /// Index of the first token in the whole batch.
+        offset: usize,
+        /// The tokens.
+        tokens: Vec<String>,
+    },
+    /// Verdicts for a part, back to the origin.
+    BatchDone {
+        /// Batch id at the origin.
+        batch_id: u64,
+        /// Index of the first token.
+        offset: usize,
+        /// One per token.
+        verdicts: Vec<batch::Verdict>,
+    },
     /// The response to a deferred request.
     Answer {
         /// The shard's ticket.
@@ -120,6 +141,7 @@ struct Counters {
     auth_denied: u64,
     jwks_reloads: u64,
     control_busy: u64,
+    batch_parts_served: u64,
 }
 
 /// One shard's application state.
@@ -134,6 +156,7 @@ pub struct ShardApp {
     pool: TokenPool,
     hists: OpHistograms,
     counters: Counters,
+    batches: batch::Batches,
     last_publish_s: u64,
     last_sweep_s: u64,
 }
@@ -172,6 +195,7 @@ impl ShardApp {
             pool,
             hists: OpHistograms::new(),
             counters: Counters::default(),
+            batches: batch::Batches::default(),
             last_publish_s: 0,
             last_sweep_s: 0,
             shared,
@@ -190,9 +214,7 @@ impl ShardApp {
                 done(self.authenticate_get(req, cx.now_s, out))
             }
             (Method::Post, "/v1/authenticate") => done(self.authenticate_post(req, cx.now_s, out)),
-            (Method::Post, "/v1/authenticate/batch") => {
-                done(self.authenticate_batch(req, cx.now_s, out))
-            }
+            (Method::Post, "/v1/authenticate/batch") => self.authenticate_batch(req, cx, out),
             (Method::Post, "/v1/token") => done(self.issue_token(req, cx.now_s, out)),
             (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
@@ -286,6 +308,10 @@ impl ShardApp {
             ("subzero_auth_denied_total", self.counters.auth_denied),
             ("subzero_jwks_reloads_total", self.counters.jwks_reloads),
             ("subzero_control_busy_total", self.counters.control_busy),
+            (
+                "subzero_batch_parts_served_total",
+                self.counters.batch_parts_served,
+            ),
             ("subzero_cache_hits_total", c.hits),
             ("subzero_cache_misses_total", c.misses),
             ("subzero_cache_evictions_total", c.evictions),
@@ -333,8 +359,19 @@ impl Handler for ShardApp {
         outcome
     }
 
-    fn on_message(&mut self, msg: ShardMsg, _now_s: u64, ready: &mut Ready) {
+    fn on_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
         match msg {
+            ShardMsg::BatchPart {
+                origin,
+                batch_id,
+                offset,
+                tokens,
+            } => self.on_batch_part(origin, batch_id, offset, &tokens, now_s),
+            ShardMsg::BatchDone {
+                batch_id,
+                offset,
+                verdicts,
+            } => self.on_batch_done(batch_id, offset, verdicts, ready),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));
                 self.verifier = snapshot.verifier.clone();

@@ -445,7 +445,7 @@ fn ed25519_signature_is_batchable(signature: &Signature) -> bool {
     }
     let r = CompressedEdwardsY(*signature.r_bytes());
     match r.decompress() {
-        Some(point) => point.compress() == r && !point.is_small_order(),
+        Some(point) => point.compress() == r && !point.is_small_order() && point.is_torsion_free(),
         None => false,
     }
 }

@@ -47,11 +47,18 @@ impl Server {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("subzero did not report its address within 20 s"));
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "subzero did not report its address within 20 s; it said:\n{}",
+                    seen.join("\n")
+                );
+            };
+            seen.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.trim().parse().expect("address in log line");
                 return Server {
