@@ -17,6 +17,8 @@ fn main() -> anyhow::Result<()> {
     // Directories: cargo rescans their mtimes, so edits to any source file rebuild the object.
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!("cargo:rerun-if-changed={}", common_dir.display());
+    // The eBPF release profile lives in the workspace manifest.
+    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
