@@ -18,7 +18,10 @@ fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-changed={}", ebpf_dir.display());
     println!("cargo:rerun-if-changed={}", common_dir.display());
     // The eBPF release profile lives in the workspace manifest.
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.toml").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.toml").display()
+    );
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow::anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;

@@ -11,7 +11,10 @@ use std::time::Instant;
 use subzero::shard::mesh::Mesh;
 
 fn thread_cpu_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid timespec pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -39,7 +42,11 @@ fn run(parked: bool, n_round_trips: u64) -> (f64, f64) {
                         // SAFETY: 8-byte read from our eventfd into a u64 (non-blocking fd:
                         // poll first).
                         unsafe {
-                            let mut pfd = libc::pollfd { fd: waker.fd(), events: libc::POLLIN, revents: 0 };
+                            let mut pfd = libc::pollfd {
+                                fd: waker.fd(),
+                                events: libc::POLLIN,
+                                revents: 0,
+                            };
                             libc::poll(&raw mut pfd, 1, 100);
                             libc::read(waker.fd(), (&raw mut buf).cast(), 8);
                         }
@@ -80,7 +87,11 @@ fn main() {
         let (rtt_ns, owner_cpu_ns) = run(parked, if parked { 20_000 } else { 200_000 });
         println!(
             "owner {}: round trip {:.2} µs wall, owner CPU {:.2} µs per round trip",
-            if parked { "parked (eventfd wake)" } else { "busy (spinning)" },
+            if parked {
+                "parked (eventfd wake)"
+            } else {
+                "busy (spinning)"
+            },
             rtt_ns / 1000.0,
             owner_cpu_ns / 1000.0
         );
