@@ -7,7 +7,6 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use curve25519_dalek::edwards::CompressedEdwardsY;
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use rand::RngCore as _;
@@ -105,6 +104,7 @@ pub struct Verifier {
     /// Set by `from_jwks_file`: keys for any issuer, no audience check.
     any_issuer: Option<Vec<KeyEntry>>,
     batch_mode: BatchMode,
+    small_order_ys: SmallOrderYs,
 }
 
 const _: () = {
@@ -148,6 +148,7 @@ impl Verifier {
             issuers: Vec::new(),
             any_issuer: None,
             batch_mode: BatchMode::Strict,
+            small_order_ys: small_order_ys(),
         }
     }
 
@@ -162,6 +163,7 @@ impl Verifier {
             issuers: Vec::new(),
             any_issuer: Some(jwk::read_jwks_file(path)?),
             batch_mode: BatchMode::Strict,
+            small_order_ys: small_order_ys(),
         })
     }
 
@@ -251,7 +253,9 @@ impl Verifier {
                 }
             };
             match &prepared.signature {
-                TokenSignature::Ed25519(signature) if ed25519_signature_is_batchable(signature) => {
+                TokenSignature::Ed25519(signature)
+                    if ed25519_signature_is_batchable(signature, &self.small_order_ys) =>
+                {
                     pending.push((token_idx, prepared));
                     if pending.len() == BATCH_CHUNK {
                         self.flush_batch(&mut pending, &mut results, now_s);
@@ -472,20 +476,36 @@ fn check_signature(p: &Prepared<'_, '_>) -> Result<(), TokenError> {
     }
 }
 
-/// Whether a signature may go into a `BatchMode::Fast` batch: `verify_strict` refuses
-/// non-canonical `S`, undecodable, non-canonically encoded or small-order `R`; the batch
-/// equation does not check these, so such signatures are kept out and checked one by one (and
-/// refused). A torsion component in `R` is not checked here: that costs a scalar
-/// multiplication, more than the batch saves (see `BatchMode`).
-fn ed25519_signature_is_batchable(signature: &Signature) -> bool {
+/// The `y` coordinates (sign bit clear) of the eight points of small order.
+type SmallOrderYs = [[u8; 32]; 8];
+
+fn small_order_ys() -> SmallOrderYs {
+    let mut ys = [[0u8; 32]; 8];
+    for (y, point) in ys
+        .iter_mut()
+        .zip(curve25519_dalek::constants::EIGHT_TORSION.iter())
+    {
+        *y = point.compress().to_bytes();
+        y[31] &= 0x7f;
+    }
+    ys
+}
+
+/// Whether a signature may go into a `BatchMode::Fast` batch. `verify_strict` refuses a
+/// non-canonical `S`, and an `R` that is non-canonically encoded (`y >= p`, or `x = 0` with the
+/// sign bit set, which only `y = ±1` allow) or of small order; the batch equation checks none
+/// of these, so such signatures are kept out and checked one by one (and refused). Byte
+/// compares only: no point decompression. An `R` off the curve makes its chunk fail, and the
+/// fallback refuses it. A torsion component in `R` is not checked (see `BatchMode::Fast`).
+fn ed25519_signature_is_batchable(signature: &Signature, small_order_ys: &SmallOrderYs) -> bool {
     if bool::from(Scalar::from_canonical_bytes(*signature.s_bytes()).is_none()) {
         return false;
     }
-    let r = CompressedEdwardsY(*signature.r_bytes());
-    match r.decompress() {
-        Some(point) => point.compress() == r && !point.is_small_order(),
-        None => false,
-    }
+    let mut y = *signature.r_bytes();
+    y[31] &= 0x7f;
+    // p = 2^255 - 19, little-endian: ed ff .. ff 7f.
+    let y_at_least_p = y[31] == 0x7f && y[1..31].iter().all(|&b| b == 0xff) && y[0] >= 0xed;
+    !y_at_least_p && !small_order_ys.contains(&y)
 }
 
 #[cfg(test)]
@@ -686,25 +706,45 @@ mod tests {
     #[test]
     fn batch_prefilter_matches_strict_rules() {
         let (_dir, ring, _) = fixture();
+        let ys = small_order_ys();
+        let batchable =
+            |bytes: &[u8; 64]| ed25519_signature_is_batchable(&Signature::from_bytes(bytes), &ys);
         let good = ring.signing_key().sign(b"m");
-        assert!(ed25519_signature_is_batchable(&good));
+        assert!(batchable(&good.to_bytes()));
+        // Every small-order point, under both sign bits, is kept out of batches.
+        for point in &curve25519_dalek::constants::EIGHT_TORSION {
+            for sign in [0, 0x80] {
+                let mut bytes = good.to_bytes();
+                bytes[..32].copy_from_slice(point.compress().as_bytes());
+                bytes[31] = (bytes[31] & 0x7f) | sign;
+                assert!(!batchable(&bytes), "{point:?}");
+            }
+        }
+        // Every y >= p (a non-canonical encoding) is kept out; y = p - 2 is canonical and
+        // not of small order, so it passes (whether it is on the curve is the batch's job).
+        let mut bytes = good.to_bytes();
+        bytes[..32].copy_from_slice(&[0xff; 32]);
+        bytes[0] = 0xeb;
+        bytes[31] = 0x7f;
+        assert!(batchable(&bytes));
+        for low in 0xedu8..=0xff {
+            let mut bytes = good.to_bytes();
+            bytes[..32].copy_from_slice(&[0xff; 32]);
+            bytes[0] = low;
+            bytes[31] = 0x7f;
+            assert!(!batchable(&bytes), "y low byte {low:#x}");
+        }
         let mut bytes = good.to_bytes();
         bytes[63] |= 0xf0; // S >= l
-        assert!(!ed25519_signature_is_batchable(&Signature::from_bytes(
-            &bytes
-        )));
+        assert!(!batchable(&bytes));
         let mut bytes = good.to_bytes();
         bytes[..32].copy_from_slice(&[0; 32]);
         bytes[0] = 1; // R = identity, small order
-        assert!(!ed25519_signature_is_batchable(&Signature::from_bytes(
-            &bytes
-        )));
+        assert!(!batchable(&bytes));
         let mut bytes = good.to_bytes();
         bytes[..32].copy_from_slice(&[0xff; 32]);
         bytes[0] = 0xee;
         bytes[31] = 0x7f; // y = p + 1: a non-canonical encoding of y = 1 (identity)
-        assert!(!ed25519_signature_is_batchable(&Signature::from_bytes(
-            &bytes
-        )));
+        assert!(!batchable(&bytes));
     }
 }
