@@ -348,6 +348,17 @@ fn jwks_file_verifier_accepts_any_issuer_and_audience_in_the_file() {
         verifier.verify(es.as_bytes(), NOW_S),
         Err(TokenError::UnknownKid { issuer: None })
     );
+
+    let from_ring = Verifier::from_keyring(&w.ring, 0);
+    assert_eq!(from_ring.verify(token.as_bytes(), NOW_S), Ok(c.clone()));
+    assert_eq!(
+        from_ring.verify(token.as_bytes(), c.exp),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(
+        from_ring.verify(es.as_bytes(), NOW_S),
+        Err(TokenError::UnknownKid { issuer: None })
+    );
 }
 
 /// RFC 7638 thumbprint computed here from the published JWK, independently of the library.
