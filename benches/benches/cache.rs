@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
 use subzero::cache::{CuckooCache, Insert};
 
 /// A claims-sized value stand-in.
@@ -38,6 +39,30 @@ fn token(rng: &mut Rng) -> Vec<u8> {
     token.push(b'.');
     token.extend((0..86).map(|_| BASE64URL[rng.below(64)]));
     token
+}
+
+/// CPU time of the calling thread. The machine is shared (several builds at once on 2 cores),
+/// so wall time mostly measures the scheduler; thread CPU time measures the code.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Like `Bencher::iter`, timed in thread CPU time.
+fn iter_cpu<O>(b: &mut Bencher<'_>, mut routine: impl FnMut() -> O) {
+    b.iter_custom(|iters| {
+        let started = thread_cpu_time();
+        for _ in 0..iters {
+            black_box(routine());
+        }
+        thread_cpu_time() - started
+    });
 }
 
 struct Fixture {
@@ -94,19 +119,19 @@ fn bench_fixture(c: &mut Criterion, fx: &mut Fixture) {
         let n = queries.len();
         let mut i = 0;
         group.bench_function(BenchmarkId::new("cuckoo", &fx.label), |b| {
-            b.iter(|| {
+            iter_cpu(b, || {
                 i = if i + 1 == n { 0 } else { i + 1 };
                 black_box(fx.cuckoo.get(black_box(&queries[i]), 1).copied())
             });
         });
         group.bench_function(BenchmarkId::new("std_siphash", &fx.label), |b| {
-            b.iter(|| {
+            iter_cpu(b, || {
                 i = if i + 1 == n { 0 } else { i + 1 };
                 black_box(fx.std_map.get(black_box(queries[i].as_slice())).copied())
             });
         });
         group.bench_function(BenchmarkId::new("hashbrown_foldhash", &fx.label), |b| {
-            b.iter(|| {
+            iter_cpu(b, || {
                 i = if i + 1 == n { 0 } else { i + 1 };
                 black_box(
                     fx.hashbrown_map
@@ -135,7 +160,7 @@ fn cache_insert(c: &mut Criterion) {
     let mut cuckoo = CuckooCache::<Value>::new(1 << 14, 0x5eed);
     let mut i = 0;
     c.bench_function("cache_insert/cuckoo/full_16k", |b| {
-        b.iter(|| {
+        iter_cpu(b, || {
             i = (i + 1) % tokens.len();
             black_box(cuckoo.insert(&tokens[i], [0; 4], u64::MAX, 0))
         });
