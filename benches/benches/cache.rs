@@ -61,7 +61,7 @@ fn iter_cpu<O>(b: &mut Bencher<'_>, mut routine: impl FnMut() -> O) {
         for _ in 0..iters {
             black_box(routine());
         }
-        thread_cpu_time() - started
+        thread_cpu_time().saturating_sub(started)
     });
 }
 
