@@ -249,7 +249,7 @@ impl TokenPool {
     pub fn take(&mut self, key: &PoolKey, now_s: u64) -> Option<PooledToken> {
         let Some(&key_idx) = self.index.get(key) else {
             self.stats.misses += 1;
-            if let Some(key_idx) = self.register_at(key.clone(), now_s) {
+            if let Some(key_idx) = self.register_at(key, now_s) {
                 self.keys[key_idx].demand.record_take(now_s);
             }
             return None;
@@ -280,7 +280,7 @@ impl TokenPool {
         if self.index.contains_key(&key) {
             return true;
         }
-        self.register_at(key, now_s).is_some()
+        self.register_at(&key, now_s).is_some()
     }
 
     /// Removes every key for which `keep` is false, with its tokens (client deleted or
@@ -392,8 +392,9 @@ impl TokenPool {
     }
 
     /// Registers `key` with its demand clock at `now_s`; when full, replaces the idle key
-    /// (demand below `IDLE_RATE_PER_S`) that was taken from least recently.
-    fn register_at(&mut self, key: PoolKey, now_s: u64) -> Option<usize> {
+    /// (demand below `IDLE_RATE_PER_S`) that was taken from least recently. Allocates (clones
+    /// the key) only when the key is actually added.
+    fn register_at(&mut self, key: &PoolKey, now_s: u64) -> Option<usize> {
         if self.keys.len() == self.limits.max_keys {
             for state in &mut self.keys {
                 state.demand.roll(now_s);
@@ -410,7 +411,7 @@ impl TokenPool {
         let key_idx = self.keys.len();
         self.index.insert(key.clone(), key_idx);
         self.keys.push(KeyState {
-            key,
+            key: key.clone(),
             tokens: VecDeque::with_capacity(self.limits.max_per_key),
             demand: Demand::new(now_s),
             sign_blocked: false,
