@@ -276,11 +276,11 @@ impl TokenPool {
     /// audience and scopes), so refills keep `min_per_key` tokens for it. Returns whether the
     /// key is registered now; false when `max_keys` keys are registered and none is idle at
     /// `now_s`.
-    pub fn register(&mut self, key: PoolKey, now_s: u64) -> bool {
-        if self.index.contains_key(&key) {
+    pub fn register(&mut self, key: &PoolKey, now_s: u64) -> bool {
+        if self.index.contains_key(key) {
             return true;
         }
-        self.register_at(&key, now_s).is_some()
+        self.register_at(key, now_s).is_some()
     }
 
     /// Removes every key for which `keep` is false, with its tokens (client deleted or
