@@ -11,6 +11,12 @@
 //! burst is seen at once), clamped to `[min_per_key, max_per_key]`. Idle keys decay towards
 //! `min_per_key`; tokens above the target are dropped at the next refill.
 //!
+//! Freshness: tokens are handed out oldest first, so a hot key turns its tokens over long
+//! before `freshness_s`. A token that does reach `freshness_s` is dropped (by `take` or
+//! `refill`) and replaced by the next refill; with refill running every background tick, the
+//! gap is one tick. (Replacing tokens ahead of `freshness_s` would close it at the cost of
+//! signing more; not done yet.)
+//!
 //! Architecture Invariant: no I/O, no clock, no signing of its own (the caller passes the
 //! signer); `take` allocates nothing on a hit; every collection is bounded by [`PoolLimits`].
 
