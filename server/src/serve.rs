@@ -9,7 +9,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
 use crate::api::{AppShared, ShardApp, ShardMsg};
-use crate::auth::{KeyRing, TrustedIssuer, Verifier};
+use crate::auth::{BatchMode, KeyRing, TrustedIssuer, Verifier};
 use crate::config::{allowed_cpus, Config};
 use crate::control::{ControlPlane, RevocationLog, CONTROL_QUEUE_DEPTH};
 use crate::gate::{Gate, GateConfig};
@@ -194,6 +194,9 @@ fn load_state(
         config.auth.audiences.clone(),
         config.auth.leeway_s,
     );
+    if !config.auth.strict_batch {
+        verifier.set_batch_mode(BatchMode::Fast);
+    }
     for issuer in &config.auth.trusted_issuers {
         verifier.add_trusted_issuer(
             TrustedIssuer {

@@ -280,12 +280,8 @@ fn verify(
         (dir, None) => {
             let dir = dir.unwrap_or(Path::new("var/subzero"));
             let ring = load_ring(dir, now_s)?;
-            // Without --aud any audience is accepted: list the token's own (the signature is
-            // still checked, so this only skips the audience policy).
-            let audiences = aud
-                .clone()
-                .map_or_else(|| unverified_audiences(token), |a| vec![a]);
-            Verifier::own(&ring, "subzero", audiences, leeway_s)
+            // Any issuer and audience; signature, exp and nbf are checked (--aud below).
+            Verifier::from_keyring(&ring, leeway_s)
         }
     };
     let claims = verifier
@@ -302,24 +298,4 @@ fn verify(
     let text = serde_json::to_string_pretty(&claims).map_err(|e| runtime(e.to_string()))?;
     println!("{text}");
     Ok(())
-}
-
-/// The `aud` values a token claims, read without verification (policy input only).
-fn unverified_audiences(token: &str) -> Vec<String> {
-    use base64::Engine as _;
-    let payload = token.split('.').nth(1).unwrap_or("");
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
-        return Vec::new();
-    };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return Vec::new();
-    };
-    match &value["aud"] {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(items) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    }
 }

@@ -137,6 +137,9 @@ pub struct AuthConfig {
     pub max_batch_tokens: usize,
     /// Cuckoo cache entries per shard.
     pub cache_entries_per_shard: usize,
+    /// Batch endpoint: one `verify_strict` per token instead of Ed25519 batch verification
+    /// (which may also accept a cofactored-valid signature that only the key holder can make).
+    pub strict_batch: bool,
 }
 
 /// One `[[auth.trusted_issuers]]`.
@@ -249,6 +252,7 @@ impl Default for Config {
                 trusted_issuers: Vec::new(),
                 max_batch_tokens: 4096,
                 cache_entries_per_shard: 1 << 16,
+                strict_batch: false,
             },
             clients: Vec::new(),
             admin_token: None,
@@ -320,6 +324,7 @@ struct FileAuth {
     trusted_issuers: Vec<FileIssuer>,
     max_batch_tokens: Option<usize>,
     cache_entries_per_shard: Option<usize>,
+    strict_batch: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -449,6 +454,7 @@ impl Config {
             &mut c.auth.cache_entries_per_shard,
             a.cache_entries_per_shard,
         );
+        set(&mut c.auth.strict_batch, a.strict_batch);
         c.auth.trusted_issuers = a
             .trusted_issuers
             .into_iter()
