@@ -129,6 +129,58 @@ impl TerminatorScanner {
     }
 }
 
+/// Request heads larger than this close the connection (glommio hello peer).
+pub const REQUEST_HEAD_BYTES_MAX: usize = 16 * 1024;
+
+/// Why a request buffer could not be framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not HTTP/1.x, or a bad `content-length`.
+    Malformed,
+    /// A head larger than [`REQUEST_HEAD_BYTES_MAX`].
+    TooLarge,
+}
+
+/// Frames the complete requests at the front of `buf` with httparse (bodies by
+/// `content-length`): returns how many there are and how many bytes they span. A trailing
+/// partial request is left for the next read.
+pub fn frame_requests(buf: &[u8]) -> Result<(usize, usize), RequestError> {
+    let mut n_requests = 0;
+    let mut consumed = 0;
+    loop {
+        let rest = &buf[consumed..];
+        if rest.is_empty() {
+            break;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        let head_len = match request.parse(rest) {
+            Ok(httparse::Status::Complete(head_len)) => head_len,
+            Ok(httparse::Status::Partial) if rest.len() > REQUEST_HEAD_BYTES_MAX => {
+                return Err(RequestError::TooLarge);
+            }
+            Ok(httparse::Status::Partial) => break,
+            Err(_) => return Err(RequestError::Malformed),
+        };
+        let mut body_len = 0;
+        for header in request.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                body_len = std::str::from_utf8(header.value)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<usize>().ok())
+                    .filter(|&len| len <= REQUEST_HEAD_BYTES_MAX)
+                    .ok_or(RequestError::Malformed)?;
+            }
+        }
+        if rest.len() < head_len + body_len {
+            break;
+        }
+        consumed += head_len + body_len;
+        n_requests += 1;
+    }
+    Ok((n_requests, consumed))
+}
+
 /// Where `loadgen` sends its requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -321,6 +373,20 @@ mod tests {
         }
         let mut scanner = TerminatorScanner::default();
         assert_eq!(scanner.feed(b"\r\n\r\r\n\r\n"), 1);
+    }
+
+    #[test]
+    fn request_framing() {
+        let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        let post = b"POST /b HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc";
+        let both = [&get[..], &post[..], &get[..]].concat();
+        assert_eq!(frame_requests(&both), Ok((3, both.len())));
+        assert_eq!(frame_requests(&both[..both.len() - 1]), Ok((2, get.len() + post.len())));
+        assert_eq!(frame_requests(&both[..get.len() + post.len() - 1]), Ok((1, get.len())));
+        assert_eq!(frame_requests(b""), Ok((0, 0)));
+        assert_eq!(frame_requests(b"\x00\x01 nonsense\r\n\r\n"), Err(RequestError::Malformed));
+        let huge = vec![b'a'; REQUEST_HEAD_BYTES_MAX + 1];
+        assert_eq!(frame_requests(&[&b"GET /"[..], &huge].concat()), Err(RequestError::TooLarge));
     }
 
     #[test]
