@@ -135,13 +135,28 @@ impl Denial {
 /// Per-shard counters that are not latency.
 #[derive(Debug, Default)]
 struct Counters {
-    responses_by_status: HashMap<u16, u64>,
+    /// Responses by status code (index = code; codes are below 600).
+    responses_by_status: Vec<u64>,
     auth_ok: u64,
     auth_denied: u64,
     jwks_reloads: u64,
     control_busy: u64,
     batch_parts_served: u64,
 }
+
+impl Counters {
+    fn count_status(&mut self, code: u16) {
+        if self.responses_by_status.is_empty() {
+            self.responses_by_status = vec![0; 600];
+        }
+        if let Some(n) = self.responses_by_status.get_mut(usize::from(code)) {
+            *n += 1;
+        }
+    }
+}
+
+/// Cache slots swept per second: a full pass over the cache every this many seconds.
+const SWEEP_PASS_S: usize = 32;
 
 /// One shard's application state.
 pub struct ShardApp {
@@ -157,8 +172,9 @@ pub struct ShardApp {
     counters: Counters,
     batches: batch::Batches,
     limiter: ratelimit::IpLimiter,
-    last_publish_s: u64,
-    last_sweep_s: u64,
+    last_tick_s: u64,
+    sweep_slots_left: usize,
+    pool_refill_due: bool,
 }
 
 /// Most revocations a shard mirrors (same bound as the control plane's log).
@@ -202,8 +218,9 @@ impl ShardApp {
                 config.ratelimit.max_tracked_ips,
                 config.ratelimit.block_after_rejections,
             ),
-            last_publish_s: 0,
-            last_sweep_s: 0,
+            last_tick_s: 0,
+            sweep_slots_left: 0,
+            pool_refill_due: false,
             shared,
         }
     }
@@ -327,9 +344,8 @@ impl ShardApp {
         self.hists.render(shard, &mut text);
         let c = self.cache.stats();
         let p = self.pool.stats();
-        let mut statuses: Vec<_> = self.counters.responses_by_status.iter().collect();
-        statuses.sort_unstable();
-        for (code, n) in statuses {
+        let statuses = self.counters.responses_by_status.iter().enumerate();
+        for (code, n) in statuses.filter(|(_, &n)| n > 0) {
             let _ = writeln!(
                 text,
                 "subzero_responses_total{{shard=\"{shard}\",code=\"{code}\"}} {n}"
@@ -390,7 +406,7 @@ impl Handler for ShardApp {
         }
         if outcome == Outcome::Done {
             let code = respond::status_of(&out[out_start..]);
-            *self.counters.responses_by_status.entry(code).or_default() += 1;
+            self.counters.count_status(code);
         }
         self.hists.record(op, started.elapsed().as_nanos() as u64);
         outcome
@@ -427,24 +443,31 @@ impl Handler for ShardApp {
             }
             ShardMsg::Answer { ticket, response } => {
                 let code = respond::status_of(&response);
-                *self.counters.responses_by_status.entry(code).or_default() += 1;
+                self.counters.count_status(code);
                 ready.push((ticket, response));
             }
         }
     }
 
     fn background(&mut self, now_s: u64, budget: u32, _ready: &mut Ready) -> bool {
-        let mut more = false;
-        if now_s != self.last_sweep_s {
-            self.last_sweep_s = now_s;
+        if now_s != self.last_tick_s {
+            self.last_tick_s = now_s;
             self.revoked.retain(|_, &mut exp_s| exp_s > now_s);
-        }
-        let swept = self.cache.sweep_expired(now_s, budget as usize * 16);
-        more |= swept > 0 && !self.cache.is_empty() && swept == budget as usize * 16;
-        more |= self.refill_pool(now_s, budget as usize);
-        if now_s != self.last_publish_s {
-            self.last_publish_s = now_s;
+            self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
+            self.pool_refill_due = true;
             self.publish_metrics();
+        }
+        let mut more = false;
+        if self.sweep_slots_left > 0 {
+            let n_slots = self.sweep_slots_left.min(budget as usize * 64);
+            self.cache.sweep_expired(now_s, n_slots);
+            self.sweep_slots_left -= n_slots;
+            more |= self.sweep_slots_left > 0;
+        }
+        if self.pool_refill_due {
+            // Still due while each pass uses its whole budget.
+            self.pool_refill_due = self.refill_pool(now_s, budget as usize);
+            more |= self.pool_refill_due;
         }
         more
     }

@@ -235,6 +235,7 @@ impl ShardApp {
                 }
             };
         let key = PoolKey::new(client_idx as u32, &audience, &scope);
+        self.pool_refill_due = true;
         let (token, op) = match self.pool.take(&key, now_s) {
             Some(pooled) => (pooled, Op::TokenPoolHit),
             None => {
