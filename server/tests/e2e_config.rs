@@ -321,3 +321,55 @@ fn per_source_rate_limit_answers_429_with_retry_after() {
         "refilled after a second"
     );
 }
+
+#[test]
+fn admin_revokes_by_jti_and_others_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &some_jwks());
+    let resp = token_request(
+        &server,
+        "grant_type=client_credentials&client_id=svc-a&client_secret=s3cret-s3cret",
+    );
+    let token = resp.json()["access_token"].as_str().unwrap().to_owned();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let jti = claims["jti"].as_str().unwrap();
+    let body = serde_json::json!({ "jti": jti }).to_string();
+    let denied = server.request(
+        "POST",
+        "/v1/revoke",
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    let bad_jti = server.request(
+        "POST",
+        "/v1/revoke",
+        &[("Authorization", &bearer(ADMIN))],
+        r#"{"jti":"has space"}"#,
+    );
+    assert_eq!(bad_jti.status, 400);
+    let ok = server.request(
+        "POST",
+        "/v1/revoke",
+        &[
+            ("Authorization", &bearer(ADMIN)),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    );
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let auth = server.request(
+        "GET",
+        "/v1/authenticate",
+        &[("Authorization", &bearer(&token))],
+        "",
+    );
+    assert_eq!(auth.status, 401);
+    assert_eq!(auth.error_description(), "token has been revoked");
+}
