@@ -365,6 +365,42 @@ fn large_batch_is_split_across_shards_and_answered_in_order() {
     );
 }
 
+#[test]
+fn identical_misses_share_one_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let token = issue_fast(dir.path(), "same");
+    let body = serde_json::json!({ "tokens": vec![token.clone(); 64] }).to_string();
+    let resp = server.request("POST", "/v1/authenticate/batch", &[], &body);
+    assert_eq!(resp.json()["valid"], 64);
+    // And a pipelined burst of the same uncached token on one connection.
+    let other = issue_fast(dir.path(), "other");
+    let mut conn = server.connect();
+    let mut burst = Vec::new();
+    for _ in 0..32 {
+        burst.extend(common::request_bytes(
+            "GET",
+            "/v1/authenticate",
+            &[("Authorization", &bearer(&other))],
+            "",
+        ));
+    }
+    conn.raw(&burst);
+    for _ in 0..32 {
+        assert_eq!(conn.read_response().status, 200);
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let metrics = server.request("GET", "/metrics", &[], "").body;
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("subzero_verifications_total{shard=\"0\"}"))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        line.ends_with(" 2"),
+        "96 requests for 2 tokens must verify twice: {line}"
+    );
+}
+
 /// Signs in-process (the CLI would cost a process start per token).
 fn issue_fast(data_dir: &std::path::Path, sub: &str) -> String {
     let ring = KeyRing::load(data_dir, now_s()).unwrap();

@@ -30,6 +30,7 @@ impl ShardApp {
         if let Some(cached) = self.cache.get(token, now_s) {
             return (Ok(Rc::clone(cached)), Op::AuthenticateHit);
         }
+        self.counters.verifications += 1;
         let claims = match self.verifier.verify(token, now_s) {
             Err(TokenError::UnknownKid {
                 issuer: Some(issuer),

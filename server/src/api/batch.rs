@@ -137,14 +137,26 @@ impl ShardApp {
             .iter()
             .map(|t| self.cache.get(t, now_s).map(|c| Ok(c.claims.clone())))
             .collect();
-        let miss_idx: Vec<usize> = (0..tokens.len())
-            .filter(|&i| verdicts[i].is_none())
-            .collect();
-        let misses: Vec<&[u8]> = miss_idx.iter().map(|&i| tokens[i]).collect();
-        let verified = self.verifier.verify_batch(&misses, now_s);
-        for (&i, claims) in miss_idx.iter().zip(verified) {
+        // Identical misses share one verification (first occurrence), like concurrent misses.
+        let mut first_of: HashMap<&[u8], usize> = HashMap::new();
+        let mut unique_idx: Vec<usize> = Vec::new();
+        for (i, token) in tokens.iter().enumerate() {
+            if verdicts[i].is_none() && !first_of.contains_key(token) {
+                first_of.insert(token, i);
+                unique_idx.push(i);
+            }
+        }
+        let unique: Vec<&[u8]> = unique_idx.iter().map(|&i| tokens[i]).collect();
+        self.counters.verifications += unique.len() as u64;
+        let verified = self.verifier.verify_batch(&unique, now_s);
+        for (&i, claims) in unique_idx.iter().zip(verified) {
             let admitted = self.admit(tokens[i], claims, now_s);
             verdicts[i] = Some(admitted.map(|cached: Rc<super::Cached>| cached.claims.clone()));
+        }
+        for (i, token) in tokens.iter().enumerate() {
+            if verdicts[i].is_none() {
+                verdicts[i] = first_of.get(token).and_then(|&j| verdicts[j].clone());
+            }
         }
         verdicts
             .into_iter()

@@ -142,6 +142,8 @@ struct Counters {
     jwks_reloads: u64,
     control_busy: u64,
     batch_parts_served: u64,
+    /// Signature verifications performed (cache misses after coalescing).
+    verifications: u64,
 }
 
 impl Counters {
@@ -360,6 +362,7 @@ impl ShardApp {
                 "subzero_batch_parts_served_total",
                 self.counters.batch_parts_served,
             ),
+            ("subzero_verifications_total", self.counters.verifications),
             ("subzero_cache_hits_total", c.hits),
             ("subzero_cache_misses_total", c.misses),
             ("subzero_cache_evictions_total", c.evictions),
