@@ -184,11 +184,13 @@ pub fn test() -> Result<()> {
             ensure_bpf_linker,
         )?;
         step(&mut timings, "bpffs mount", ensure_bpffs)?;
-        step(&mut timings, "cargo build --workspace", || {
-            util::run(util::cargo().args(["build", "--workspace"]))
+        // Plain `cargo build`/`cargo test` at the root act on `default-members` (server, common,
+        // xtask); `--workspace` would pull in ebpf (bpf target only) and the bench peers.
+        step(&mut timings, "cargo build (default members)", || {
+            util::run(util::cargo().arg("build"))
         })?;
-        step(&mut timings, "cargo test --workspace", || {
-            util::run(util::cargo().args(["test", "--workspace"]))
+        step(&mut timings, "cargo test (default members)", || {
+            util::run(util::cargo().arg("test"))
         })
     })();
     println!("\nStep times:");
