@@ -1,1 +1,765 @@
 //! Configuration: TOML file, flags on top, every limit validated once at start.
+//!
+//! The embedded default (no file, no flags) is a working gateway on 127.0.0.1:8080 with its
+//! data under `./var/subzero`. Unknown keys are errors, so a typo never silently falls back to
+//! a default. Paths inside the file are relative to the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration error: one sentence saying what, where and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for our schema (includes unknown keys).
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said, including the line.
+        message: String,
+    },
+    /// A value is outside its allowed range or inconsistent with another.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A secret file named by the config could not be read.
+    #[error("cannot read {what} file {path}: {source}")]
+    SecretFile {
+        /// Which setting named it.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// How many shards to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    /// One per CPU the process may run on.
+    Auto,
+    /// Exactly this many.
+    Count(usize),
+}
+
+impl Shards {
+    /// Parses `auto` or a positive number.
+    pub fn parse(text: &str) -> Result<Shards, ConfigError> {
+        if text == "auto" {
+            return Ok(Shards::Auto);
+        }
+        match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(Shards::Count(n)),
+            _ => Err(ConfigError::Invalid(format!(
+                "shards must be \"auto\" or a number from 1 to {MAX_SHARDS}, got {text:?}"
+            ))),
+        }
+    }
+}
+
+/// Upper bound on shards; also bounds the cross-shard mesh (`n_shards²` queues).
+pub const MAX_SHARDS: usize = 256;
+
+/// The whole configuration after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listener, data dir, shards and per-connection limits.
+    pub server: ServerConfig,
+    /// Token issuing and acceptance.
+    pub auth: AuthConfig,
+    /// Client credentials for `POST /v1/token`.
+    pub clients: Vec<ClientConfig>,
+    /// Admin bearer token; `None` turns admin endpoints off.
+    pub admin_token: Option<String>,
+    /// The eBPF gate.
+    pub gate: GateSection,
+    /// Token pool sizing.
+    pub pool: PoolConfig,
+    /// Per-source request rate limit in the shards.
+    pub ratelimit: RateLimitConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address every shard's SO_REUSEPORT listener binds.
+    pub listen: SocketAddr,
+    /// Keys, vault, revocations, audit log.
+    pub data_dir: PathBuf,
+    /// Shard count.
+    pub shards: Shards,
+    /// Open connections per shard; further accepts are closed at once.
+    pub max_connections_per_shard: usize,
+    /// Request line plus headers.
+    pub max_header_bytes: usize,
+    /// Request body (Content-Length).
+    pub max_body_bytes: usize,
+    /// Requests parsed but not yet answered on one connection (pipelining depth).
+    pub max_pipeline_depth: usize,
+    /// Unanswered output bytes per connection before we stop reading from it.
+    pub max_output_bytes: usize,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout_s: u64,
+    /// A started request must be complete within this (slow-client limit).
+    pub request_timeout_s: u64,
+    /// io_uring submission queue entries per shard.
+    pub ring_entries: u32,
+    /// Size of each provided receive buffer.
+    pub recv_buffer_bytes: usize,
+    /// Number of provided receive buffers per shard (power of two).
+    pub recv_buffer_count: usize,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// `iss` of tokens we issue.
+    pub issuer: String,
+    /// Accepted `aud` values for our own tokens.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub leeway_s: u64,
+    /// Lifetime of tokens issued by `POST /v1/token`.
+    pub token_ttl_s: u64,
+    /// External issuers.
+    pub trusted_issuers: Vec<TrustedIssuerConfig>,
+    /// Tokens per `POST /v1/authenticate/batch`.
+    pub max_batch_tokens: usize,
+    /// Cuckoo cache entries per shard.
+    pub cache_entries_per_shard: usize,
+}
+
+/// One `[[auth.trusted_issuers]]`.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuerConfig {
+    /// `iss` value.
+    pub issuer: String,
+    /// JWKS file, resolved against the config file's directory.
+    pub jwks_file: PathBuf,
+    /// Accepted audiences for this issuer.
+    pub audiences: Vec<String>,
+}
+
+/// One `[[clients]]`.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `client_id`.
+    pub id: String,
+    /// `client_secret`.
+    pub secret: String,
+    /// Audiences the client may ask for; the first is the default.
+    pub audiences: Vec<String>,
+    /// Scopes the client may ask for; all of them by default.
+    pub scopes: Vec<String>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .field("audiences", &self.audiences)
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// `[gate]`.
+#[derive(Debug, Clone, Default)]
+pub struct GateSection {
+    /// Interfaces to attach XDP to; empty turns XDP off (the socket filter may still run).
+    pub xdp: Vec<String>,
+    /// Raw TOML of the remaining gate keys, validated by the gate module.
+    pub syn_rate_per_s: Option<u32>,
+    /// SYN burst per source.
+    pub syn_burst: Option<u32>,
+    /// Packet rate per source.
+    pub pkt_rate_per_s: Option<u32>,
+    /// Packet burst per source.
+    pub pkt_burst: Option<u32>,
+    /// Default TTL of blocklist entries added by the server.
+    pub block_ttl_s: Option<u64>,
+    /// Keep the blocklist across restarts.
+    pub persist_blocklist: Option<bool>,
+    /// Attach the socket-filter fallback to the listeners.
+    pub socket_filter: Option<bool>,
+}
+
+/// `[pool]`.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Never hand out a pooled token with less remaining lifetime than this.
+    pub min_remaining_s: u64,
+    /// Pooled tokens older than this are replaced.
+    pub freshness_s: u64,
+    /// Upper bound of tokens held per (client, audience, scopes).
+    pub max_per_key: usize,
+    /// Upper bound of tokens held per shard.
+    pub max_total: usize,
+    /// Signatures per background refill pass.
+    pub refill_budget: usize,
+}
+
+/// `[ratelimit]`.
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per source IP, per shard; 0 disables.
+    pub per_ip_rps: u32,
+    /// Burst per source IP.
+    pub per_ip_burst: u32,
+    /// Source IPs tracked per shard (bounded map).
+    pub max_tracked_ips: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                data_dir: PathBuf::from("var/subzero"),
+                shards: Shards::Auto,
+                max_connections_per_shard: 16_384,
+                max_header_bytes: 16 * 1024,
+                max_body_bytes: 1024 * 1024,
+                max_pipeline_depth: 1024,
+                max_output_bytes: 4 * 1024 * 1024,
+                idle_timeout_s: 60,
+                request_timeout_s: 10,
+                ring_entries: 4096,
+                recv_buffer_bytes: 16 * 1024,
+                recv_buffer_count: 1024,
+            },
+            auth: AuthConfig {
+                issuer: "subzero".to_owned(),
+                audiences: vec!["subzero".to_owned()],
+                leeway_s: 60,
+                token_ttl_s: 900,
+                trusted_issuers: Vec::new(),
+                max_batch_tokens: 4096,
+                cache_entries_per_shard: 1 << 16,
+            },
+            clients: Vec::new(),
+            admin_token: None,
+            gate: GateSection::default(),
+            pool: PoolConfig {
+                min_remaining_s: 600,
+                freshness_s: 120,
+                max_per_key: 256,
+                max_total: 8192,
+                refill_budget: 8,
+            },
+            ratelimit: RateLimitConfig {
+                per_ip_rps: 0,
+                per_ip_burst: 0,
+                max_tracked_ips: 65_536,
+            },
+        }
+    }
+}
+
+// ---- The file schema (serde). Everything optional; defaults come from `Config::default`. ----
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    server: FileServer,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    clients: Vec<FileClient>,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default)]
+    gate: FileGate,
+    #[serde(default)]
+    pool: FilePool,
+    #[serde(default)]
+    ratelimit: FileRateLimit,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileServer {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    shards: Option<toml::Value>,
+    max_connections_per_shard: Option<usize>,
+    max_header_bytes: Option<usize>,
+    max_body_bytes: Option<usize>,
+    max_pipeline_depth: Option<usize>,
+    max_output_bytes: Option<usize>,
+    idle_timeout_s: Option<u64>,
+    request_timeout_s: Option<u64>,
+    ring_entries: Option<u32>,
+    recv_buffer_bytes: Option<usize>,
+    recv_buffer_count: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    leeway_s: Option<u64>,
+    token_ttl_s: Option<u64>,
+    #[serde(default)]
+    trusted_issuers: Vec<FileIssuer>,
+    max_batch_tokens: Option<usize>,
+    cache_entries_per_shard: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIssuer {
+    issuer: String,
+    jwks_file: PathBuf,
+    #[serde(default)]
+    audiences: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileClient {
+    id: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileGate {
+    #[serde(default)]
+    xdp: Vec<String>,
+    syn_rate_per_s: Option<u32>,
+    syn_burst: Option<u32>,
+    pkt_rate_per_s: Option<u32>,
+    pkt_burst: Option<u32>,
+    block_ttl_s: Option<u64>,
+    persist_blocklist: Option<bool>,
+    socket_filter: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    min_remaining_s: Option<u64>,
+    freshness_s: Option<u64>,
+    max_per_key: Option<usize>,
+    max_total: Option<usize>,
+    refill_budget: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    per_ip_rps: Option<u32>,
+    per_ip_burst: Option<u32>,
+    max_tracked_ips: Option<usize>,
+}
+
+/// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--shards`.
+    pub shards: Option<Shards>,
+    /// `--xdp` (repeatable); non-empty replaces the file's list.
+    pub xdp: Vec<String>,
+}
+
+impl Config {
+    /// Loads the file (if any), applies overrides and validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let base = path.parent().unwrap_or_else(|| Path::new("."));
+                Config::from_toml(&text, base).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: path.to_owned(),
+                        message,
+                    },
+                    other => other,
+                })?
+            }
+        };
+        if let Some(listen) = overrides.listen {
+            config.server.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.server.data_dir.clone_from(dir);
+        }
+        if let Some(shards) = overrides.shards {
+            config.server.shards = shards;
+        }
+        if !overrides.xdp.is_empty() {
+            config.gate.xdp.clone_from(&overrides.xdp);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; relative paths resolve against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        let mut c = Config::default();
+        apply_server(&mut c.server, file.server, base)?;
+
+        let a = file.auth;
+        set(&mut c.auth.issuer, a.issuer);
+        set(&mut c.auth.leeway_s, a.leeway_s);
+        set(&mut c.auth.token_ttl_s, a.token_ttl_s);
+        set(&mut c.auth.max_batch_tokens, a.max_batch_tokens);
+        set(
+            &mut c.auth.cache_entries_per_shard,
+            a.cache_entries_per_shard,
+        );
+        c.auth.trusted_issuers = a
+            .trusted_issuers
+            .into_iter()
+            .map(|i| TrustedIssuerConfig {
+                issuer: i.issuer,
+                jwks_file: base.join(i.jwks_file),
+                audiences: i.audiences,
+            })
+            .collect();
+
+        for client in file.clients {
+            let secret = match (client.secret, client.secret_file) {
+                (Some(secret), None) => secret,
+                (None, Some(path)) => read_secret(&base.join(path), "clients.secret_file")?,
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "client {:?} needs exactly one of secret or secret_file",
+                        client.id
+                    )))
+                }
+            };
+            c.clients.push(ClientConfig {
+                id: client.id,
+                secret,
+                audiences: client.audiences,
+                scopes: client.scopes,
+            });
+        }
+        // Accepted audiences: explicit list, or "subzero" plus every client's audiences.
+        c.auth.audiences = a.audiences.unwrap_or_else(|| default_audiences(&c));
+        if let Some(path) = file.admin.token_file {
+            c.admin_token = Some(read_secret(&base.join(path), "admin.token_file")?);
+        }
+        let g = file.gate;
+        c.gate = GateSection {
+            xdp: g.xdp,
+            syn_rate_per_s: g.syn_rate_per_s,
+            syn_burst: g.syn_burst,
+            pkt_rate_per_s: g.pkt_rate_per_s,
+            pkt_burst: g.pkt_burst,
+            block_ttl_s: g.block_ttl_s,
+            persist_blocklist: g.persist_blocklist,
+            socket_filter: g.socket_filter,
+        };
+        let p = file.pool;
+        set(&mut c.pool.min_remaining_s, p.min_remaining_s);
+        set(&mut c.pool.freshness_s, p.freshness_s);
+        set(&mut c.pool.max_per_key, p.max_per_key);
+        set(&mut c.pool.max_total, p.max_total);
+        set(&mut c.pool.refill_budget, p.refill_budget);
+        let r = file.ratelimit;
+        set(&mut c.ratelimit.per_ip_rps, r.per_ip_rps);
+        set(&mut c.ratelimit.per_ip_burst, r.per_ip_burst);
+        set(&mut c.ratelimit.max_tracked_ips, r.max_tracked_ips);
+        Ok(c)
+    }
+
+    /// Checks every limit once, so the rest of the server can rely on them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        check_range(
+            "server.max_connections_per_shard",
+            s.max_connections_per_shard,
+            1,
+            1 << 20,
+        )?;
+        check_range("server.max_header_bytes", s.max_header_bytes, 256, 1 << 20)?;
+        check_range("server.max_body_bytes", s.max_body_bytes, 0, 64 << 20)?;
+        check_range(
+            "server.max_pipeline_depth",
+            s.max_pipeline_depth,
+            1,
+            1 << 16,
+        )?;
+        check_range("server.max_output_bytes", s.max_output_bytes, 4096, 1 << 30)?;
+        check_range(
+            "server.idle_timeout_s",
+            s.idle_timeout_s as usize,
+            1,
+            86_400,
+        )?;
+        check_range(
+            "server.request_timeout_s",
+            s.request_timeout_s as usize,
+            1,
+            3600,
+        )?;
+        check_range("server.ring_entries", s.ring_entries as usize, 64, 32_768)?;
+        check_range(
+            "server.recv_buffer_bytes",
+            s.recv_buffer_bytes,
+            1024,
+            1 << 20,
+        )?;
+        check_range("server.recv_buffer_count", s.recv_buffer_count, 16, 32_768)?;
+        if !s.recv_buffer_count.is_power_of_two() {
+            return Err(ConfigError::Invalid(format!(
+                "server.recv_buffer_count must be a power of two, got {}",
+                s.recv_buffer_count
+            )));
+        }
+        let a = &self.auth;
+        if a.issuer.is_empty() {
+            return Err(ConfigError::Invalid("auth.issuer must not be empty".into()));
+        }
+        check_range("auth.token_ttl_s", a.token_ttl_s as usize, 10, 86_400 * 30)?;
+        check_range("auth.leeway_s", a.leeway_s as usize, 0, 3600)?;
+        check_range("auth.max_batch_tokens", a.max_batch_tokens, 1, 65_536)?;
+        check_range(
+            "auth.cache_entries_per_shard",
+            a.cache_entries_per_shard,
+            16,
+            1 << 26,
+        )?;
+        for (i, client) in self.clients.iter().enumerate() {
+            if client.id.is_empty() || client.secret.len() < 8 {
+                return Err(ConfigError::Invalid(format!(
+                    "clients[{i}] needs a non-empty id and a secret of at least 8 characters"
+                )));
+            }
+            if self.clients[..i].iter().any(|c| c.id == client.id) {
+                return Err(ConfigError::Invalid(format!(
+                    "client id {:?} appears twice",
+                    client.id
+                )));
+            }
+        }
+        if let Some(token) = &self.admin_token {
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "admin token must be at least 16 characters".into(),
+                ));
+            }
+        }
+        let p = &self.pool;
+        if p.min_remaining_s >= self.auth.token_ttl_s {
+            return Err(ConfigError::Invalid(format!(
+                "pool.min_remaining_s ({}) must be below auth.token_ttl_s ({})",
+                p.min_remaining_s, self.auth.token_ttl_s
+            )));
+        }
+        check_range("pool.max_per_key", p.max_per_key, 0, 1 << 16)?;
+        check_range("pool.max_total", p.max_total, 0, 1 << 20)?;
+        check_range("pool.refill_budget", p.refill_budget, 1, 1024)?;
+        check_range(
+            "ratelimit.max_tracked_ips",
+            self.ratelimit.max_tracked_ips,
+            16,
+            1 << 24,
+        )?;
+        Ok(())
+    }
+
+    /// Shard count after resolving `auto` against the CPUs this process may use.
+    pub fn shard_count(&self) -> usize {
+        match self.server.shards {
+            Shards::Count(n) => n,
+            Shards::Auto => allowed_cpus().len().clamp(1, MAX_SHARDS),
+        }
+    }
+}
+
+/// CPUs in this process's affinity mask, in order (so `taskset -c 1 subzero serve` pins shard 0
+/// to CPU 1).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) != 0 {
+            return vec![0];
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect();
+        if cpus.is_empty() {
+            vec![0]
+        } else {
+            cpus
+        }
+    }
+}
+
+fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result<(), ConfigError> {
+    if let Some(listen) = s.listen {
+        server.listen = listen.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "server.listen must be IP:PORT (e.g. 127.0.0.1:8080), got {listen:?}"
+            ))
+        })?;
+    }
+    if let Some(dir) = s.data_dir {
+        server.data_dir = base.join(dir);
+    }
+    if let Some(shards) = s.shards {
+        server.shards = match shards {
+            toml::Value::String(text) => Shards::parse(&text)?,
+            toml::Value::Integer(n) => Shards::parse(&n.to_string())?,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "server.shards must be \"auto\" or a number, got {other}"
+                )))
+            }
+        };
+    }
+    set(
+        &mut server.max_connections_per_shard,
+        s.max_connections_per_shard,
+    );
+    set(&mut server.max_header_bytes, s.max_header_bytes);
+    set(&mut server.max_body_bytes, s.max_body_bytes);
+    set(&mut server.max_pipeline_depth, s.max_pipeline_depth);
+    set(&mut server.max_output_bytes, s.max_output_bytes);
+    set(&mut server.idle_timeout_s, s.idle_timeout_s);
+    set(&mut server.request_timeout_s, s.request_timeout_s);
+    set(&mut server.ring_entries, s.ring_entries);
+    set(&mut server.recv_buffer_bytes, s.recv_buffer_bytes);
+    set(&mut server.recv_buffer_count, s.recv_buffer_count);
+    Ok(())
+}
+
+/// `"subzero"` (and our issuer name) plus every client's audiences.
+fn default_audiences(c: &Config) -> Vec<String> {
+    let mut list = vec![c.auth.issuer.clone()];
+    if c.auth.issuer != "subzero" {
+        list.push("subzero".to_owned());
+    }
+    for aud in c.clients.iter().flat_map(|client| &client.audiences) {
+        if !list.contains(aud) {
+            list.push(aud.clone());
+        }
+    }
+    list
+}
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "{name} must be between {min} and {max}, got {value}"
+        )))
+    }
+}
+
+fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| ConfigError::SecretFile {
+            what,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_listens_on_8080() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.auth.audiences, vec!["subzero".to_owned()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = Config::from_toml("[server]\nlisten_addr = \"x\"\n", Path::new(".")).unwrap_err();
+        assert!(err.to_string().contains("listen_addr"), "{err}");
+    }
+
+    #[test]
+    fn client_audiences_join_accepted_audiences() {
+        let text = r#"
+[[clients]]
+id = "svc-a"
+secret = "0123456789"
+audiences = ["api"]
+scopes = ["read"]
+"#;
+        let c = Config::from_toml(text, Path::new("/etc/subzero")).unwrap();
+        assert_eq!(
+            c.auth.audiences,
+            vec!["subzero".to_owned(), "api".to_owned()]
+        );
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn paths_resolve_against_the_config_dir() {
+        let text = "[server]\ndata_dir = \"data\"\nshards = 2\n[[auth.trusted_issuers]]\nissuer = \"https://idp\"\njwks_file = \"idp.json\"\n";
+        let c = Config::from_toml(text, Path::new("/etc/subzero")).unwrap();
+        assert_eq!(c.server.data_dir, PathBuf::from("/etc/subzero/data"));
+        assert_eq!(c.server.shards, Shards::Count(2));
+        assert_eq!(
+            c.auth.trusted_issuers[0].jwks_file,
+            PathBuf::from("/etc/subzero/idp.json")
+        );
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let c = Config::from_toml("[server]\nrecv_buffer_count = 100\n", Path::new(".")).unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("power of two"));
+        assert!(Shards::parse("0").is_err());
+        assert!(Shards::parse("many").is_err());
+    }
+}
