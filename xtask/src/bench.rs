@@ -152,16 +152,21 @@ struct Bench {
 }
 
 impl Bench {
-    fn bin(&self, name: &str) -> PathBuf {
-        self.release_dir.join(name)
+    /// A release binary that must exist (a missing peer is an error, never a silent gap).
+    fn bin(&self, name: &str) -> Result<PathBuf> {
+        let path = self.release_dir.join(name);
+        if !path.is_file() {
+            bail!("missing benchmark binary {}", path.display());
+        }
+        Ok(path)
     }
 
     fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
-    fn subzero(&self) -> Command {
-        Command::new(self.bin("subzero"))
+    fn subzero(&self) -> Result<Command> {
+        Ok(Command::new(self.bin("subzero")?))
     }
 
     fn start(
@@ -187,7 +192,7 @@ impl Bench {
     fn start_subzero(&self, cpus: &[usize], n_shards: usize) -> Result<Server> {
         let port = util::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = taskset(&cpu_list(cpus), &self.bin("subzero"));
+        let mut cmd = taskset(&cpu_list(cpus), &self.bin("subzero")?);
         cmd.arg("serve")
             .args(["--listen", &addr.to_string()])
             .arg("--data-dir")
@@ -201,7 +206,7 @@ impl Bench {
     fn start_peer(&self, name: &str, extra: &[&str]) -> Result<Server> {
         let port = util::free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut cmd = taskset(&self.plan.server_cpu.to_string(), &self.bin(name));
+        let mut cmd = taskset(&self.plan.server_cpu.to_string(), &self.bin(name)?);
         cmd.args(["--listen", &addr.to_string()]).args(extra);
         self.start(name, cmd, "/", true, addr)
     }
@@ -317,7 +322,7 @@ impl Bench {
                 headers,
                 post_body,
             } => {
-                let mut cmd = taskset(&load_cpus, &self.bin("loadgen"));
+                let mut cmd = taskset(&load_cpus, &self.bin("loadgen")?);
                 cmd.args(["--url", &format!("{url_base}{path}")])
                     .args(["--rate", &rate_rps.to_string()])
                     .args(["--connections", &self.plan.n_connections.to_string()])
@@ -359,7 +364,7 @@ impl Bench {
     fn ceiling(&mut self, mode: &str) -> Result<()> {
         let mut cmd = taskset(
             &self.plan.server_cpu.to_string(),
-            &self.bin("crypto-ceiling"),
+            &self.bin("crypto-ceiling")?,
         );
         cmd.args(["--mode", mode, "--seconds", &self.plan.run_s.to_string()]);
         if mode == "verify-batch" {
@@ -546,12 +551,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     if util::find_executable("nginx").is_none() {
         missing.push("nginx".into());
     }
-    if !missing.is_empty() {
-        bail!(
-            "missing benchmark binaries: {} (peers come from crate subzero-benches; a missing peer is an error)",
+    // A missing binary is an error: its rows become FAILED and the run exits non-zero, but
+    // everything that can be measured still is.
+    let missing_note = (!missing.is_empty()).then(|| {
+        let note = format!(
+            "ERROR: missing benchmark binaries: {} (subzero from crate subzero, peers from subzero-benches, nginx from apt)",
             missing.join(", ")
         );
-    }
+        eprintln!("error: {note}");
+        note
+    });
     let machine = machine();
     let plan = Plan::new(args.quick, machine.n_cpus);
     let dir = util::target_dir().join("bench");
@@ -562,10 +571,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         release_dir,
         ticks_per_s: procstat::ticks_per_s(),
         rows: Vec::new(),
-        notes: Vec::new(),
+        notes: missing_note.into_iter().collect(),
         ceilings: Vec::new(),
     };
-    let scaling_note = run_scenarios(&mut b, &selected, &mut timings)?;
+    let scaling_note = run_scenarios(&mut b, &selected, &mut timings);
     let rates = b.plan.rates_rps.clone();
     let mut report = Report {
         date_utc: report::format_utc(
@@ -619,7 +628,7 @@ fn prepare(b: &mut Bench, need_cold: bool) -> Result<Fixtures> {
         fs::remove_dir_all(&data_dir)?;
     }
     fs::create_dir_all(&data_dir)?;
-    util::run(b.subzero().args(["keygen", "--data-dir"]).arg(&data_dir))?;
+    util::run(b.subzero()?.args(["keygen", "--data-dir"]).arg(&data_dir))?;
     fs::write(
         b.dir.join("subzero.toml"),
         format!(
@@ -627,7 +636,7 @@ fn prepare(b: &mut Bench, need_cold: bool) -> Result<Fixtures> {
              audiences = [\"api\"]\nscopes = [\"read\"]\n"
         ),
     )?;
-    let subzero = b.bin("subzero");
+    let subzero = b.bin("subzero")?;
     let token = issue_tokens(&subzero, &data_dir, 1)?.remove(0);
     let n_cold = if need_cold {
         b.plan.n_cold_tokens
@@ -661,8 +670,8 @@ fn write_script(b: &Bench, name: &str, script: &str) -> Result<PathBuf> {
 }
 
 /// The auth-hit loads every server gets: saturation, pipelined, fixed rates.
-fn auth_hit(b: &mut Bench, server: &mut Server, fx: &Fixtures, note: &str) -> Result<()> {
-    let headers = vec![("Authorization", fx.bearer.as_str())];
+fn auth_hit(b: &mut Bench, server: &mut Server, bearer: &str, note: &str) -> Result<()> {
+    let headers = vec![("Authorization", bearer)];
     let sat = Load::Wrk {
         path: AUTH_PATH,
         headers: headers.clone(),
@@ -1008,7 +1017,7 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
         ));
     }
     if selected("auth-hit") {
-        auth_hit(b, &mut server, fx, "")?;
+        auth_hit(b, &mut server, &fx.bearer, "")?;
     }
     if selected("auth-cold") {
         auth_cold(
@@ -1039,66 +1048,112 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     Ok(())
 }
 
+/// Runs one phase as a timed step; a failure becomes FAILED rows for the phase's selected
+/// scenarios (so the report says so plainly) and the run goes on with the next phase.
+fn phase(
+    b: &mut Bench,
+    timings: &mut Vec<(String, Duration)>,
+    name: &str,
+    server: &str,
+    scenarios: &[&str],
+    f: impl FnOnce(&mut Bench) -> Result<()>,
+) {
+    if let Err(err) = step(timings, name, || f(b)) {
+        eprintln!("error: {err:#}");
+        for scenario in scenarios {
+            b.rows.push(Row::unmeasured(
+                scenario,
+                server,
+                "(setup)",
+                Status::Failed,
+                &format!("{err:#}"),
+            ));
+        }
+    }
+}
+
 /// The peers: the hyper gateway, hello responders, nginx and the crypto ceiling.
 fn peer_scenarios(
     b: &mut Bench,
-    fx: &Fixtures,
+    fx: Option<&Fixtures>,
     selected: &dyn Fn(&str) -> bool,
     timings: &mut Vec<(String, Duration)>,
-) -> Result<()> {
-    let peer_scenarios = ["auth-hit", "auth-cold", "batch"];
-    if peer_scenarios.iter().any(|s| selected(s)) {
-        step(timings, "peer-hyper-gateway", || {
-            let jwks = fx.jwks_file.to_string_lossy().into_owned();
-            let mut server = b.start_peer(HYPER_GATEWAY, &["--jwks", &jwks])?;
-            if selected("auth-hit") {
-                auth_hit(
-                    b,
-                    &mut server,
-                    fx,
-                    "tokio+hyper+jsonwebtoken, HashMap cache",
-                )?;
-            }
-            if selected("auth-cold") {
-                auth_cold(
-                    b,
-                    &mut server,
-                    fx,
-                    "unbounded HashMap cache: hits after the first pass",
-                )?;
-            }
-            if selected("batch") {
-                batch(b, &mut server, fx)?;
-            }
-            Ok(())
-        })?;
+) {
+    let gateway_scenarios: Vec<&str> = ["auth-hit", "auth-cold", "batch"]
+        .into_iter()
+        .filter(|s| selected(s))
+        .collect();
+    if !gateway_scenarios.is_empty() {
+        phase(
+            b,
+            timings,
+            HYPER_GATEWAY,
+            HYPER_GATEWAY,
+            &gateway_scenarios,
+            |b| {
+                let fx = fx.context("no tokens or JWKS: the subzero setup failed")?;
+                let jwks = fx.jwks_file.to_string_lossy().into_owned();
+                let mut server = b.start_peer(HYPER_GATEWAY, &["--jwks", &jwks])?;
+                if selected("auth-hit") {
+                    auth_hit(
+                        b,
+                        &mut server,
+                        &fx.bearer,
+                        "tokio+hyper+jsonwebtoken, HashMap cache",
+                    )?;
+                }
+                if selected("auth-cold") {
+                    auth_cold(
+                        b,
+                        &mut server,
+                        fx,
+                        "unbounded HashMap cache: hits after the first pass",
+                    )?;
+                }
+                if selected("batch") {
+                    batch(b, &mut server, fx)?;
+                }
+                Ok(())
+            },
+        );
     }
+    // Hello responders ignore the header; it keeps request bytes the same as subzero's.
+    let bearer = fx.map_or_else(
+        || "Bearer placeholder.token.bytes".to_string(),
+        |fx| fx.bearer.clone(),
+    );
     if selected("auth-hit") {
         for peer in [HYPER_HELLO, GLOMMIO_HELLO, URING_HELLO] {
-            step(timings, peer, || {
+            phase(b, timings, peer, peer, &["auth-hit"], |b| {
                 let mut server = b.start_peer(peer, &[])?;
-                auth_hit(b, &mut server, fx, "hello responder: no auth work")
-            })?;
+                auth_hit(b, &mut server, &bearer, "hello responder: no auth work")
+            });
         }
-        step(timings, "nginx return 200", || {
+        phase(b, timings, "nginx return 200", NGINX, &["auth-hit"], |b| {
             let mut server = b.start_nginx()?;
             auth_hit(
                 b,
                 &mut server,
-                fx,
+                &bearer,
                 "return 200, one process (master_process off)",
             )
-        })?;
+        });
     }
     if selected("auth-cold") || selected("batch") || selected("token-issue") {
-        step(timings, "crypto-ceiling", || {
-            for mode in ["verify", "verify-strict", "verify-batch", "sign"] {
-                b.ceiling(mode)?;
-            }
-            Ok(())
-        })?;
+        phase(
+            b,
+            timings,
+            "crypto-ceiling",
+            "crypto-ceiling",
+            &["auth-cold"],
+            |b| {
+                for mode in ["verify", "verify-strict", "verify-batch", "sign"] {
+                    b.ceiling(mode)?;
+                }
+                Ok(())
+            },
+        );
     }
-    Ok(())
 }
 
 /// Runs the selected scenarios; returns the note for the scaling target.
@@ -1106,20 +1161,47 @@ fn run_scenarios(
     b: &mut Bench,
     selected: &dyn Fn(&str) -> bool,
     timings: &mut Vec<(String, Duration)>,
-) -> Result<String> {
-    let fx = step(
+) -> String {
+    let ours: Vec<&str> = SCENARIOS
+        .into_iter()
+        .filter(|s| selected(s) && *s != "xdp-flood")
+        .collect();
+    let mut fx = None;
+    phase(
+        b,
         timings,
         "keys, tokens and config under target/bench",
-        || prepare(b, selected("auth-cold")),
-    )?;
-    step(timings, "subzero (one shard)", || {
-        subzero_scenarios(b, &fx, selected)
-    })?;
+        SUBZERO,
+        &ours,
+        |b| {
+            fx = Some(prepare(b, selected("auth-cold"))?);
+            Ok(())
+        },
+    );
     let mut scaling_note = String::from("scaling not selected");
-    if selected("scaling") {
-        scaling_note = step(timings, "scaling (subzero, 1..N shards)", || {
-            scaling(b, &fx)
-        })?;
+    if let Some(fx) = &fx {
+        let one_shard: Vec<&str> = ours.iter().copied().filter(|s| *s != "scaling").collect();
+        phase(
+            b,
+            timings,
+            "subzero (one shard)",
+            SUBZERO,
+            &one_shard,
+            |b| subzero_scenarios(b, fx, selected),
+        );
+        if selected("scaling") {
+            phase(
+                b,
+                timings,
+                "scaling (subzero, 1..N shards)",
+                SUBZERO,
+                &["scaling"],
+                |b| {
+                    scaling_note = scaling(b, fx)?;
+                    Ok(())
+                },
+            );
+        }
     }
     if selected("xdp-flood") {
         b.rows.push(Row::unmeasured(
@@ -1130,8 +1212,8 @@ fn run_scenarios(
             "not available: the harness does not drive the XDP gate from a network namespace yet",
         ));
     }
-    peer_scenarios(b, &fx, selected, timings)?;
-    Ok(scaling_note)
+    peer_scenarios(b, fx.as_ref(), selected, timings);
+    scaling_note
 }
 
 #[cfg(test)]
