@@ -457,10 +457,15 @@ fn machine() -> Machine {
         .unwrap_or_default()
         .trim()
         .to_string();
+    let load_avg_1m = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
     Machine {
         cpu_model,
         n_cpus,
         kernel,
+        load_avg_1m,
     }
 }
 

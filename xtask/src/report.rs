@@ -113,6 +113,8 @@ pub struct Machine {
     pub cpu_model: String,
     pub n_cpus: usize,
     pub kernel: String,
+    /// 1-minute load average when the run started: other work on the machine skews results.
+    pub load_avg_1m: f64,
 }
 
 /// How a measured value is compared with its threshold.
@@ -407,6 +409,16 @@ impl Report {
             "- Machine: {} · {} CPUs · kernel {}",
             self.machine.cpu_model, self.machine.n_cpus, self.machine.kernel
         );
+        let busy = if self.machine.load_avg_1m > 0.5 {
+            " — **the machine was busy: other work skews these figures; rerun on an idle machine**"
+        } else {
+            " (idle)"
+        };
+        let _ = writeln!(
+            md,
+            "- Load average (1 min) at start: {:.2}{busy}",
+            self.machine.load_avg_1m
+        );
         let _ = writeln!(md, "- Pinning: {}", self.pinning);
         let _ = writeln!(
             md,
@@ -639,6 +651,7 @@ mod tests {
                 cpu_model: "Test CPU".into(),
                 n_cpus: 2,
                 kernel: "6.18".into(),
+                load_avg_1m: 3.0,
             },
             pinning: "server CPU 1, load CPU 0".into(),
             quick: true,
@@ -742,6 +755,7 @@ mod tests {
         report.evaluate_targets(&[20_000, 50_000], "two cores");
         let md = report.to_markdown();
         assert!(md.contains("## Targets"));
+        assert!(md.contains("the machine was busy"));
         assert!(md.contains("Test CPU · 2 CPUs · kernel 6.18"));
         assert!(md.contains("| subzero | wrk saturation | 130000 | 5.00 |"));
         assert!(md.contains("| peer-hyper-hello | wrk saturation | 0.71× | 1.08× |"));

@@ -208,6 +208,7 @@ mod tests {
                 cpu_model: String::new(),
                 n_cpus: 2,
                 kernel: String::new(),
+                load_avg_1m: 0.0,
             },
             pinning: String::new(),
             quick: true,

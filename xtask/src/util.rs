@@ -205,11 +205,39 @@ pub fn http_request(
     request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
     stream.write_all(body)?;
+    // Some peers keep the connection open despite `Connection: close`: stop at the end of
+    // the first response (Content-Length), or at close when there is none.
     let mut raw = Vec::new();
-    stream
-        .take(PROBE_RESPONSE_BYTES_MAX as u64)
-        .read_to_end(&mut raw)?;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if response_complete(&raw) {
+            break;
+        }
+        if raw.len() > PROBE_RESPONSE_BYTES_MAX {
+            bail!("response from {addr} is larger than {PROBE_RESPONSE_BYTES_MAX} bytes");
+        }
+    }
     parse_http_response(&raw)
+}
+
+/// Whether `raw` holds a whole response whose body length is given by Content-Length.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(header_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..header_end]);
+    let content_length = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    });
+    content_length.is_some_and(|len| raw.len() >= header_end + 4 + len)
 }
 
 /// Splits a raw HTTP/1.1 response into status code and body (no chunked decoding needed for
@@ -271,6 +299,21 @@ mod tests {
         assert_eq!(res.body, "{\"error\":1}");
         assert!(parse_http_response(b"SSH-2.0-x\r\n").is_err());
         assert!(parse_http_response(b"").is_err());
+    }
+
+    #[test]
+    fn knows_when_a_response_is_complete() {
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\no"
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        ));
+        // Without a length the body runs to close.
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\n\r\nok"));
     }
 
     #[test]
