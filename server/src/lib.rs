@@ -11,4 +11,12 @@ pub mod hashing;
 pub mod http;
 pub mod monitor;
 pub mod pool;
+pub mod serve;
 pub mod shard;
+
+/// Wall clock in unix seconds (the `now_s` every decision function takes).
+pub fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

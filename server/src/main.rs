@@ -1,2 +1,5 @@
 //! The `subzero` binary: a thin clap front over the library.
-fn main() {}
+
+fn main() -> std::process::ExitCode {
+    subzero::cli::main()
+}

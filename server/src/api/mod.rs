@@ -1,1 +1,414 @@
 //! Request handlers: routes an HTTP request to a gateway operation over shard-local state.
+//!
+//! `ShardApp` is one shard's whole application state (cache, pool, verifier, revocations,
+//! histograms). It implements [`shard::Handler`], so it never sees sockets or the ring.
+//!
+//! Architecture Invariant: nothing here blocks or does I/O on a request path, except the
+//! rate-limited JWKS reload on an unknown `kid`. Changes to global state (revocations, keys) go
+//! to the control plane, and the response waits for it as a deferred ticket.
+
+mod authn;
+mod batch;
+mod respond;
+mod token;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::rc::Rc;
+use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ed25519_dalek::SigningKey;
+
+use crate::auth::{Claims, Verifier};
+use crate::cache::CuckooCache;
+use crate::config::Config;
+use crate::control::ControlMsg;
+use crate::http::{self, Method, Request, Status};
+use crate::monitor::{Board, Op, OpHistograms};
+use crate::pool::{PoolLimits, TokenPool};
+use crate::shard::mesh::Mesh;
+use crate::shard::{Cx, Handler, Outcome, Ready, Ticket};
+
+/// Key material a shard needs; rebuilt by the control plane on rotation and retirement.
+pub struct KeySnapshot {
+    /// Current signing key.
+    pub signing_key: SigningKey,
+    /// Its kid.
+    pub kid: String,
+    /// `GET /.well-known/jwks.json` body.
+    pub jwks_json: String,
+    /// Verifier over every live key plus trusted issuers.
+    pub verifier: Verifier,
+    /// Kids that still verify.
+    pub kids: Vec<String>,
+}
+
+impl std::fmt::Debug for KeySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySnapshot")
+            .field("kid", &self.kid)
+            .field("kids", &self.kids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Messages to a shard over the mesh.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// New key material.
+    Keys(Arc<KeySnapshot>),
+    /// A `jti` is revoked until `exp_s`.
+    Revoked {
+        /// Token id.
+        jti: String,
+        /// Until when.
+        exp_s: u64,
+    },
+    /// Part of a split batch to verify on this shard.
+    BatchPart {
+        /// Shard that owns the request.
+        origin: usize,
+        /// Its batch id.
+        batch_id: u64,
+        /// Index of the first token in the whole batch.
+        offset: usize,
+        /// The tokens.
+        tokens: Vec<String>,
+    },
+    /// Verdicts for a part, back to the origin.
+    BatchDone {
+        /// Batch id at the origin.
+        batch_id: u64,
+        /// Index of the first token.
+        offset: usize,
+        /// One per token.
+        verdicts: Vec<batch::Verdict>,
+    },
+    /// The response to a deferred request.
+    Answer {
+        /// The shard's ticket.
+        ticket: Ticket,
+        /// Whole HTTP response.
+        response: Vec<u8>,
+    },
+}
+
+/// What every shard shares read-only.
+pub struct AppShared {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// The mesh (for `/metrics` queue depths).
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// `/metrics` sections.
+    pub board: Arc<Board>,
+    /// Gate mode label for `/metrics` until the control plane publishes gate counters.
+    pub gate_mode: &'static str,
+}
+
+/// A validated token as the cache keeps it.
+pub struct Cached {
+    claims: Claims,
+    /// Pre-rendered `X-Auth-*` header lines for `GET /v1/authenticate`.
+    headers: Box<[u8]>,
+}
+
+/// Why a token was refused: the verifier's reason, or a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// Format, signature or claims.
+    Token(crate::auth::TokenError),
+    /// The `jti` is on the denylist.
+    Revoked,
+}
+
+impl Denial {
+    /// OAuth `error_description`.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Denial::Token(e) => e.description(),
+            Denial::Revoked => "token has been revoked",
+        }
+    }
+}
+
+/// Per-shard counters that are not latency.
+#[derive(Debug, Default)]
+struct Counters {
+    responses_by_status: HashMap<u16, u64>,
+    auth_ok: u64,
+    auth_denied: u64,
+    jwks_reloads: u64,
+    control_busy: u64,
+    batch_parts_served: u64,
+}
+
+/// One shard's application state.
+pub struct ShardApp {
+    idx: usize,
+    shared: Arc<AppShared>,
+    control: SyncSender<ControlMsg>,
+    keys: Arc<KeySnapshot>,
+    verifier: Verifier,
+    cache: CuckooCache<Rc<Cached>>,
+    revoked: HashMap<String, u64>,
+    pool: TokenPool,
+    hists: OpHistograms,
+    counters: Counters,
+    batches: batch::Batches,
+    last_publish_s: u64,
+    last_sweep_s: u64,
+}
+
+/// Most revocations a shard mirrors (same bound as the control plane's log).
+const MAX_REVOKED: usize = crate::control::MAX_REVOCATIONS;
+
+impl ShardApp {
+    /// Builds shard `idx`'s state; called on the shard's own thread.
+    pub fn new(
+        idx: usize,
+        shared: Arc<AppShared>,
+        control: SyncSender<ControlMsg>,
+        keys: Arc<KeySnapshot>,
+        revoked: HashMap<String, u64>,
+        cache_seed: u64,
+    ) -> ShardApp {
+        let config = &shared.config;
+        let pool = TokenPool::new(PoolLimits {
+            max_keys: 256,
+            min_per_key: 1,
+            max_per_key: config.pool.max_per_key,
+            max_total: config.pool.max_total,
+            min_remaining_s: config.pool.min_remaining_s,
+            freshness_s: config.pool.freshness_s,
+        });
+        let cache = CuckooCache::new(config.auth.cache_entries_per_shard, cache_seed);
+        let verifier = keys.verifier.clone();
+        ShardApp {
+            idx,
+            control,
+            verifier,
+            keys,
+            cache,
+            revoked,
+            pool,
+            hists: OpHistograms::new(),
+            counters: Counters::default(),
+            batches: batch::Batches::default(),
+            last_publish_s: 0,
+            last_sweep_s: 0,
+            shared,
+        }
+    }
+
+    fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    fn route(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> (Outcome, Op) {
+        let ka = req.keep_alive;
+        let done = |op| (Outcome::Done, op);
+        match (req.method, req.path) {
+            (Method::Get | Method::Head, "/v1/authenticate") => {
+                done(self.authenticate_get(req, cx.now_s, out))
+            }
+            (Method::Post, "/v1/authenticate") => done(self.authenticate_post(req, cx.now_s, out)),
+            (Method::Post, "/v1/authenticate/batch") => self.authenticate_batch(req, cx, out),
+            (Method::Post, "/v1/token") => done(self.issue_token(req, cx.now_s, out)),
+            (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
+            (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
+            (Method::Get, "/healthz") => {
+                http::write_response(out, Status::Ok, Some("text/plain"), &[], b"ok", ka);
+                done(Op::Other)
+            }
+            (Method::Get, "/.well-known/jwks.json") => {
+                http::write_response(
+                    out,
+                    Status::Ok,
+                    Some("application/json"),
+                    &[b"cache-control: max-age=60"],
+                    self.keys.jwks_json.as_bytes(),
+                    ka,
+                );
+                done(Op::Other)
+            }
+            (Method::Get, "/metrics") => {
+                let mut text = String::new();
+                self.shared.board.render(&mut text);
+                let _ = writeln!(
+                    text,
+                    "subzero_gate_mode{{mode=\"{}\"}} 1",
+                    self.shared.gate_mode
+                );
+                for shard_idx in 0..self.shared.mesh.n_shards() {
+                    let _ = writeln!(
+                        text,
+                        "subzero_mesh_queue_depth{{shard=\"{shard_idx}\"}} {}",
+                        self.shared.mesh.depth(shard_idx)
+                    );
+                }
+                http::write_response(
+                    out,
+                    Status::Ok,
+                    Some("text/plain; version=0.0.4"),
+                    &[],
+                    text.as_bytes(),
+                    ka,
+                );
+                done(Op::Other)
+            }
+            (_, path) if KNOWN_PATHS.contains(&path) => {
+                respond::error(
+                    out,
+                    Status::MethodNotAllowed,
+                    "invalid_request",
+                    "method not allowed on this path",
+                    ka,
+                );
+                done(Op::Other)
+            }
+            _ => {
+                respond::error(
+                    out,
+                    Status::NotFound,
+                    "invalid_request",
+                    "no such endpoint",
+                    ka,
+                );
+                done(Op::Other)
+            }
+        }
+    }
+
+    /// Whether `req` carries the configured admin token (constant-time compare).
+    fn is_admin(&self, req: &Request<'_>) -> bool {
+        match (&self.config().admin_token, req.bearer()) {
+            (Some(admin), Some(given)) => respond::ct_eq(admin.as_bytes(), given),
+            _ => false,
+        }
+    }
+
+    fn publish_metrics(&self) {
+        let mut text = String::new();
+        let shard = self.idx;
+        self.hists.render(shard, &mut text);
+        let c = self.cache.stats();
+        let p = self.pool.stats();
+        let mut statuses: Vec<_> = self.counters.responses_by_status.iter().collect();
+        statuses.sort_unstable();
+        for (code, n) in statuses {
+            let _ = writeln!(
+                text,
+                "subzero_responses_total{{shard=\"{shard}\",code=\"{code}\"}} {n}"
+            );
+        }
+        let lines = [
+            ("subzero_auth_allowed_total", self.counters.auth_ok),
+            ("subzero_auth_denied_total", self.counters.auth_denied),
+            ("subzero_jwks_reloads_total", self.counters.jwks_reloads),
+            ("subzero_control_busy_total", self.counters.control_busy),
+            (
+                "subzero_batch_parts_served_total",
+                self.counters.batch_parts_served,
+            ),
+            ("subzero_cache_hits_total", c.hits),
+            ("subzero_cache_misses_total", c.misses),
+            ("subzero_cache_evictions_total", c.evictions),
+            ("subzero_cache_expired_total", c.expired),
+            ("subzero_cache_entries", self.cache.len() as u64),
+            ("subzero_pool_hits_total", p.hits),
+            ("subzero_pool_misses_total", p.misses),
+            ("subzero_pool_refilled_total", p.refilled),
+            ("subzero_pool_tokens", p.tokens as u64),
+            ("subzero_revoked_jti", self.revoked.len() as u64),
+        ];
+        for (name, value) in lines {
+            let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
+        }
+        self.shared.board.publish_shard(shard, text);
+    }
+}
+
+const KNOWN_PATHS: &[&str] = &[
+    "/v1/authenticate",
+    "/v1/authenticate/batch",
+    "/v1/token",
+    "/v1/revoke",
+    "/v1/keys/rotate",
+    "/healthz",
+    "/.well-known/jwks.json",
+    "/metrics",
+];
+
+impl Handler for ShardApp {
+    type Msg = ShardMsg;
+
+    fn handle(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> Outcome {
+        let started = Instant::now();
+        let out_start = out.len();
+        let (outcome, op) = self.route(req, cx, out);
+        if req.method == Method::Head {
+            respond::strip_body(out, out_start);
+        }
+        if outcome == Outcome::Done {
+            let code = respond::status_of(&out[out_start..]);
+            *self.counters.responses_by_status.entry(code).or_default() += 1;
+        }
+        self.hists.record(op, started.elapsed().as_nanos() as u64);
+        outcome
+    }
+
+    fn on_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
+        match msg {
+            ShardMsg::BatchPart {
+                origin,
+                batch_id,
+                offset,
+                tokens,
+            } => self.on_batch_part(origin, batch_id, offset, &tokens, now_s),
+            ShardMsg::BatchDone {
+                batch_id,
+                offset,
+                verdicts,
+            } => self.on_batch_done(batch_id, offset, verdicts, ready),
+            ShardMsg::Keys(snapshot) => {
+                let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));
+                self.verifier = snapshot.verifier.clone();
+                self.keys = snapshot;
+                if retired {
+                    // Cached entries do not record their kid; a retirement is rare, so drop all.
+                    self.cache.retain(|_| false);
+                }
+            }
+            ShardMsg::Revoked { jti, exp_s } => {
+                self.cache
+                    .retain(|cached| cached.claims.jti.as_deref() != Some(jti.as_str()));
+                if self.revoked.len() < MAX_REVOKED {
+                    self.revoked.insert(jti, exp_s);
+                }
+            }
+            ShardMsg::Answer { ticket, response } => {
+                let code = respond::status_of(&response);
+                *self.counters.responses_by_status.entry(code).or_default() += 1;
+                ready.push((ticket, response));
+            }
+        }
+    }
+
+    fn background(&mut self, now_s: u64, budget: u32, _ready: &mut Ready) -> bool {
+        let mut more = false;
+        if now_s != self.last_sweep_s {
+            self.last_sweep_s = now_s;
+            self.revoked.retain(|_, &mut exp_s| exp_s > now_s);
+        }
+        let swept = self.cache.sweep_expired(now_s, budget as usize * 16);
+        more |= swept > 0 && !self.cache.is_empty() && swept == budget as usize * 16;
+        more |= self.refill_pool(now_s, budget as usize);
+        if now_s != self.last_publish_s {
+            self.last_publish_s = now_s;
+            self.publish_metrics();
+        }
+        more
+    }
+}

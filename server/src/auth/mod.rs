@@ -1,1 +1,20 @@
-//! Keys, JWK/JWKS, JWT signing and verification (EdDSA own tokens; EdDSA/ES256/RS256 trusted issuers).
+//! Keys, JWK/JWKS, JWT signing and verification (`EdDSA` own tokens; `EdDSA`/`ES256`/`RS256` trusted issuers).
+//!
+//! Control plane: `KeyRing` (files under `<data_dir>/keys/`), `Verifier` construction and
+//! `Verifier::reload_issuer` (JWKS files). Data plane: `sign`, `Verifier::verify`,
+//! `Verifier::verify_batch` — no I/O, `now_s` passed in.
+
+mod b64;
+pub mod claims;
+pub mod error;
+pub mod jwk;
+pub mod jwt;
+pub mod keys;
+
+pub use claims::Claims;
+pub use error::{KeyError, TokenError};
+pub use jwt::{
+    new_jti, sign, TrustedIssuer, Verifier, BATCH_CHUNK, JWKS_RELOAD_MIN_INTERVAL_S,
+    MAX_TOKEN_BYTES, MAX_TRUSTED_ISSUERS,
+};
+pub use keys::KeyRing;

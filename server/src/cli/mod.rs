@@ -1,1 +1,265 @@
-//! Command-line interface (clap): serve, keygen, token, stats, block, audit.
+//! Command-line interface (clap): serve, keygen, token issue/verify (and the gate's stats/block).
+//!
+//! Errors are one sentence on stderr; exit codes: 0 ok, 1 runtime failure, 2 usage or config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::auth::{self, Claims, KeyRing, Verifier};
+use crate::config::{Config, Overrides, Shards};
+
+/// subzero: a zero-trust authentication gateway (thread-per-core io_uring, eBPF pre-filter).
+#[derive(Parser, Debug)]
+#[command(name = "subzero", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (no flags: 127.0.0.1:8080, ./var/subzero, one shard per core).
+    Serve(ServeArgs),
+    /// Create an Ed25519 signing key (PKCS#8 PEM, mode 0600) and its JWK.
+    Keygen {
+        /// Data directory that holds `keys/`.
+        #[arg(long, default_value = "var/subzero")]
+        data_dir: PathBuf,
+    },
+    /// Issue or verify tokens offline.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address (IP:PORT).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (keys, revocations, vault, audit log).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Shards: a number, or `auto` for one per CPU.
+    #[arg(long)]
+    shards: Option<String>,
+    /// Attach the XDP gate to this interface (repeatable).
+    #[arg(long)]
+    xdp: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Sign a token with the data dir's current key and print it.
+    Issue {
+        /// Data directory that holds `keys/`.
+        #[arg(long, default_value = "var/subzero")]
+        data_dir: PathBuf,
+        /// Subject (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Audience (`aud`).
+        #[arg(long)]
+        aud: String,
+        /// Scope (repeatable).
+        #[arg(long)]
+        scope: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 900)]
+        ttl_s: u64,
+        /// Issuer (`iss`).
+        #[arg(long, default_value = "subzero")]
+        iss: String,
+    },
+    /// Verify a token and print its claims as JSON.
+    Verify {
+        /// Verify against this data dir's keys (issuer `subzero`).
+        #[arg(long, conflicts_with = "jwks")]
+        data_dir: Option<PathBuf>,
+        /// Verify against the keys in this JWKS file (any issuer).
+        #[arg(long)]
+        jwks: Option<PathBuf>,
+        /// Only accept this audience (default: any).
+        #[arg(long)]
+        aud: Option<String>,
+        /// The token.
+        token: String,
+    },
+}
+
+/// A CLI failure: the message and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn runtime(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+}
+
+/// Entry point for the `subzero` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("subzero: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let now_s = crate::unix_now_s();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Keygen { data_dir } => {
+            let ring = KeyRing::generate(&data_dir, now_s).map_err(|e| runtime(e.to_string()))?;
+            println!("{}", ring.jwks_json());
+            eprintln!(
+                "created key {} in {}",
+                ring.current_kid(),
+                data_dir.join("keys").display()
+            );
+            Ok(())
+        }
+        Command::Token(TokenCommand::Issue {
+            data_dir,
+            sub,
+            aud,
+            scope,
+            ttl_s,
+            iss,
+        }) => {
+            if ttl_s == 0 || ttl_s > 86_400 * 366 {
+                return Err(usage("--ttl-s must be between 1 and 31622400 seconds"));
+            }
+            let ring = load_ring(&data_dir, now_s)?;
+            let scopes: Vec<&str> = scope.iter().map(String::as_str).collect();
+            let claims = Claims::new_for(&iss, &sub, vec![aud], &scopes, ttl_s, now_s);
+            println!(
+                "{}",
+                auth::sign(ring.signing_key(), ring.current_kid(), &claims)
+            );
+            Ok(())
+        }
+        Command::Token(TokenCommand::Verify {
+            data_dir,
+            jwks,
+            aud,
+            token,
+        }) => verify(data_dir.as_deref(), jwks.as_deref(), aud, &token, now_s),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let shards = args
+        .shards
+        .as_deref()
+        .map(Shards::parse)
+        .transpose()
+        .map_err(|e| usage(e.to_string()))?;
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        shards,
+        xdp: args.xdp,
+    };
+    let config =
+        Config::load(args.config.as_deref(), &overrides).map_err(|e| usage(e.to_string()))?;
+    crate::serve::serve(config).map_err(|e| runtime(e.to_string()))
+}
+
+fn load_ring(data_dir: &Path, now_s: u64) -> Result<KeyRing, Failure> {
+    KeyRing::load(data_dir, now_s).map_err(|e| {
+        runtime(format!(
+            "{e} (create a key with `subzero keygen --data-dir {}`)",
+            data_dir.display()
+        ))
+    })
+}
+
+fn verify(
+    data_dir: Option<&Path>,
+    jwks: Option<&Path>,
+    aud: Option<String>,
+    token: &str,
+    now_s: u64,
+) -> Result<(), Failure> {
+    let leeway_s = 60;
+    let verifier = match (data_dir, jwks) {
+        (_, Some(path)) => {
+            Verifier::from_jwks_file(path, leeway_s).map_err(|e| runtime(e.to_string()))?
+        }
+        (dir, None) => {
+            let dir = dir.unwrap_or(Path::new("var/subzero"));
+            let ring = load_ring(dir, now_s)?;
+            // Without --aud any audience is accepted: list the token's own (the signature is
+            // still checked, so this only skips the audience policy).
+            let audiences = aud
+                .clone()
+                .map_or_else(|| unverified_audiences(token), |a| vec![a]);
+            Verifier::own(&ring, "subzero", audiences, leeway_s)
+        }
+    };
+    let claims = verifier
+        .verify(token.trim().as_bytes(), now_s)
+        .map_err(|e| runtime(format!("token is invalid: {}", e.description())))?;
+    if let Some(aud) = aud {
+        if !claims.aud.contains(&aud) {
+            return Err(runtime(format!(
+                "token is invalid: audience {aud:?} is not among {:?}",
+                claims.aud
+            )));
+        }
+    }
+    let text = serde_json::to_string_pretty(&claims).map_err(|e| runtime(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The `aud` values a token claims, read without verification (policy input only).
+fn unverified_audiences(token: &str) -> Vec<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap_or("");
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload) else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Vec::new();
+    };
+    match &value["aud"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}

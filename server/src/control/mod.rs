@@ -1,1 +1,247 @@
 //! Control plane: key ring, revocations and other read-mostly state replicated to every shard.
+//!
+//! One thread owns everything that writes to disk or changes global state. Shards ask it through
+//! a bounded channel (`ControlMsg`); it persists first, then broadcasts the change to every shard
+//! over the mesh, then answers the asking shard's deferred request. Shards never wait on it:
+//! they defer the one response and keep serving.
+//!
+//! Architecture Invariant: a `200` for a revocation or key rotation is sent only after the change
+//! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
+
+mod revocations;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use revocations::{RevocationLog, MAX_REVOCATIONS};
+
+use crate::api::{KeySnapshot, ShardMsg};
+use crate::auth::{KeyRing, Verifier};
+use crate::config::Config;
+use crate::http::{self, Status};
+use crate::monitor::Board;
+use crate::shard::mesh::Mesh;
+use crate::shard::Ticket;
+
+/// Requests from shards to the control plane.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// Persist and broadcast a revocation, then answer `ticket` on `shard_idx`.
+    Revoke {
+        /// Asking shard.
+        shard_idx: usize,
+        /// Its deferred response.
+        ticket: Ticket,
+        /// Token id.
+        jti: String,
+        /// Token expiry: the denylist entry lives until then.
+        exp_s: u64,
+        /// Keep the connection open after the response.
+        keep_alive: bool,
+    },
+    /// Rotate the signing key, then answer `ticket` on `shard_idx`.
+    RotateKeys {
+        /// Asking shard.
+        shard_idx: usize,
+        /// Its deferred response.
+        ticket: Ticket,
+        /// Keep the connection open after the response.
+        keep_alive: bool,
+    },
+}
+
+/// Bound of the shard → control channel; a full channel makes shards answer 503.
+pub const CONTROL_QUEUE_DEPTH: usize = 4096;
+
+/// The control plane's state, owned by its thread.
+pub struct ControlPlane {
+    config: Arc<Config>,
+    data_dir: PathBuf,
+    keyring: KeyRing,
+    base_verifier: Verifier,
+    revocations: RevocationLog,
+    mesh: Arc<Mesh<ShardMsg>>,
+    board: Arc<Board>,
+    now_s: fn() -> u64,
+}
+
+impl ControlPlane {
+    /// Takes over the key ring and revocation log loaded at start.
+    pub fn new(
+        config: Arc<Config>,
+        keyring: KeyRing,
+        base_verifier: Verifier,
+        revocations: RevocationLog,
+        mesh: Arc<Mesh<ShardMsg>>,
+        board: Arc<Board>,
+    ) -> ControlPlane {
+        ControlPlane {
+            data_dir: config.server.data_dir.clone(),
+            config,
+            keyring,
+            base_verifier,
+            revocations,
+            mesh,
+            board,
+            now_s: crate::unix_now_s,
+        }
+    }
+
+    /// The key material every shard starts from (and gets again after each change).
+    pub fn key_snapshot(&self) -> Arc<KeySnapshot> {
+        let mut verifier = self.base_verifier.clone();
+        verifier.set_own_keys(&self.keyring);
+        Arc::new(KeySnapshot {
+            signing_key: self.keyring.signing_key().clone(),
+            kid: self.keyring.current_kid().to_owned(),
+            jwks_json: self.keyring.jwks_json(),
+            verifier,
+            kids: self
+                .keyring
+                .verifying_keys()
+                .map(|(kid, _)| kid.to_owned())
+                .collect(),
+        })
+    }
+
+    /// Runs until `shutdown` is set.
+    pub fn run(mut self, inbox: &Receiver<ControlMsg>, shutdown: &AtomicBool) {
+        let mut last_tick_s = 0;
+        while !shutdown.load(Ordering::Relaxed) {
+            match inbox.recv_timeout(Duration::from_millis(250)) {
+                Ok(msg) => self.handle(msg),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now_s = (self.now_s)();
+            if now_s != last_tick_s {
+                last_tick_s = now_s;
+                self.tick(now_s);
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: ControlMsg) {
+        let now_s = (self.now_s)();
+        match msg {
+            ControlMsg::Revoke {
+                shard_idx,
+                ticket,
+                jti,
+                exp_s,
+                keep_alive,
+            } => {
+                let mut out = Vec::new();
+                match self.revocations.append(&jti, exp_s, now_s) {
+                    Ok(()) => {
+                        self.broadcast(|| ShardMsg::Revoked {
+                            jti: jti.clone(),
+                            exp_s,
+                        });
+                        let body = serde_json::json!({ "revoked": true, "jti": jti }).to_string();
+                        http::write_json(&mut out, Status::Ok, body.as_bytes(), keep_alive);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot persist revocation");
+                        http::write_oauth_error(
+                            &mut out,
+                            Status::ServiceUnavailable,
+                            "temporarily_unavailable",
+                            "revocation could not be stored; retry",
+                            &[],
+                            keep_alive,
+                        );
+                    }
+                }
+                self.answer(shard_idx, ticket, out);
+            }
+            ControlMsg::RotateKeys {
+                shard_idx,
+                ticket,
+                keep_alive,
+            } => {
+                let mut out = Vec::new();
+                let previous = self.keyring.current_kid().to_owned();
+                // The previous key verifies until every token it signed has expired.
+                let retire_after_s = self.config.auth.token_ttl_s + self.config.auth.leeway_s;
+                match self.keyring.rotate(&self.data_dir, now_s, retire_after_s) {
+                    Ok(()) => {
+                        let snapshot = self.key_snapshot();
+                        self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
+                        let body = serde_json::json!({
+                            "kid": snapshot.kid,
+                            "previous_kid": previous,
+                            "previous_retire_at": now_s + retire_after_s,
+                        })
+                        .to_string();
+                        http::write_json(&mut out, Status::Ok, body.as_bytes(), keep_alive);
+                        tracing::info!(kid = %snapshot.kid, %previous, "signing key rotated");
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "key rotation failed");
+                        http::write_oauth_error(
+                            &mut out,
+                            Status::InternalServerError,
+                            "server_error",
+                            "key rotation failed; see the server log",
+                            &[],
+                            keep_alive,
+                        );
+                    }
+                }
+                self.answer(shard_idx, ticket, out);
+            }
+        }
+    }
+
+    fn tick(&mut self, now_s: u64) {
+        let retired = self.keyring.retire_expired(now_s);
+        if !retired.is_empty() {
+            tracing::info!(?retired, "previous signing keys retired");
+            let snapshot = self.key_snapshot();
+            self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
+        }
+        self.revocations.forget_expired(now_s);
+        let mut text = String::new();
+        self.revocations.render_metrics(&mut text);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "subzero_signing_keys {}\n",
+                self.keyring.verifying_keys().count()
+            ),
+        );
+        self.board.publish_control(text);
+    }
+
+    /// Queues a message to every shard. The control plane may wait for room; shards never do.
+    fn broadcast(&self, make: impl Fn() -> ShardMsg) {
+        for shard_idx in 0..self.mesh.n_shards() {
+            self.send(shard_idx, make());
+        }
+    }
+
+    fn answer(&self, shard_idx: usize, ticket: Ticket, response: Vec<u8>) {
+        self.send(shard_idx, ShardMsg::Answer { ticket, response });
+    }
+
+    fn send(&self, shard_idx: usize, mut msg: ShardMsg) {
+        let from = self.mesh.control_idx();
+        for _ in 0..10_000 {
+            match self.mesh.send(from, shard_idx, msg) {
+                Ok(()) => return,
+                Err(back) => {
+                    msg = back;
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+        tracing::error!(
+            shard_idx,
+            "shard inbox stayed full for 1 s; message dropped"
+        );
+    }
+}

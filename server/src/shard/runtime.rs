@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -121,12 +121,6 @@ fn split_user_data(ud: u64) -> (u64, usize, u32) {
     )
 }
 
-fn unix_now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 struct Shard<'m, H: Handler> {
     idx: usize,
     ring: IoUring,
@@ -217,7 +211,7 @@ pub fn run_shard<H: Handler>(
 
 impl<H: Handler> Shard<'_, H> {
     fn run(&mut self, shutdown: &AtomicBool) -> io::Result<()> {
-        let mut now_s = unix_now_s();
+        let mut now_s = crate::unix_now_s();
         let mut last_sweep_s = now_s;
         let mut shutdown_deadline: Option<Instant> = None;
         let mut more_background = false;
@@ -237,7 +231,7 @@ impl<H: Handler> Shard<'_, H> {
             };
             self.enter(wait)?;
             waker.unpark();
-            now_s = unix_now_s();
+            now_s = crate::unix_now_s();
 
             self.drain_completions(now_s);
             more_background = self

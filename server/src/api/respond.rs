@@ -1,0 +1,103 @@
+//! Response helpers shared by the handlers: OAuth error bodies, RFC 6750 challenges,
+//! constant-time comparison, header-safe values.
+
+use super::Denial;
+use crate::http::{self, Status};
+
+/// An OAuth-shaped JSON error.
+pub(super) fn error(out: &mut Vec<u8>, status: Status, code: &str, description: &str, ka: bool) {
+    http::write_oauth_error(out, status, code, description, &[], ka);
+}
+
+/// An OAuth-shaped JSON error with extra header lines.
+pub(super) fn error_with(
+    out: &mut Vec<u8>,
+    status: Status,
+    code: &str,
+    description: &str,
+    headers: &[&[u8]],
+    ka: bool,
+) {
+    http::write_oauth_error(out, status, code, description, headers, ka);
+}
+
+/// `401` with `WWW-Authenticate: Bearer error="invalid_token"` (RFC 6750 §3) and the reason.
+pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
+    let description = denial.description();
+    let challenge = format!(
+        "www-authenticate: Bearer realm=\"subzero\", error=\"invalid_token\", error_description=\"{description}\""
+    );
+    http::write_oauth_error(
+        out,
+        Status::Unauthorized,
+        "invalid_token",
+        description,
+        &[challenge.as_bytes()],
+        ka,
+    );
+}
+
+/// Compares secrets without an early exit on the first difference.
+pub(super) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Appends `value` with control characters, `%` and non-ASCII percent-encoded, so untrusted
+/// claim text can never end a header line.
+pub(super) fn push_header_value(out: &mut Vec<u8>, value: &str) {
+    for &b in value.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+}
+
+/// The status code of a whole response in `bytes` (`HTTP/1.1 NNN ...`).
+pub(super) fn status_of(bytes: &[u8]) -> u16 {
+    bytes
+        .get(9..12)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Drops the body of the response starting at `start` (HEAD), keeping its headers.
+pub(super) fn strip_body(out: &mut Vec<u8>, start: usize) {
+    if let Some(end) = out[start..].windows(4).position(|w| w == b"\r\n\r\n") {
+        out.truncate(start + end + 4);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_values_cannot_inject() {
+        let mut out = Vec::new();
+        push_header_value(&mut out, "alice\r\nx-admin: yes%");
+        assert_eq!(out, b"alice%0D%0Ax-admin: yes%25");
+    }
+
+    #[test]
+    fn ct_eq_compares() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secrets"));
+    }
+
+    #[test]
+    fn status_and_head() {
+        let mut out = Vec::new();
+        http::write_response(&mut out, Status::Ok, None, &[], b"body", true);
+        assert_eq!(status_of(&out), 200);
+        strip_body(&mut out, 0);
+        assert!(out.ends_with(b"content-length: 4\r\n\r\n"));
+    }
+}

@@ -1,0 +1,250 @@
+//! `subzero serve`: builds listeners, the mesh, the control plane and one pinned shard per core,
+//! then waits for SIGINT/SIGTERM and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use crate::api::{AppShared, ShardApp, ShardMsg};
+use crate::auth::{KeyRing, TrustedIssuer, Verifier};
+use crate::config::{allowed_cpus, Config};
+use crate::control::{ControlPlane, RevocationLog, CONTROL_QUEUE_DEPTH};
+use crate::monitor::Board;
+use crate::shard::mesh::Mesh;
+use crate::shard::{self, RuntimeStats, ShardLimits};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be created or used.
+    #[error(
+        "cannot use data directory {path}: {source}; check its permissions or pass --data-dir"
+    )]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Keys could not be loaded or generated.
+    #[error(transparent)]
+    Keys(#[from] crate::auth::KeyError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using it? choose another with --listen")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The revocation log could not be opened.
+    #[error("cannot open the revocation log in {path}: {source}")]
+    Revocations {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A runtime resource (eventfd, io_uring, thread) could not be created.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub fn serve(config: Config) -> Result<(), ServeError> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(ServeError::Runtime)?;
+    }
+    run(config, &shutdown, |addr| {
+        tracing::info!("listening on {addr}");
+    })
+}
+
+/// Runs until `shutdown` is set; `on_ready` gets the bound address once every shard runs.
+pub fn run(
+    config: Config,
+    shutdown: &Arc<AtomicBool>,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
+    let now_s = crate::unix_now_s();
+    let (keyring, verifier, revocations) = load_state(&config, now_s)?;
+    let revoked: HashMap<String, u64> = revocations
+        .entries()
+        .map(|(jti, exp_s)| (jti.to_owned(), exp_s))
+        .collect();
+
+    let n_shards = config.shard_count();
+    let listeners = bind_all(config.server.listen, n_shards)?;
+    let addr = shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?;
+
+    let mesh = Mesh::<ShardMsg>::new(n_shards).map_err(ServeError::Runtime)?;
+    let board = Arc::new(Board::new(n_shards));
+    let config = Arc::new(config);
+    let control = ControlPlane::new(
+        Arc::clone(&config),
+        keyring,
+        verifier,
+        revocations,
+        Arc::clone(&mesh),
+        Arc::clone(&board),
+    );
+    let keys = control.key_snapshot();
+    let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
+    let shared = Arc::new(AppShared {
+        config: Arc::clone(&config),
+        mesh: Arc::clone(&mesh),
+        board,
+        gate_mode: "off",
+    });
+
+    let cpus = allowed_cpus();
+    let limits = shard_limits(&config);
+    let mut threads = Vec::with_capacity(n_shards + 1);
+    let control_thread = {
+        let shutdown = Arc::clone(shutdown);
+        std::thread::Builder::new()
+            .name("sz-control".into())
+            .spawn(move || control.run(&control_rx, &shutdown))
+            .map_err(ServeError::Runtime)?
+    };
+    let cache_seed: u64 = rand::random();
+    for (idx, listener) in listeners.into_iter().enumerate() {
+        let cpu = cpus[idx % cpus.len()];
+        let shared = Arc::clone(&shared);
+        let control_tx = control_tx.clone();
+        let keys = Arc::clone(&keys);
+        let revoked = revoked.clone();
+        let limits = limits.clone();
+        let shutdown = Arc::clone(shutdown);
+        let mesh = Arc::clone(&mesh);
+        let stats = Arc::new(RuntimeStats::default());
+        let handle = std::thread::Builder::new()
+            .name(format!("sz-shard-{idx}"))
+            .spawn(move || {
+                if !shard::pin_to_cpu(cpu) {
+                    tracing::warn!(shard = idx, cpu, "could not pin shard thread");
+                }
+                let app = ShardApp::new(
+                    idx,
+                    shared,
+                    control_tx,
+                    keys,
+                    revoked,
+                    cache_seed ^ idx as u64,
+                );
+                shard::run_shard(idx, listener, limits, &mesh, stats, &shutdown, app)
+            })
+            .map_err(ServeError::Runtime)?;
+        threads.push(handle);
+    }
+    drop(control_tx);
+    tracing::info!(shards = n_shards, ?cpus, "subzero started");
+    on_ready(addr);
+
+    let mut result = Ok(());
+    for handle in threads {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "shard failed");
+                shutdown.store(true, Ordering::Relaxed);
+                mesh.wake_all();
+                result = Err(ServeError::Runtime(e));
+            }
+            Err(_) => result = Err(ServeError::Runtime(std::io::Error::other("shard panicked"))),
+        }
+    }
+    shutdown.store(true, Ordering::Relaxed);
+    let _ = control_thread.join();
+    tracing::info!("subzero stopped");
+    result
+}
+
+/// Data dir, key ring (generated on first start), verifier and revocation log.
+fn load_state(
+    config: &Config,
+    now_s: u64,
+) -> Result<(KeyRing, Verifier, RevocationLog), ServeError> {
+    let data_dir = config.server.data_dir.clone();
+    create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let (keyring, created) = KeyRing::load_or_generate(&data_dir, now_s)?;
+    if created {
+        tracing::info!(
+            kid = keyring.current_kid(),
+            "generated a new signing key in {}",
+            data_dir.display()
+        );
+    }
+    let mut verifier = Verifier::own(
+        &keyring,
+        &config.auth.issuer,
+        config.auth.audiences.clone(),
+        config.auth.leeway_s,
+    );
+    for issuer in &config.auth.trusted_issuers {
+        verifier.add_trusted_issuer(
+            TrustedIssuer {
+                issuer: issuer.issuer.clone(),
+                jwks_path: issuer.jwks_file.clone(),
+                audiences: issuer.audiences.clone(),
+            },
+            now_s,
+        )?;
+    }
+    let revocations =
+        RevocationLog::open(&data_dir, now_s).map_err(|source| ServeError::Revocations {
+            path: data_dir.clone(),
+            source,
+        })?;
+    Ok((keyring, verifier, revocations))
+}
+
+fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeError> {
+    let first = shard::bind_listener(listen, 4096).map_err(|source| ServeError::Bind {
+        addr: listen,
+        source,
+    })?;
+    // Port 0 resolves on the first bind; the other shards join that port.
+    let bound = shard::local_addr(&first).map_err(ServeError::Runtime)?;
+    let mut listeners = vec![first];
+    for _ in 1..n_shards {
+        listeners.push(
+            shard::bind_listener(bound, 4096).map_err(|source| ServeError::Bind {
+                addr: bound,
+                source,
+            })?,
+        );
+    }
+    Ok(listeners)
+}
+
+fn shard_limits(config: &Config) -> ShardLimits {
+    let s = &config.server;
+    ShardLimits {
+        max_connections: s.max_connections_per_shard,
+        max_header_bytes: s.max_header_bytes,
+        max_body_bytes: s.max_body_bytes,
+        max_pipeline_depth: s.max_pipeline_depth,
+        max_output_bytes: s.max_output_bytes,
+        idle_timeout_s: s.idle_timeout_s,
+        request_timeout_s: s.request_timeout_s,
+        ring_entries: s.ring_entries,
+        recv_buffer_bytes: s.recv_buffer_bytes,
+        recv_buffer_count: s.recv_buffer_count,
+    }
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}

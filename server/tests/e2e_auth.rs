@@ -1,0 +1,373 @@
+//! End to end over loopback with the real binary: issue, authenticate, every rejection reason,
+//! revocation on every shard and across a crash, external ES256/RS256 issuers, pipelining.
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{bearer, issue, Server};
+use subzero::auth::{self, Claims, KeyRing};
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn now_s() -> u64 {
+    subzero::unix_now_s()
+}
+
+fn authenticate(server: &Server, token: &str) -> common::Response {
+    server.request(
+        "GET",
+        "/v1/authenticate",
+        &[("Authorization", &bearer(token))],
+        "",
+    )
+}
+
+#[test]
+fn issued_token_authenticates_with_identity_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let token = issue(dir.path(), "alice", "subzero", &["read", "write"]);
+    let resp = authenticate(&server, &token);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.header("x-auth-subject"), Some("alice"));
+    assert_eq!(resp.header("x-auth-scopes"), Some("read write"));
+    assert_eq!(resp.header("x-auth-issuer"), Some("subzero"));
+    // The cached path answers the same.
+    let again = authenticate(&server, &token);
+    assert_eq!(again.header("x-auth-subject"), Some("alice"));
+    // POST returns the claims.
+    let body = format!("{{\"token\":\"{token}\"}}");
+    let post = server.request("POST", "/v1/authenticate", &[], &body);
+    assert_eq!(post.status, 200);
+    assert_eq!(post.json()["claims"]["sub"], "alice");
+    // No credentials: 401 with a bare challenge.
+    let none = server.request("GET", "/v1/authenticate", &[], "");
+    assert_eq!(none.status, 401);
+    assert!(none
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Bearer"));
+    assert!(server.terminate(), "graceful shutdown exits 0");
+}
+
+#[test]
+fn every_bad_token_is_refused_with_its_own_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let good = issue(dir.path(), "alice", "subzero", &[]);
+    let ring = KeyRing::load(dir.path(), now_s()).unwrap();
+    let kid = ring.current_kid().to_owned();
+    let parts: Vec<&str> = good.split('.').collect();
+
+    // Tampered payload: same header and signature, different claims.
+    let evil_claims = Claims::new_for(
+        "subzero",
+        "mallory",
+        vec!["subzero".into()],
+        &[],
+        600,
+        now_s(),
+    );
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&serde_json::to_vec(&evil_claims).unwrap()),
+        parts[2]
+    );
+
+    // Expired, signed with our real key.
+    let mut old = Claims::new_for(
+        "subzero",
+        "alice",
+        vec!["subzero".into()],
+        &[],
+        60,
+        now_s() - 3600,
+    );
+    old.exp = now_s() - 600;
+    let expired = auth::sign(ring.signing_key(), &kid, &old);
+
+    let wrong_aud = issue(dir.path(), "alice", "someone-else", &[]);
+
+    let payload = b64(&serde_json::to_vec(&Claims::new_for(
+        "subzero",
+        "alice",
+        vec!["subzero".into()],
+        &[],
+        600,
+        now_s(),
+    ))
+    .unwrap());
+    let alg_none = format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
+
+    // HS256 keyed with our public key: the classic algorithm-confusion forgery.
+    let header = b64(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#).as_bytes());
+    let public = ring.verifying_keys().next().unwrap().1.to_bytes();
+    let mac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &public);
+    let signing_input = format!("{header}.{payload}");
+    let mac = ring::hmac::sign(&mac_key, signing_input.as_bytes());
+    let hs256 = format!("{signing_input}.{}", b64(mac.as_ref()));
+
+    // A well-formed EdDSA token under a key we never had.
+    let stranger = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let unknown_kid = auth::sign(
+        &stranger,
+        "no-such-kid",
+        &Claims::new_for(
+            "subzero",
+            "alice",
+            vec!["subzero".into()],
+            &[],
+            600,
+            now_s(),
+        ),
+    );
+
+    let cases = [
+        ("tampered", tampered),
+        ("expired", expired),
+        ("wrong audience", wrong_aud),
+        ("alg none", alg_none),
+        ("HS256 with public key", hs256),
+        ("unknown kid", unknown_kid),
+    ];
+    let mut reasons = Vec::new();
+    for (name, token) in &cases {
+        let resp = authenticate(&server, token);
+        assert_eq!(resp.status, 401, "{name}: {resp:?}");
+        let challenge = resp.header("www-authenticate").unwrap_or("");
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{name}: {challenge}"
+        );
+        assert_eq!(resp.json()["error"], "invalid_token", "{name}");
+        reasons.push(resp.error_description());
+    }
+    assert_eq!(reasons[0], "token signature is invalid");
+    assert_eq!(reasons[1], "token has expired");
+    assert_eq!(reasons[2], "token audience is not accepted");
+    assert_eq!(reasons[3], "alg none is not accepted");
+    assert_eq!(reasons[4], "HMAC algorithms are not accepted");
+    assert_eq!(reasons[5], "token key id is unknown");
+    let mut distinct = reasons.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        reasons.len(),
+        "descriptions must differ: {reasons:?}"
+    );
+    // The good token still works after all that.
+    assert_eq!(authenticate(&server, &good).status, 200);
+}
+
+#[test]
+fn revocation_reaches_every_shard_and_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let token = issue(dir.path(), "bob", "subzero", &[]);
+    let other = issue(dir.path(), "carol", "subzero", &[]);
+    // Warm both shards' caches through many connections (SO_REUSEPORT spreads them).
+    for _ in 0..16 {
+        assert_eq!(authenticate(&server, &token).status, 200);
+    }
+    let body = format!("{{\"token\":\"{token}\"}}");
+    let resp = server.request(
+        "POST",
+        "/v1/revoke",
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["revoked"], true);
+    for _ in 0..32 {
+        let resp = authenticate(&server, &token);
+        assert_eq!(resp.status, 401);
+        assert_eq!(resp.error_description(), "token has been revoked");
+        assert_eq!(authenticate(&server, &other).status, 200);
+    }
+    // Every shard refused it (metrics are published once a second).
+    std::thread::sleep(Duration::from_millis(1300));
+    let metrics = server.request("GET", "/metrics", &[], "").body;
+    for shard in 0..2 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("subzero_auth_denied_total{{shard=\"{shard}\"}}")))
+            .unwrap_or_else(|| panic!("no denied counter for shard {shard}:\n{metrics}"));
+        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            n > 0,
+            "shard {shard} never refused the revoked token:\n{metrics}"
+        );
+    }
+    // The acknowledged revocation survives a crash.
+    server.kill9();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    assert_eq!(authenticate(&server, &token).status, 401);
+    assert_eq!(authenticate(&server, &other).status, 200);
+}
+
+#[test]
+fn pipelined_burst_of_100_answers_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let tokens: Vec<String> = (0..4)
+        .map(|i| issue(dir.path(), &format!("user{i}"), "subzero", &[]))
+        .collect();
+    let mut burst = Vec::new();
+    for i in 0..100 {
+        let token = if i % 10 == 9 {
+            "garbage".to_owned()
+        } else {
+            tokens[i % 4].clone()
+        };
+        burst.extend(common::request_bytes(
+            "GET",
+            "/v1/authenticate",
+            &[("Authorization", &bearer(&token))],
+            "",
+        ));
+    }
+    let mut conn = server.connect();
+    conn.raw(&burst);
+    for i in 0..100 {
+        let resp = conn.read_response();
+        if i % 10 == 9 {
+            assert_eq!(resp.status, 401, "response {i}");
+        } else {
+            assert_eq!(resp.status, 200, "response {i}");
+            assert_eq!(
+                resp.header("x-auth-subject"),
+                Some(format!("user{}", i % 4).as_str()),
+                "response {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn hostile_requests_get_specific_errors_and_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let token = issue(dir.path(), "alice", "subzero", &[]);
+    let huge_header = "x".repeat(20_000);
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"BLAH\x01 / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            format!("GET / HTTP/1.1\r\nX-Big: {huge_header}\r\n\r\n").into_bytes(),
+            431,
+        ),
+        (
+            b"POST /v1/authenticate HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            413,
+        ),
+        (
+            b"POST /v1/authenticate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            411,
+        ),
+        (
+            b"POST /v1/authenticate HTTP/1.1\r\nContent-Length: 5\r\n\r\n{bad}".to_vec(),
+            400,
+        ),
+        (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
+        (b"DELETE /v1/token HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (
+            b"POST /v1/authenticate/batch HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"tokens\":[]}"
+                .to_vec(),
+            400,
+        ),
+    ];
+    for (bytes, want) in cases {
+        let mut conn = server.connect();
+        conn.raw(&bytes);
+        let resp = conn.read_response();
+        assert_eq!(
+            resp.status,
+            want,
+            "{}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+        );
+        assert!(
+            resp.json()["error"].is_string(),
+            "OAuth error shape: {}",
+            resp.body
+        );
+    }
+    assert_eq!(authenticate(&server, &token).status, 200);
+}
+
+#[test]
+fn batch_verifies_many_and_reports_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let mut tokens: Vec<String> = (0..50)
+        .map(|i| issue_fast(dir.path(), &format!("u{i}")))
+        .collect();
+    tokens[7] = "not.a.token".into();
+    let body = serde_json::json!({ "tokens": tokens }).to_string();
+    let resp = server.request("POST", "/v1/authenticate/batch", &[], &body);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let json = resp.json();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    assert_eq!(json["valid"], 49);
+    assert_eq!(results[7]["valid"], false);
+    assert_eq!(results[8]["claims"]["sub"], "u8");
+}
+
+#[test]
+fn large_batch_is_split_across_shards_and_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let mut tokens: Vec<String> = (0..600)
+        .map(|i| issue_fast(dir.path(), &format!("u{i}")))
+        .collect();
+    for i in [0, 299, 300, 599] {
+        tokens[i] = format!("{}x", tokens[i]); // corrupt the signature
+    }
+    let body = serde_json::json!({ "tokens": tokens }).to_string();
+    let resp = server.request("POST", "/v1/authenticate/batch", &[], &body);
+    assert_eq!(
+        resp.status,
+        200,
+        "{}",
+        &resp.body[..resp.body.len().min(300)]
+    );
+    let json = resp.json();
+    let results = json["results"].as_array().unwrap();
+    assert_eq!(results.len(), 600);
+    assert_eq!(json["valid"], 596);
+    for (i, r) in results.iter().enumerate() {
+        if [0, 299, 300, 599].contains(&i) {
+            assert_eq!(r["valid"], false, "token {i}");
+        } else {
+            assert_eq!(
+                r["claims"]["sub"],
+                format!("u{i}"),
+                "token {i} out of order"
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1300));
+    let metrics = server.request("GET", "/metrics", &[], "").body;
+    let parts: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("subzero_batch_parts_served_total"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(
+        parts >= 1,
+        "no part was verified on another shard:\n{metrics}"
+    );
+}
+
+/// Signs in-process (the CLI would cost a process start per token).
+fn issue_fast(data_dir: &std::path::Path, sub: &str) -> String {
+    let ring = KeyRing::load(data_dir, now_s()).unwrap();
+    let claims = Claims::new_for("subzero", sub, vec!["subzero".into()], &[], 600, now_s());
+    auth::sign(ring.signing_key(), ring.current_kid(), &claims)
+}
