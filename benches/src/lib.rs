@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The response every hand-rolled hello peer writes (glommio and the bare io_uring loop):
+/// The response every hand-rolled hello peer writes (glommio and the bare `io_uring` loop):
 /// the same bytes for each, so they compare like for like.
 pub const HELLO_RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
@@ -57,7 +57,9 @@ pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
     };
     let n_cpus_max = 8 * std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: `CPU_ISSET` reads one bit of a set we own; the index is below the set's size.
-    Ok((0..n_cpus_max).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect())
+    Ok((0..n_cpus_max)
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
 }
 
 /// Listen backlog the peers ask for; `std` uses 128, which drops SYNs when a load generator
@@ -95,7 +97,7 @@ pub fn set_nodelay(fd: std::os::fd::RawFd) -> std::io::Result<()> {
 
 /// Counts HTTP/1.1 request heads (`\r\n\r\n` terminators) across reads of one connection.
 ///
-/// This is the bare io_uring floor's whole parser: it assumes body-less requests (GET), which
+/// This is the bare `io_uring` floor's whole parser: it assumes body-less requests (GET), which
 /// is what the hello scenario sends. It keeps how much of a terminator the previous read ended
 /// with, so a terminator split across reads is still counted once.
 #[derive(Debug, Default, Clone, Copy)]
@@ -210,7 +212,11 @@ pub fn parse_url(url: &str) -> Result<Target, String> {
     } else {
         format!("{authority}:80")
     };
-    Ok(Target { addr, host: authority.to_owned(), path: path.to_owned() })
+    Ok(Target {
+        addr,
+        host: authority.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 /// Builds one request's bytes; `loadgen` repeats them for pipelined and queued sends.
@@ -222,7 +228,9 @@ pub fn build_request(
 ) -> Vec<u8> {
     let mut request = Vec::with_capacity(128 + body.len());
     request.extend_from_slice(format!("{method} {} HTTP/1.1\r\n", target.path).as_bytes());
-    let has_host = headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("host"));
+    let has_host = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("host"));
     if !has_host {
         request.extend_from_slice(format!("host: {}\r\n", target.host).as_bytes());
     }
@@ -239,9 +247,15 @@ pub fn build_request(
 
 /// Splits `"Name: value"` as given to `--header`.
 pub fn parse_header_arg(arg: &str) -> Result<(String, String), String> {
-    let (name, value) = arg.split_once(':').ok_or_else(|| format!("header without ':': {arg}"))?;
+    let (name, value) = arg
+        .split_once(':')
+        .ok_or_else(|| format!("header without ':': {arg}"))?;
     let name = name.trim();
-    if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if name.is_empty()
+        || name
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(format!("bad header name: {arg}"));
     }
     Ok((name.to_owned(), value.trim().to_owned()))
@@ -335,7 +349,10 @@ impl Schedule {
     /// A schedule of `rate_per_s` requests per second over `duration_s` seconds.
     pub fn new(rate_per_s: u64, duration_s: u64) -> Schedule {
         assert!(rate_per_s > 0);
-        Schedule { rate_per_s, n_requests: rate_per_s.saturating_mul(duration_s) }
+        Schedule {
+            rate_per_s,
+            n_requests: rate_per_s.saturating_mul(duration_s),
+        }
     }
 
     /// How many requests the whole run sends.
@@ -350,9 +367,11 @@ impl Schedule {
 
     /// How many requests are due at `elapsed_ns` since the start (capped at the total).
     pub fn n_due(&self, elapsed_ns: u64) -> u64 {
-        // Request idx is due when idx * 1e9 / rate <= elapsed, i.e. idx <= elapsed * rate / 1e9.
-        let last = u128::from(elapsed_ns) * u128::from(self.rate_per_s) / 1_000_000_000;
-        (last as u64).saturating_add(1).min(self.n_requests)
+        // due_ns(idx) = floor(idx * 1e9 / rate) <= elapsed  <=>  idx * 1e9 < (elapsed + 1) * rate,
+        // so the count of due requests is ceil((elapsed + 1) * rate / 1e9).
+        let scaled = (u128::from(elapsed_ns) + 1) * u128::from(self.rate_per_s);
+        let n_due = scaled.div_ceil(1_000_000_000);
+        n_due.min(u128::from(self.n_requests)) as u64
     }
 }
 
@@ -381,12 +400,24 @@ mod tests {
         let post = b"POST /b HTTP/1.1\r\ncontent-length: 3\r\n\r\nabc";
         let both = [&get[..], &post[..], &get[..]].concat();
         assert_eq!(frame_requests(&both), Ok((3, both.len())));
-        assert_eq!(frame_requests(&both[..both.len() - 1]), Ok((2, get.len() + post.len())));
-        assert_eq!(frame_requests(&both[..get.len() + post.len() - 1]), Ok((1, get.len())));
+        assert_eq!(
+            frame_requests(&both[..both.len() - 1]),
+            Ok((2, get.len() + post.len()))
+        );
+        assert_eq!(
+            frame_requests(&both[..get.len() + post.len() - 1]),
+            Ok((1, get.len()))
+        );
         assert_eq!(frame_requests(b""), Ok((0, 0)));
-        assert_eq!(frame_requests(b"\x00\x01 nonsense\r\n\r\n"), Err(RequestError::Malformed));
+        assert_eq!(
+            frame_requests(b"\x00\x01 nonsense\r\n\r\n"),
+            Err(RequestError::Malformed)
+        );
         let huge = vec![b'a'; REQUEST_HEAD_BYTES_MAX + 1];
-        assert_eq!(frame_requests(&[&b"GET /"[..], &huge].concat()), Err(RequestError::TooLarge));
+        assert_eq!(
+            frame_requests(&[&b"GET /"[..], &huge].concat()),
+            Err(RequestError::TooLarge)
+        );
     }
 
     #[test]
@@ -406,9 +437,15 @@ mod tests {
         let target = parse_url("http://h:1/p").unwrap();
         let headers = vec![parse_header_arg("Authorization: Bearer abc").unwrap()];
         let get = build_request("GET", &target, &headers, b"");
-        assert_eq!(get, b"GET /p HTTP/1.1\r\nhost: h:1\r\nAuthorization: Bearer abc\r\n\r\n");
+        assert_eq!(
+            get,
+            b"GET /p HTTP/1.1\r\nhost: h:1\r\nAuthorization: Bearer abc\r\n\r\n"
+        );
         let post = build_request("POST", &target, &[], b"{}");
-        assert_eq!(post, b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\n\r\n{}");
+        assert_eq!(
+            post,
+            b"POST /p HTTP/1.1\r\nhost: h:1\r\ncontent-length: 2\r\n\r\n{}"
+        );
         assert!(parse_header_arg("no colon").is_err());
         assert!(parse_header_arg(": v").is_err());
     }
@@ -416,26 +453,46 @@ mod tests {
     #[test]
     fn response_framing() {
         let one = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let two = [&one[..], b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n"].concat();
+        let two = [
+            &one[..],
+            b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n",
+        ]
+        .concat();
         assert_eq!(
             parse_response(&two),
-            Ok(ResponseParse::Complete { status: 200, n_bytes: one.len() })
+            Ok(ResponseParse::Complete {
+                status: 200,
+                n_bytes: one.len()
+            })
         );
         assert_eq!(
             parse_response(&two[one.len()..]),
-            Ok(ResponseParse::Complete { status: 401, n_bytes: two.len() - one.len() })
+            Ok(ResponseParse::Complete {
+                status: 401,
+                n_bytes: two.len() - one.len()
+            })
         );
         for cut in 0..one.len() {
-            assert_eq!(parse_response(&one[..cut]), Ok(ResponseParse::Partial), "cut {cut}");
+            assert_eq!(
+                parse_response(&one[..cut]),
+                Ok(ResponseParse::Partial),
+                "cut {cut}"
+            );
         }
         assert_eq!(
             parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
             Err(ResponseError::UnsupportedFraming)
         );
-        assert!(matches!(parse_response(b"HTTP/1.1 2x0\r\n\r\n"), Err(ResponseError::Malformed(_))));
+        assert!(matches!(
+            parse_response(b"HTTP/1.1 2x0\r\n\r\n"),
+            Err(ResponseError::Malformed(_))
+        ));
         assert_eq!(
             parse_response(b"HTTP/1.1 204 No Content\r\n\r\n"),
-            Ok(ResponseParse::Complete { status: 204, n_bytes: 25 })
+            Ok(ResponseParse::Complete {
+                status: 204,
+                n_bytes: 27
+            })
         );
     }
 

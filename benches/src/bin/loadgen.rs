@@ -1,4 +1,4 @@
-//! subzero's fixed-rate (open-loop) HTTP/1.1 load generator on io_uring, one thread.
+//! subzero's fixed-rate (open-loop) HTTP/1.1 load generator on `io_uring`, one thread.
 //!
 //! Request `i` is due at `start + i / rate` whatever happened before it; it goes to connection
 //! `i % connections` and waits there, in schedule order, until the connection may send
@@ -86,6 +86,7 @@ fn user_data(op: Op, conn_idx: usize) -> u64 {
     ((op as u64) << 56) | conn_idx as u64
 }
 
+#[allow(clippy::struct_excessive_bools)] // reason: independent per-connection flags, read one at a time.
 struct Conn {
     stream: Option<TcpStream>,
     /// Due times (ns since start) of requests assigned here and not sent yet.
@@ -261,7 +262,8 @@ impl Loadgen {
                         self.fail(conn_idx);
                         return Ok(());
                     };
-                    let latency_us = (now_ns.saturating_sub(due_ns) / 1000).clamp(1, LATENCY_US_MAX);
+                    let latency_us =
+                        (now_ns.saturating_sub(due_ns) / 1000).clamp(1, LATENCY_US_MAX);
                     self.histogram.saturating_record(latency_us);
                     self.counters.n_responses += 1;
                     if !(200..300).contains(&status) {
@@ -304,21 +306,27 @@ impl Loadgen {
             if conn.send_in_flight || conn.queued.is_empty() {
                 continue;
             }
-            let n_sendable = self.pipeline.saturating_sub(conn.in_flight.len()).min(conn.queued.len());
+            let n_sendable = self
+                .pipeline
+                .saturating_sub(conn.in_flight.len())
+                .min(conn.queued.len());
             if n_sendable == 0 {
                 continue;
             }
             conn.send_buf.clear();
             for _ in 0..n_sendable {
-                let Some(due_ns) = conn.queued.pop_front() else { break };
+                let Some(due_ns) = conn.queued.pop_front() else {
+                    break;
+                };
                 conn.in_flight.push_back(due_ns);
                 conn.send_buf.extend_from_slice(&self.request);
             }
             conn.send_offset = 0;
             conn.send_in_flight = true;
-            let entry = opcode::Send::new(Fd(fd), conn.send_buf.as_ptr(), conn.send_buf.len() as u32)
-                .build()
-                .user_data(user_data(Op::Send, conn_idx));
+            let entry =
+                opcode::Send::new(Fd(fd), conn.send_buf.as_ptr(), conn.send_buf.len() as u32)
+                    .build()
+                    .user_data(user_data(Op::Send, conn_idx));
             push(&mut self.ring, &entry)?;
         }
         dirty.clear();
@@ -327,7 +335,10 @@ impl Loadgen {
     }
 
     fn n_outstanding(&self) -> u64 {
-        self.conns.iter().map(|conn| (conn.queued.len() + conn.in_flight.len()) as u64).sum()
+        self.conns
+            .iter()
+            .map(|conn| (conn.queued.len() + conn.in_flight.len()) as u64)
+            .sum()
     }
 
     /// Runs the schedule and the drain; returns the elapsed time.
@@ -356,7 +367,11 @@ impl Loadgen {
             if all_sent && (self.n_outstanding() == 0 || now_ns >= deadline_ns) {
                 break;
             }
-            let wake_ns = if all_sent { deadline_ns } else { schedule.due_ns(n_scheduled) };
+            let wake_ns = if all_sent {
+                deadline_ns
+            } else {
+                schedule.due_ns(n_scheduled)
+            };
             let wait = Duration::from_nanos(wake_ns.saturating_sub(now_ns));
             let timespec = Timespec::from(wait);
             let args = SubmitArgs::new().timespec(&timespec);
@@ -392,7 +407,13 @@ impl Loadgen {
 
     fn report(&self, elapsed: Duration) -> serde_json::Value {
         let duration_s = elapsed.as_secs_f64();
-        let quantile = |q: f64| if self.histogram.is_empty() { 0 } else { self.histogram.value_at_quantile(q) };
+        let quantile = |q: f64| {
+            if self.histogram.is_empty() {
+                0
+            } else {
+                self.histogram.value_at_quantile(q)
+            }
+        };
         let status: serde_json::Map<String, serde_json::Value> = self
             .counters
             .status
@@ -426,7 +447,11 @@ fn resolve(args: &Args) -> Result<(SocketAddr, Target), String> {
             if !args.path.starts_with('/') {
                 return Err(format!("--path must start with '/': {}", args.path));
             }
-            Target { addr: addr.clone(), host: addr.clone(), path: args.path.clone() }
+            Target {
+                addr: addr.clone(),
+                host: addr.clone(),
+                path: args.path.clone(),
+            }
         }
         _ => return Err("give --url, or --addr with --path".into()),
     };
@@ -471,7 +496,9 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         .collect::<Result<Vec<_>, _>>()?;
     let body = match &args.body_file {
         Some(path) => {
-            let size = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?.len();
+            let size = std::fs::metadata(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
             if size > BODY_BYTES_MAX {
                 return Err(format!("--body-file larger than {BODY_BYTES_MAX} bytes"));
             }

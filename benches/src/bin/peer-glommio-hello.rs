@@ -37,7 +37,9 @@ async fn serve_connection(mut stream: TcpStream) {
             Ok(n_read) => n_read,
         };
         n_filled += n_read;
-        let Ok((n_requests, n_consumed)) = frame_requests(&buf[..n_filled]) else { return };
+        let Ok((n_requests, n_consumed)) = frame_requests(&buf[..n_filled]) else {
+            return;
+        };
         buf.copy_within(n_consumed..n_filled, 0);
         n_filled -= n_consumed;
         if n_requests == 0 {
@@ -55,7 +57,10 @@ async fn serve_connection(mut stream: TcpStream) {
 
 async fn serve(listen: SocketAddr) -> std::io::Result<()> {
     let listener = TcpListener::bind(listen).map_err(std::io::Error::from)?;
-    eprintln!("listening on {}", listener.local_addr().map_err(std::io::Error::from)?);
+    eprintln!(
+        "listening on {}",
+        listener.local_addr().map_err(std::io::Error::from)?
+    );
     glommio::spawn_local(async {
         while !stop_requested() {
             glommio::timer::sleep(STOP_POLL_INTERVAL).await;

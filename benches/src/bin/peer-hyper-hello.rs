@@ -1,4 +1,4 @@
-//! Hello peer on tokio (current_thread) + hyper 1 (HTTP/1 only, `pipeline_flush`): `200 ok` on
+//! Hello peer on tokio (`current_thread`) + hyper 1 (HTTP/1 only, `pipeline_flush`): `200 ok` on
 //! any path. The xtask pins it to one core with `taskset`.
 
 use std::convert::Infallible;
@@ -13,7 +13,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// Hello responder on tokio current_thread + hyper.
+/// Hello responder on tokio `current_thread` + hyper.
 #[derive(Parser, Debug)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:9001.
@@ -22,17 +22,22 @@ struct Args {
 }
 
 #[allow(clippy::unused_async)] // reason: hyper's `service_fn` needs a future.
-async fn hello(_request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn hello(
+    _request: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
-    response
-        .headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("text/plain"));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
     Ok(response)
 }
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
     runtime.block_on(serve(args.listen))
 }
 

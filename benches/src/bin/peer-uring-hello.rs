@@ -1,4 +1,4 @@
-//! The floor: a bare io_uring hello loop on one core (io-uring 0.7). `SINGLE_ISSUER` +
+//! The floor: a bare `io_uring` hello loop on one core (`io-uring` 0.7). `SINGLE_ISSUER` +
 //! `DEFER_TASKRUN` (falling back to `COOP_TASKRUN`), multishot accept, multishot recv into a
 //! provided-buffer ring, one send per connection per loop pass carrying every response owed,
 //! one `submit_and_wait` per pass. Framing is a count of `\r\n\r\n`: GET only, on purpose.
@@ -15,7 +15,7 @@ use subzero_benches::{
     HELLO_RESPONSE,
 };
 
-/// Bare io_uring hello responder (the floor).
+/// Bare `io_uring` hello responder (the floor).
 #[derive(Parser, Debug)]
 struct Args {
     /// Address to listen on, e.g. 127.0.0.1:9004.
@@ -50,9 +50,14 @@ fn user_data(op: Op, conn_idx: usize, generation: u32) -> u64 {
 }
 
 fn decode(user_data: u64) -> (u64, usize, u32) {
-    (user_data >> 56, (user_data & 0xFFFF_FFFF) as usize, ((user_data >> 32) & 0x00FF_FFFF) as u32)
+    (
+        user_data >> 56,
+        (user_data & 0xFFFF_FFFF) as usize,
+        ((user_data >> 32) & 0x00FF_FFFF) as u32,
+    )
 }
 
+#[allow(clippy::struct_excessive_bools)] // reason: independent per-connection flags, read one at a time.
 struct Conn {
     fd: RawFd,
     generation: u32,
@@ -102,7 +107,12 @@ impl BufRing {
         // SAFETY: the mapping is page-aligned, zeroed and lives as long as `buf_ring`, which
         // outlives every recv that selects from it (the ring is dropped first in `main`).
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(addr as u64, BUFFER_COUNT, BUFFER_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                addr as u64,
+                BUFFER_COUNT,
+                BUFFER_GROUP,
+                0,
+            )?;
         }
         for bid in 0..BUFFER_COUNT {
             buf_ring.push(bid);
@@ -149,8 +159,10 @@ impl Drop for BufRing {
 }
 
 fn build_ring() -> std::io::Result<(IoUring, &'static str)> {
-    if let Ok(ring) =
-        IoUring::builder().setup_single_issuer().setup_defer_taskrun().build(RING_ENTRIES)
+    if let Ok(ring) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
     {
         return Ok((ring, "single_issuer+defer_taskrun"));
     }
@@ -191,7 +203,9 @@ impl Server {
     }
 
     fn arm_recv(&mut self, conn_idx: usize) -> std::io::Result<()> {
-        let Some(conn) = self.conns[conn_idx].as_ref() else { return Ok(()) };
+        let Some(conn) = self.conns[conn_idx].as_ref() else {
+            return Ok(());
+        };
         let entry = opcode::RecvMulti::new(Fd(conn.fd), BUFFER_GROUP)
             .build()
             .user_data(user_data(Op::Recv, conn_idx, conn.generation));
@@ -278,7 +292,9 @@ impl Server {
     }
 
     fn on_send(&mut self, conn_idx: usize, result: i32) -> std::io::Result<()> {
-        let Some(conn) = self.conns[conn_idx].as_mut() else { return Ok(()) };
+        let Some(conn) = self.conns[conn_idx].as_mut() else {
+            return Ok(());
+        };
         conn.send_in_flight = false;
         if result < 0 {
             conn.closing = true;
@@ -302,16 +318,20 @@ impl Server {
     fn flush_dirty(&mut self) -> std::io::Result<()> {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &conn_idx in &dirty {
-            let Some(conn) = self.conns[conn_idx].as_mut() else { continue };
+            let Some(conn) = self.conns[conn_idx].as_mut() else {
+                continue;
+            };
             conn.dirty = false;
             if conn.send_in_flight || conn.close_submitted {
                 continue;
             }
             if conn.closing {
                 conn.close_submitted = true;
-                let entry = opcode::Close::new(Fd(conn.fd))
-                    .build()
-                    .user_data(user_data(Op::Close, conn_idx, conn.generation));
+                let entry = opcode::Close::new(Fd(conn.fd)).build().user_data(user_data(
+                    Op::Close,
+                    conn_idx,
+                    conn.generation,
+                ));
                 push(&mut self.ring, &entry)?;
                 continue;
             }
@@ -326,9 +346,13 @@ impl Server {
             }
             conn.send_offset = 0;
             conn.send_in_flight = true;
-            let entry = opcode::Send::new(Fd(conn.fd), conn.send_buf.as_ptr(), conn.send_buf.len() as u32)
-                .build()
-                .user_data(user_data(Op::Send, conn_idx, conn.generation));
+            let entry = opcode::Send::new(
+                Fd(conn.fd),
+                conn.send_buf.as_ptr(),
+                conn.send_buf.len() as u32,
+            )
+            .build()
+            .user_data(user_data(Op::Send, conn_idx, conn.generation));
             push(&mut self.ring, &entry)?;
         }
         dirty.clear();
@@ -342,8 +366,7 @@ impl Server {
         loop {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
-                Err(error)
-                    if matches!(error.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                Err(error) if matches!(error.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
                 Err(error) => return Err(error),
             }
             if stop_requested() {
@@ -353,7 +376,11 @@ impl Server {
             completions.extend(self.ring.completion());
             for completion in &completions {
                 let (op, conn_idx, generation) = decode(completion.user_data());
-                let live = self.conns.get(conn_idx).and_then(Option::as_ref).is_some_and(|conn| conn.generation == generation);
+                let live = self
+                    .conns
+                    .get(conn_idx)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|conn| conn.generation == generation);
                 let result = completion.result();
                 let flags = completion.flags();
                 match op {
