@@ -3,6 +3,7 @@
 mod bench;
 mod bootstrap;
 mod loadgen;
+mod metrics;
 mod procstat;
 mod report;
 mod svg;

@@ -216,6 +216,7 @@ mod tests {
             run_s: 1,
             rows: vec![hit, lat],
             ceilings: vec![],
+            server_op_timings: vec![],
             targets: vec![],
             notes: vec![],
         };
