@@ -1,6 +1,7 @@
 //! The crypto ceiling: raw `ed25519-dalek` 2 on one core (the xtask pins it), so the report can
 //! say how close a cold-verify scenario gets to the cost of the signature check alone.
-//! Prints one JSON line: `{"mode":..,"ops_per_s":..,"us_per_op":..}` (ops are signatures).
+//! Prints one JSON line: `{"mode":..,"ops_per_s":..,"us_per_op":..}` (ops are signatures;
+//! both per CPU-second of this thread, so other load on the machine does not skew them).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -56,19 +57,32 @@ fn signing_input(idx: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Runs `op` (which does `ops_per_call` signatures) until `duration` passes; returns
-/// (signatures, elapsed).
+/// CPU time this thread has used: the figures divide by it, not by wall time, so a busy
+/// machine stretches the run but not the result.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `clock_gettime` writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs `op` (which does `ops_per_call` signatures) until `duration` of wall time passes;
+/// returns (signatures, CPU time used, wall time).
 fn run(
     duration: Duration,
     ops_per_call: u64,
-    reads_every: u64,
+    calls_per_clock_read: u64,
     mut op: impl FnMut(usize) -> bool,
-) -> Result<(u64, Duration), String> {
+) -> Result<(u64, Duration, Duration), String> {
     let start = Instant::now();
+    let cpu_start = thread_cpu_time();
     let mut n_ops = 0_u64;
     let mut idx = 0_usize;
     loop {
-        for _ in 0..reads_every {
+        for _ in 0..calls_per_clock_read {
             if !black_box(op(idx)) {
                 return Err("a valid signature failed to verify".into());
             }
@@ -77,7 +91,7 @@ fn run(
         }
         let elapsed = start.elapsed();
         if elapsed >= duration {
-            return Ok((n_ops, elapsed));
+            return Ok((n_ops, thread_cpu_time().saturating_sub(cpu_start), elapsed));
         }
     }
 }
@@ -96,7 +110,7 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
     let messages: Vec<Vec<u8>> = (0..n_messages).map(signing_input).collect();
     let signatures: Vec<Signature> = messages.iter().map(|m| signing_key.sign(m)).collect();
     let duration = Duration::from_secs(args.seconds);
-    let (n_ops, elapsed) = match args.mode {
+    let (n_ops, cpu, wall) = match args.mode {
         Mode::Sign => run(duration, 1, OPS_PER_CLOCK_READ, |idx| {
             black_box(signing_key.sign(&messages[idx % n_messages]));
             true
@@ -122,13 +136,14 @@ fn measure(args: &Args) -> Result<serde_json::Value, String> {
             })?
         }
     };
-    let seconds = elapsed.as_secs_f64();
+    let cpu_s = cpu.as_secs_f64().max(1e-9);
     Ok(serde_json::json!({
         "mode": args.mode.name(),
-        "ops_per_s": n_ops as f64 / seconds,
-        "us_per_op": seconds * 1e6 / n_ops as f64,
+        "ops_per_s": n_ops as f64 / cpu_s,
+        "us_per_op": cpu_s * 1e6 / n_ops as f64,
         "ops": n_ops,
-        "seconds": seconds,
+        "cpu_s": cpu_s,
+        "wall_s": wall.as_secs_f64(),
         "batch": if matches!(args.mode, Mode::VerifyBatch) { args.batch } else { 1 },
     }))
 }
