@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{load_rate, Report, Status, LOAD_SAT};
+use crate::report::{load_rate, Report, Status, LOAD_SAT, SUBZERO, SUSTAINED_FRACTION_MIN};
 
 const WIDTH: f64 = 960.0;
 const PANEL_H: f64 = 360.0;
@@ -94,8 +94,22 @@ fn throughput_panel(svg: &mut String, report: &Report, top: f64) {
     }
 }
 
-fn latency_panel(svg: &mut String, report: &Report, rates_rps: &[u64], top: f64) {
-    let series_for = |rate: u64| -> Vec<(String, [f64; 4])> {
+/// One server's latency points: p50, p99, p99.9, max (µs).
+type Series = (String, [f64; 4]);
+
+/// The auth-hit latency series to plot: at the highest offered rate subzero kept up with,
+/// else the highest with any data.
+fn latency_series(report: &Report, rates_rps: &[u64]) -> Option<(u64, Vec<Series>)> {
+    // The highest offered rate that subzero kept up with (or any, if it kept up with none).
+    let kept_up = |rate: u64| {
+        report
+            .row("auth-hit", SUBZERO, &load_rate(rate))
+            .is_some_and(|r| {
+                r.requests_per_s
+                    .is_some_and(|rps| rps >= rate as f64 * SUSTAINED_FRACTION_MIN)
+            })
+    };
+    let series_for = |rate: u64| -> Vec<Series> {
         let load = load_rate(rate);
         report
             .rows
@@ -109,12 +123,17 @@ fn latency_panel(svg: &mut String, report: &Report, rates_rps: &[u64], top: f64)
             })
             .collect()
     };
-    let Some((rate, series)) = rates_rps
+    rates_rps
         .iter()
         .rev()
+        .filter(|&&rate| kept_up(rate))
+        .chain(rates_rps.iter().rev())
         .map(|&rate| (rate, series_for(rate)))
         .find(|(_, series)| !series.is_empty())
-    else {
+}
+
+fn latency_panel(svg: &mut String, report: &Report, rates_rps: &[u64], top: f64) {
+    let Some((rate, series)) = latency_series(report, rates_rps) else {
         let _ = writeln!(
             svg,
             r#"<text x="{MARGIN_L}" y="{}">no fixed-rate latency data</text>"#,
@@ -198,6 +217,7 @@ mod tests {
         let mut hit = Row::new("auth-hit", "subzero", LOAD_SAT);
         hit.requests_per_s = Some(120_000.0);
         let mut lat = Row::new("auth-hit", "subzero", &load_rate(20_000));
+        lat.requests_per_s = Some(19_990.0);
         lat.p50_us = Some(50.0);
         lat.p99_us = Some(200.0);
         lat.p999_us = Some(900.0);
