@@ -99,6 +99,12 @@ impl Row {
         }
     }
 
+    /// Share of one core the server was busy: req/s × CPU µs/req. Well below 100% at
+    /// saturation means the load generator, not the server, was the bottleneck.
+    pub fn server_busy_pct(&self) -> Option<f64> {
+        Some(self.requests_per_s? * self.cpu_us_per_req? / 1e4)
+    }
+
     pub fn unmeasured(scenario: &str, server: &str, load: &str, status: Status, note: &str) -> Row {
         Row {
             status,
@@ -278,8 +284,11 @@ impl Report {
                 Cmp::AtLeast,
                 threshold,
                 ratio(self.metric(hit, SUBZERO, LOAD_SAT, rps), self.metric(hit, peer, LOAD_SAT, rps)),
-                "wrk saturation; one wrk core saturates near 120–130k req/s here, so compare CPU/req too"
-                    .to_string(),
+                format!(
+                    "wrk saturation; server busy: subzero {}, {peer} {} (below ~90% the load generator is the bottleneck)",
+                    fmt_pct(self.row(hit, SUBZERO, LOAD_SAT).and_then(Row::server_busy_pct)),
+                    fmt_pct(self.row(hit, peer, LOAD_SAT).and_then(Row::server_busy_pct)),
+                ),
             );
         }
         push(
@@ -287,7 +296,14 @@ impl Report {
             Cmp::AtLeast,
             1e6,
             self.metric(hit, SUBZERO, LOAD_PIPE, rps),
-            "wrk with 16 requests per write".to_string(),
+            match self.row(hit, SUBZERO, LOAD_PIPE) {
+                Some(row) => format!(
+                    "wrk, 16 requests per write; server busy {}; one-core capacity at the measured CPU/req = {} req/s",
+                    fmt_pct(row.server_busy_pct()),
+                    fmt_num(row.cpu_us_per_req.filter(|&c| c > 0.0).map(|c| 1e6 / c), 0)
+                ),
+                None => "wrk, 16 requests per write".to_string(),
+            },
         );
         // p99 against the hyper gateway at the highest offered rate both completed.
         // p99 is only comparable where both servers kept up with the offered rate.
@@ -472,9 +488,12 @@ impl Report {
             let _ = writeln!(md, "## {scenario}\n");
             let _ = writeln!(
                 md,
-                "| server | load | req/s | CPU µs/req | p50 µs | p99 µs | p99.9 µs | max µs | errors | non-2xx | status / note |"
+                "| server | load | req/s | CPU µs/req | server busy | p50 µs | p99 µs | p99.9 µs | max µs | errors | non-2xx | status / note |"
             );
-            let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+            let _ = writeln!(
+                md,
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            );
             for row in &rows {
                 let status = if row.status == Status::Measured {
                     row.note.clone()
@@ -483,11 +502,12 @@ impl Report {
                 };
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     row.server,
                     row.load,
                     fmt_num(row.requests_per_s, 0),
                     fmt_num(row.cpu_us_per_req, 2),
+                    fmt_pct(row.server_busy_pct()),
                     fmt_num(row.p50_us, 0),
                     fmt_num(row.p99_us, 0),
                     fmt_num(row.p999_us, 0),
@@ -648,6 +668,13 @@ pub const BATCH_TOKENS: usize = 1000;
 fn fmt_num(value: Option<f64>, decimals: usize) -> String {
     match value {
         Some(v) if v.is_finite() => format!("{v:.decimals$}"),
+        _ => "–".to_string(),
+    }
+}
+
+fn fmt_pct(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.0}%"),
         _ => "–".to_string(),
     }
 }
@@ -841,7 +868,11 @@ mod tests {
         assert!(md.contains("## Targets"));
         assert!(md.contains("the machine was busy"));
         assert!(md.contains("Test CPU · 2 CPUs · kernel 6.18"));
-        assert!(md.contains("| subzero | wrk saturation | 130000 | 5.00 |"));
+        // 130k req/s × 5 µs = 65% of a core.
+        assert!(md.contains("| subzero | wrk saturation | 130000 | 5.00 | 65% |"));
+        let pipe = target(&report, "auth-hit pipelined");
+        assert!(pipe.detail.contains("server busy 90%"), "{}", pipe.detail);
+        assert!(pipe.detail.contains("= 1000000 req/s"), "{}", pipe.detail);
         assert!(md.contains("| peer-hyper-hello | wrk saturation | 0.71× | 1.08× |"));
         assert!(md.contains("**NOT IMPLEMENTED in server**: endpoint answers 404"));
         assert!(md.contains("- NOT met: auth-hit req/s ÷ nginx req/s"));
