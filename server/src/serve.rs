@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use crate::api::{AppShared, ShardApp, ShardMsg};
 use crate::auth::{KeyRing, TrustedIssuer, Verifier};
 use crate::config::{allowed_cpus, Config};
 use crate::control::{ControlPlane, RevocationLog, CONTROL_QUEUE_DEPTH};
+use crate::gate::{Gate, GateConfig};
 use crate::monitor::Board;
 use crate::shard::mesh::Mesh;
 use crate::shard::{self, RuntimeStats, ShardLimits};
@@ -80,6 +81,11 @@ pub fn run(
     let n_shards = config.shard_count();
     let listeners = bind_all(config.server.listen, n_shards)?;
     let addr = shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?;
+    let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    let gate = Gate::start(
+        &GateConfig::from_section(&config.gate, &config.server.data_dir),
+        &listener_fds,
+    );
 
     let mesh = Mesh::<ShardMsg>::new(n_shards).map_err(ServeError::Runtime)?;
     let board = Arc::new(Board::new(n_shards));
@@ -91,6 +97,7 @@ pub fn run(
         revocations,
         Arc::clone(&mesh),
         Arc::clone(&board),
+        gate,
     );
     let keys = control.key_snapshot();
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
@@ -98,7 +105,6 @@ pub fn run(
         config: Arc::clone(&config),
         mesh: Arc::clone(&mesh),
         board,
-        gate_mode: "off",
     });
 
     let cpus = allowed_cpus();

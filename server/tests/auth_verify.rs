@@ -12,7 +12,7 @@ use ring::signature::{
     EcdsaKeyPair, KeyPair as _, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
 };
 use subzero::auth::{
-    sign, Claims, KeyError, KeyRing, TokenError, TrustedIssuer, Verifier,
+    sign, BatchMode, Claims, KeyError, KeyRing, TokenError, TrustedIssuer, Verifier,
     JWKS_RELOAD_MIN_INTERVAL_S,
 };
 
@@ -301,20 +301,18 @@ fn unknown_kid_reloads_the_jwks_file_at_most_every_interval() {
     );
     write_jwks(&w.jwks_path, &[w.es.jwk("es1"), new_key.jwk("es2")]);
     // Loaded at NOW_S: a reload inside the interval is skipped.
-    assert_eq!(
-        w.verifier
-            .reload_issuer(IDP, NOW_S + JWKS_RELOAD_MIN_INTERVAL_S - 1)
-            .unwrap(),
-        false
-    );
+    assert!(!w
+        .verifier
+        .reload_issuer(IDP, NOW_S + JWKS_RELOAD_MIN_INTERVAL_S - 1)
+        .unwrap());
     assert!(matches!(
         w.verifier.verify(token.as_bytes(), NOW_S),
         Err(TokenError::UnknownKid { .. })
     ));
     let t1 = NOW_S + JWKS_RELOAD_MIN_INTERVAL_S;
-    assert_eq!(w.verifier.reload_issuer(IDP, t1).unwrap(), true);
+    assert!(w.verifier.reload_issuer(IDP, t1).unwrap());
     assert_eq!(w.verifier.verify(token.as_bytes(), t1), Ok(c.clone()));
-    assert_eq!(w.verifier.reload_issuer(IDP, t1 + 1).unwrap(), false);
+    assert!(!w.verifier.reload_issuer(IDP, t1 + 1).unwrap());
 
     // A broken file keeps the old keys and still counts as an attempt.
     std::fs::write(&w.jwks_path, b"{not json").unwrap();
@@ -324,7 +322,7 @@ fn unknown_kid_reloads_the_jwks_file_at_most_every_interval() {
         Err(KeyError::BadJwks { .. })
     ));
     assert_eq!(w.verifier.verify(token.as_bytes(), t2), Ok(c));
-    assert_eq!(w.verifier.reload_issuer(IDP, t2 + 1).unwrap(), false);
+    assert!(!w.verifier.reload_issuer(IDP, t2 + 1).unwrap());
     assert!(matches!(
         w.verifier.reload_issuer("nobody", t2),
         Err(KeyError::UnknownIssuer { .. })
@@ -348,6 +346,17 @@ fn jwks_file_verifier_accepts_any_issuer_and_audience_in_the_file() {
     let es = w.es.token("es1", &c);
     assert_eq!(
         verifier.verify(es.as_bytes(), NOW_S),
+        Err(TokenError::UnknownKid { issuer: None })
+    );
+
+    let from_ring = Verifier::from_keyring(&w.ring, 0);
+    assert_eq!(from_ring.verify(token.as_bytes(), NOW_S), Ok(c.clone()));
+    assert_eq!(
+        from_ring.verify(token.as_bytes(), c.exp),
+        Err(TokenError::Expired)
+    );
+    assert_eq!(
+        from_ring.verify(es.as_bytes(), NOW_S),
         Err(TokenError::UnknownKid { issuer: None })
     );
 }
@@ -422,7 +431,10 @@ fn key_ring_files_thumbprints_rotation_and_retirement() {
     let verifier = Verifier::own(&reloaded, "subzero", vec!["api".into()], 0);
     assert!(verifier.verify(old_token.as_bytes(), NOW_S + 20).is_ok());
 
-    assert_eq!(ring.retire_expired(NOW_S + 610), [first.clone()]);
+    assert_eq!(
+        ring.retire_expired(NOW_S + 610),
+        std::slice::from_ref(&first)
+    );
     let mut verifier = verifier;
     verifier.set_own_keys(&ring);
     assert_eq!(
@@ -459,21 +471,28 @@ fn mixed_order_r_token(w: &World, claims: &Claims, r_seed: u64) -> String {
     minus_one[31] = 0x7f;
     let order_two = CompressedEdwardsY(minus_one).decompress().unwrap();
     assert!(order_two.is_small_order());
-    let r = Scalar::from(r_seed) * Scalar::from(0x1234_5678_9abc_def1u64);
-    let big_r = (EdwardsPoint::mul_base(&r) + order_two).compress();
-    let a = w.ring.signing_key().to_scalar();
+    let nonce = Scalar::from(r_seed) * Scalar::from(0x1234_5678_9abc_def1u64);
+    let big_r = (EdwardsPoint::mul_base(&nonce) + order_two).compress();
+    let secret = w.ring.signing_key().to_scalar();
     let public = w.ring.signing_key().verifying_key().to_bytes();
-    let mut h = ring::digest::Context::new(&ring::digest::SHA512);
-    h.update(big_r.as_bytes());
-    h.update(&public);
-    h.update(input.as_bytes());
-    let k = Scalar::from_bytes_mod_order_wide(h.finish().as_ref().try_into().unwrap());
-    ed_token_with(w, claims, big_r.to_bytes(), r + k * a)
+    let mut hasher = ring::digest::Context::new(&ring::digest::SHA512);
+    hasher.update(big_r.as_bytes());
+    hasher.update(&public);
+    hasher.update(input.as_bytes());
+    let hram = Scalar::from_bytes_mod_order_wide(hasher.finish().as_ref().try_into().unwrap());
+    ed_token_with(w, claims, big_r.to_bytes(), nonce + hram * secret)
 }
 
 #[test]
 fn batch_gives_the_same_result_as_one_by_one() {
-    let w = world();
+    for mode in [BatchMode::Strict, BatchMode::Fast] {
+        batch_matches_single(mode);
+    }
+}
+
+fn batch_matches_single(mode: BatchMode) {
+    let mut w = world();
+    w.verifier.set_batch_mode(mode);
     let good = claims_for("subzero", "api");
     let mut tokens: Vec<String> = Vec::new();
     for i in 0..150 {
@@ -497,7 +516,10 @@ fn batch_gives_the_same_result_as_one_by_one() {
     let mut identity = [0u8; 32];
     identity[0] = 1;
     tokens[74] = ed_token_with(&w, &good, identity, Scalar::ZERO);
-    for (i, seed) in (100..110).zip(1u64..) {
+    // Crafted mixed-order R: Strict must match `verify` on them. Fast mode may accept them
+    // (see `BatchMode::Fast` and `mixed_order_r_alone_with_valid_tokens`), so they stay out.
+    let n_mixed = if mode == BatchMode::Strict { 10 } else { 0 };
+    for (i, seed) in (100..100 + n_mixed).zip(1u64..) {
         tokens[i] = mixed_order_r_token(&w, &good, seed);
     }
     let mut expired = good.clone();
@@ -507,7 +529,7 @@ fn batch_gives_the_same_result_as_one_by_one() {
     let refs: Vec<&[u8]> = tokens.iter().map(String::as_bytes).collect();
     let batch = w.verifier.verify_batch(&refs, NOW_S);
     let single: Vec<_> = refs.iter().map(|t| w.verifier.verify(t, NOW_S)).collect();
-    assert_eq!(batch, single);
+    assert_eq!(batch, single, "{mode:?}");
     assert_eq!(single[3], Err(TokenError::WrongAudience));
     assert_eq!(single[70], Err(TokenError::BadSignature));
     assert_eq!(single[71], Err(TokenError::BadEncoding));
@@ -517,15 +539,18 @@ fn batch_gives_the_same_result_as_one_by_one() {
         Err(TokenError::BadSignature),
         "small-order R forgery"
     );
-    for i in 100..110 {
+    for (i, result) in single.iter().enumerate().take(100 + n_mixed).skip(100) {
         assert_eq!(
-            single[i],
-            Err(TokenError::BadSignature),
+            result,
+            &Err(TokenError::BadSignature),
             "mixed-order R at {i}"
         );
     }
     assert_eq!(single[140], Err(TokenError::Expired));
-    assert_eq!(batch.iter().filter(|r| r.is_ok()).count(), 150 - 15);
+    assert_eq!(
+        batch.iter().filter(|r| r.is_ok()).count(),
+        150 - 5 - n_mixed
+    );
 
     // All-valid batches pass in full (the fast path).
     let all_good: Vec<String> = (0..70).map(|_| own_token(&w, &good)).collect();
@@ -539,16 +564,28 @@ fn batch_gives_the_same_result_as_one_by_one() {
 }
 
 #[test]
-fn mixed_order_r_alone_with_valid_tokens_is_refused_by_the_batch() {
-    // Each chunk holds one crafted signature among valid ones: the batch must not accept it.
-    let w = world();
+fn mixed_order_r_alone_with_valid_tokens() {
+    // Each batch holds one crafted signature among valid ones. Strict mode (the default) must
+    // refuse it; Fast mode may accept it (documented on `BatchMode::Fast`), never anything else.
+    let mut w = world();
+    assert_eq!(w.verifier.batch_mode(), BatchMode::Strict);
     let good = claims_for("subzero", "api");
+    let mut n_fast_accepted = 0;
     for seed in 1..=16u64 {
         let mut tokens: Vec<String> = (0..7).map(|_| own_token(&w, &good)).collect();
         tokens.push(mixed_order_r_token(&w, &good, seed));
         let refs: Vec<&[u8]> = tokens.iter().map(String::as_bytes).collect();
+        w.verifier.set_batch_mode(BatchMode::Strict);
         let batch = w.verifier.verify_batch(&refs, NOW_S);
         assert_eq!(batch[7], Err(TokenError::BadSignature), "seed {seed}");
         assert!(batch[..7].iter().all(Result::is_ok));
+        w.verifier.set_batch_mode(BatchMode::Fast);
+        let batch = w.verifier.verify_batch(&refs, NOW_S);
+        assert!(batch[..7].iter().all(Result::is_ok));
+        match &batch[7] {
+            Ok(_) => n_fast_accepted += 1,
+            Err(e) => assert_eq!(e, &TokenError::BadSignature),
+        }
     }
+    println!("Fast batch mode accepted {n_fast_accepted}/16 crafted mixed-order-R signatures");
 }

@@ -287,3 +287,37 @@ fn external_es256_and_rs256_issuers_are_accepted() {
         "token algorithm does not match its key"
     );
 }
+
+#[test]
+fn per_source_rate_limit_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limit.toml");
+    std::fs::write(&config, "[ratelimit]\nper_ip_rps = 5\nper_ip_burst = 5\n").unwrap();
+    let server = Server::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap(), "--shards", "1"],
+    );
+    let mut conn = server.connect();
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        conn.send("GET", "/healthz", &[], "");
+        let resp = conn.read_response();
+        if resp.status == 429 {
+            assert!(resp.header("retry-after").is_some());
+            assert_eq!(resp.json()["error"], "rate_limited");
+        }
+        statuses.push(resp.status);
+    }
+    let n_ok = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        (5..=7).contains(&n_ok),
+        "burst of 5 (plus refill) expected: {statuses:?}"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        server.request("GET", "/healthz", &[], "").status,
+        200,
+        "refilled after a second"
+    );
+}

@@ -9,6 +9,7 @@
 
 mod authn;
 mod batch;
+mod ratelimit;
 mod respond;
 mod token;
 
@@ -103,8 +104,6 @@ pub struct AppShared {
     pub mesh: Arc<Mesh<ShardMsg>>,
     /// `/metrics` sections.
     pub board: Arc<Board>,
-    /// Gate mode label for `/metrics` until the control plane publishes gate counters.
-    pub gate_mode: &'static str,
 }
 
 /// A validated token as the cache keeps it.
@@ -157,6 +156,7 @@ pub struct ShardApp {
     hists: OpHistograms,
     counters: Counters,
     batches: batch::Batches,
+    limiter: ratelimit::IpLimiter,
     last_publish_s: u64,
     last_sweep_s: u64,
 }
@@ -196,6 +196,12 @@ impl ShardApp {
             hists: OpHistograms::new(),
             counters: Counters::default(),
             batches: batch::Batches::default(),
+            limiter: ratelimit::IpLimiter::new(
+                config.ratelimit.per_ip_rps,
+                config.ratelimit.per_ip_burst,
+                config.ratelimit.max_tracked_ips,
+                config.ratelimit.block_after_rejections,
+            ),
             last_publish_s: 0,
             last_sweep_s: 0,
             shared,
@@ -236,11 +242,6 @@ impl ShardApp {
             (Method::Get, "/metrics") => {
                 let mut text = String::new();
                 self.shared.board.render(&mut text);
-                let _ = writeln!(
-                    text,
-                    "subzero_gate_mode{{mode=\"{}\"}} 1",
-                    self.shared.gate_mode
-                );
                 for shard_idx in 0..self.shared.mesh.n_shards() {
                     let _ = writeln!(
                         text,
@@ -277,6 +278,37 @@ impl ShardApp {
                     ka,
                 );
                 done(Op::Other)
+            }
+        }
+    }
+
+    /// Routes `req` if its source is within its rate, else answers 429 (and reports a repeat
+    /// offender to the control plane for the kernel blocklist).
+    fn limited(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> (Outcome, Op) {
+        let now_ms = crate::unix_now_ms();
+        match self.limiter.check(cx.peer, now_ms) {
+            ratelimit::Verdict::Allow => self.route(req, cx, out),
+            ratelimit::Verdict::Limit {
+                retry_after_s,
+                report,
+            } => {
+                if report {
+                    let msg = ControlMsg::Block {
+                        ip: cx.peer,
+                        reason: crate::gate::BlockReason::RateLimit,
+                    };
+                    let _ = self.control.try_send(msg);
+                }
+                let retry = format!("retry-after: {retry_after_s}");
+                respond::error_with(
+                    out,
+                    Status::TooManyRequests,
+                    "rate_limited",
+                    "too many requests from this address",
+                    &[retry.as_bytes()],
+                    req.keep_alive,
+                );
+                (Outcome::Done, Op::Other)
             }
         }
     }
@@ -322,6 +354,7 @@ impl ShardApp {
             ("subzero_pool_refilled_total", p.refilled),
             ("subzero_pool_tokens", p.tokens as u64),
             ("subzero_revoked_jti", self.revoked.len() as u64),
+            ("subzero_ratelimit_tracked_ips", self.limiter.len() as u64),
         ];
         for (name, value) in lines {
             let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
@@ -347,7 +380,11 @@ impl Handler for ShardApp {
     fn handle(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> Outcome {
         let started = Instant::now();
         let out_start = out.len();
-        let (outcome, op) = self.route(req, cx, out);
+        let (outcome, op) = if self.limiter.enabled() {
+            self.limited(req, cx, out)
+        } else {
+            self.route(req, cx, out)
+        };
         if req.method == Method::Head {
             respond::strip_body(out, out_start);
         }

@@ -37,6 +37,15 @@ pub struct KeyRing {
     keys: Vec<RingKey>,
 }
 
+impl std::fmt::Debug for KeyRing {
+    /// Key ids and retire times only: never the secret keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|k| (&k.kid, k.retire_at_s)))
+            .finish()
+    }
+}
+
 /// `keys/ring.json`: which keys exist and when each retires.
 #[derive(Serialize, Deserialize)]
 struct RingIndex {

@@ -14,7 +14,7 @@ pub mod keys;
 pub use claims::Claims;
 pub use error::{KeyError, TokenError};
 pub use jwt::{
-    new_jti, sign, TrustedIssuer, Verifier, BATCH_CHUNK, JWKS_RELOAD_MIN_INTERVAL_S,
+    new_jti, sign, BatchMode, TrustedIssuer, Verifier, BATCH_CHUNK, JWKS_RELOAD_MIN_INTERVAL_S,
     MAX_TOKEN_BYTES, MAX_TRUSTED_ISSUERS,
 };
 pub use keys::KeyRing;

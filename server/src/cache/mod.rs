@@ -36,6 +36,15 @@ pub const SLOTS_PER_BUCKET: usize = 4;
 /// Maximum entries displaced by one insertion before the last displaced entry is evicted.
 pub const MAX_KICKS: usize = 500;
 
+/// Kick limit once the table is saturated (at least [`SATURATED_LOAD_PCT`] full). A full
+/// cache under churn would otherwise spend all [`MAX_KICKS`] moves (~20 µs) on every insert
+/// only to evict anyway; past this load a short walk followed by eviction of a random victim
+/// (random replacement) is the better trade.
+pub const SATURATED_KICKS: usize = 16;
+
+/// Load factor, in percent of slots, from which insertions use [`SATURATED_KICKS`].
+pub const SATURATED_LOAD_PCT: usize = 96;
+
 /// Largest capacity accepted by [`CuckooCache::new`], in entries (2^28 slots ≈ 9 GiB of slots).
 pub const CAPACITY_ENTRIES_MAX: usize = 1 << 28;
 
@@ -60,7 +69,8 @@ pub enum Insert {
     Inserted,
     /// The token was cached; its value and expiry were replaced in place.
     Replaced,
-    /// The token is now cached, but the displacement path ran out after [`MAX_KICKS`] moves and
+    /// The token is now cached, but the displacement path ran out (after [`MAX_KICKS`] moves,
+    /// or [`SATURATED_KICKS`] in a saturated table) and
     /// the last displaced entry (possibly this token) was dropped; counted in `evictions`.
     InsertedWithEviction,
     /// `expires_at_s <= now_s`: not stored (and any previous entry for the token was removed).
@@ -84,6 +94,8 @@ pub struct CacheStats {
     pub expired: u64,
     /// Slots whose tag matched a lookup but whose hash or token bytes did not.
     pub collisions_rejected: u64,
+    /// Entries displaced to their other bucket by insertions (cuckoo kicks).
+    pub kicks: u64,
 }
 
 /// One cached token. `Option<Entry<V>>` uses the box's non-null niche, so it costs no tag byte.
@@ -192,7 +204,8 @@ impl<V> CuckooCache<V> {
     ///
     /// Expired entries in the probed buckets count as free space. When both candidate
     /// buckets are full, entries are displaced to their other bucket, at most [`MAX_KICKS`]
-    /// times; then the last displaced entry is dropped and counted as an eviction.
+    /// times ([`SATURATED_KICKS`] once the table is [`SATURATED_LOAD_PCT`] full); then the last
+    /// displaced entry is dropped and counted as an eviction.
     pub fn insert(&mut self, token: &[u8], value: V, expires_at_s: u64, now_s: u64) -> Insert {
         if token.len() > TOKEN_BYTES_MAX {
             return Insert::TooLong;
@@ -352,10 +365,16 @@ impl<V> CuckooCache<V> {
         } else {
             bucket_b
         };
-        for _ in 0..MAX_KICKS {
+        let kicks_max = if self.n_entries * 100 >= self.slots.len() * SATURATED_LOAD_PCT {
+            SATURATED_KICKS
+        } else {
+            MAX_KICKS
+        };
+        for _ in 0..kicks_max {
             let slot_idx =
                 bucket * SLOTS_PER_BUCKET + (self.next_random() as usize % SLOTS_PER_BUCKET);
             self.tags[slot_idx] = tag_of(homeless.hash);
+            self.stats.kicks += 1;
             let Some(displaced) = self.slots[slot_idx].replace(homeless) else {
                 // Unreachable while tags and slots agree; stay correct regardless.
                 self.n_entries += 1;

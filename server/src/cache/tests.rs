@@ -205,6 +205,33 @@ fn full_table_evicts_boundedly_and_stays_correct() {
 }
 
 #[test]
+fn saturated_table_bounds_insert_work() {
+    let mut cache = CuckooCache::new(1024, SEED);
+    for i in 0..2 * cache.capacity() {
+        cache.insert(&token(i), i, 1000, 0);
+    }
+    assert!(cache.len() * 100 >= cache.capacity() * super::SATURATED_LOAD_PCT);
+    let before = cache.stats();
+    let n_new = 500;
+    for i in 0..n_new {
+        cache.insert(&token(1_000_000 + i), i, 1000, 0);
+    }
+    let after = cache.stats();
+    let n_kicks = after.kicks - before.kicks;
+    assert!(
+        n_kicks <= (n_new * super::SATURATED_KICKS) as u64,
+        "{n_kicks} kicks"
+    );
+    // Nearly every insert into a saturated table evicts, and each eviction is counted.
+    assert!(after.evictions - before.evictions >= n_new as u64 / 2);
+    assert_eq!(
+        cache.len() as u64 + after.evictions,
+        (2 * cache.capacity() + n_new) as u64
+    );
+    cache.check_invariants();
+}
+
+#[test]
 fn load_factor_before_first_eviction_exceeds_90_percent() {
     let mut cache = CuckooCache::new(1 << 14, SEED);
     let mut i = 0;

@@ -32,6 +32,52 @@ enum Command {
     /// Issue or verify tokens offline.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// eBPF gate stats from the pinned maps: counts per reason and CPU, blocklist, top offenders.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Then print rates every SECS seconds until interrupted.
+        #[arg(long, value_name = "SECS")]
+        watch: Option<u64>,
+    },
+    /// Edit the kernel blocklist through the pinned maps (works while the server runs).
+    #[command(subcommand)]
+    Block(BlockCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum BlockCommand {
+    /// Block a CIDR (bare address = /32 or /128).
+    Add {
+        /// e.g. 10.0.0.0/8, 2001:db8::/32, 192.0.2.7.
+        cidr: String,
+        /// Seconds until the entry expires (default: never).
+        #[arg(long)]
+        ttl_s: Option<u64>,
+        /// manual, threat, ratelimit or other.
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
+    /// Remove the exact entry for a CIDR.
+    Del {
+        /// The CIDR as added.
+        cidr: String,
+    },
+    /// List the entries.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn gate_failure(e: &crate::gate::GateError) -> Failure {
+    if e.is_usage() {
+        usage(e.to_string())
+    } else {
+        runtime(e.to_string())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +221,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             aud,
             token,
         }) => verify(data_dir.as_deref(), jwks.as_deref(), aud, &token, now_s),
+        Command::Stats { json, watch } => {
+            crate::gate::cli_stats(json, watch).map_err(|e| gate_failure(&e))
+        }
+        Command::Block(BlockCommand::Add {
+            cidr,
+            ttl_s,
+            reason,
+        }) => crate::gate::cli_block_add(&cidr, ttl_s, &reason).map_err(|e| gate_failure(&e)),
+        Command::Block(BlockCommand::Del { cidr }) => {
+            crate::gate::cli_block_del(&cidr).map_err(|e| gate_failure(&e))
+        }
+        Command::Block(BlockCommand::List { json }) => {
+            crate::gate::cli_block_list(json).map_err(|e| gate_failure(&e))
+        }
     }
 }
 

@@ -219,6 +219,8 @@ pub struct RateLimitConfig {
     pub per_ip_burst: u32,
     /// Source IPs tracked per shard (bounded map).
     pub max_tracked_ips: usize,
+    /// Rejections in one offence window after which a source is blocked in the kernel gate.
+    pub block_after_rejections: u32,
 }
 
 impl Default for Config {
@@ -262,6 +264,7 @@ impl Default for Config {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
                 max_tracked_ips: 65_536,
+                block_after_rejections: 1000,
             },
         }
     }
@@ -376,6 +379,7 @@ struct FileRateLimit {
     per_ip_rps: Option<u32>,
     per_ip_burst: Option<u32>,
     max_tracked_ips: Option<usize>,
+    block_after_rejections: Option<u32>,
 }
 
 /// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
@@ -499,6 +503,10 @@ impl Config {
         set(&mut c.ratelimit.per_ip_rps, r.per_ip_rps);
         set(&mut c.ratelimit.per_ip_burst, r.per_ip_burst);
         set(&mut c.ratelimit.max_tracked_ips, r.max_tracked_ips);
+        set(
+            &mut c.ratelimit.block_after_rejections,
+            r.block_after_rejections,
+        );
         Ok(c)
     }
 

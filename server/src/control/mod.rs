@@ -21,6 +21,7 @@ pub use revocations::{RevocationLog, MAX_REVOCATIONS};
 use crate::api::{KeySnapshot, ShardMsg};
 use crate::auth::{KeyRing, Verifier};
 use crate::config::Config;
+use crate::gate::{boot_ns, Cidr, Gate};
 use crate::http::{self, Status};
 use crate::monitor::Board;
 use crate::shard::mesh::Mesh;
@@ -41,6 +42,13 @@ pub enum ControlMsg {
         exp_s: u64,
         /// Keep the connection open after the response.
         keep_alive: bool,
+    },
+    /// A source exceeded its request rate repeatedly: block it in the kernel for the gate's TTL.
+    Block {
+        /// The offender.
+        ip: std::net::IpAddr,
+        /// Why.
+        reason: crate::gate::BlockReason,
     },
     /// Rotate the signing key, then answer `ticket` on `shard_idx`.
     RotateKeys {
@@ -65,6 +73,7 @@ pub struct ControlPlane {
     revocations: RevocationLog,
     mesh: Arc<Mesh<ShardMsg>>,
     board: Arc<Board>,
+    gate: Gate,
     now_s: fn() -> u64,
 }
 
@@ -77,8 +86,9 @@ impl ControlPlane {
         revocations: RevocationLog,
         mesh: Arc<Mesh<ShardMsg>>,
         board: Arc<Board>,
+        gate: Gate,
     ) -> ControlPlane {
-        ControlPlane {
+        let control = ControlPlane {
             data_dir: config.server.data_dir.clone(),
             config,
             keyring,
@@ -86,8 +96,11 @@ impl ControlPlane {
             revocations,
             mesh,
             board,
+            gate,
             now_s: crate::unix_now_s,
-        }
+        };
+        control.publish_metrics();
+        control
     }
 
     /// The key material every shard starts from (and gets again after each change).
@@ -158,6 +171,12 @@ impl ControlPlane {
                 }
                 self.answer(shard_idx, ticket, out);
             }
+            ControlMsg::Block { ip, reason } => {
+                match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
+                    Ok(()) => tracing::warn!(%ip, ?reason, "source blocked in the kernel gate"),
+                    Err(e) => tracing::debug!(%ip, error = %e, "cannot block source"),
+                }
+            }
             ControlMsg::RotateKeys {
                 shard_idx,
                 ticket,
@@ -205,7 +224,14 @@ impl ControlPlane {
             self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
         }
         self.revocations.forget_expired(now_s);
+        self.gate.expire();
+        self.publish_metrics();
+    }
+
+    /// Renders the control plane's `/metrics` section (gate, revocations, keys).
+    fn publish_metrics(&self) {
         let mut text = String::new();
+        self.gate.snapshot().write_prometheus(&mut text);
         self.revocations.render_metrics(&mut text);
         let _ = std::fmt::Write::write_fmt(
             &mut text,

@@ -11,6 +11,12 @@
 //! burst is seen at once), clamped to `[min_per_key, max_per_key]`. Idle keys decay towards
 //! `min_per_key`; tokens above the target are dropped at the next refill.
 //!
+//! Freshness: tokens are handed out oldest first, so a hot key turns its tokens over long
+//! before `freshness_s`. A token that does reach `freshness_s` is dropped (by `take` or
+//! `refill`) and replaced by the next refill; with refill running every background tick, the
+//! gap is one tick. (Replacing tokens ahead of `freshness_s` would close it at the cost of
+//! signing more; not done yet.)
+//!
 //! Architecture Invariant: no I/O, no clock, no signing of its own (the caller passes the
 //! signer); `take` allocates nothing on a hit; every collection is bounded by [`PoolLimits`].
 
@@ -249,7 +255,7 @@ impl TokenPool {
     pub fn take(&mut self, key: &PoolKey, now_s: u64) -> Option<PooledToken> {
         let Some(&key_idx) = self.index.get(key) else {
             self.stats.misses += 1;
-            if let Some(key_idx) = self.register_at(key.clone(), now_s) {
+            if let Some(key_idx) = self.register_at(key, now_s) {
                 self.keys[key_idx].demand.record_take(now_s);
             }
             return None;
@@ -276,8 +282,8 @@ impl TokenPool {
     /// audience and scopes), so refills keep `min_per_key` tokens for it. Returns whether the
     /// key is registered now; false when `max_keys` keys are registered and none is idle at
     /// `now_s`.
-    pub fn register(&mut self, key: PoolKey, now_s: u64) -> bool {
-        if self.index.contains_key(&key) {
+    pub fn register(&mut self, key: &PoolKey, now_s: u64) -> bool {
+        if self.index.contains_key(key) {
             return true;
         }
         self.register_at(key, now_s).is_some()
@@ -392,8 +398,9 @@ impl TokenPool {
     }
 
     /// Registers `key` with its demand clock at `now_s`; when full, replaces the idle key
-    /// (demand below `IDLE_RATE_PER_S`) that was taken from least recently.
-    fn register_at(&mut self, key: PoolKey, now_s: u64) -> Option<usize> {
+    /// (demand below `IDLE_RATE_PER_S`) that was taken from least recently. Allocates (clones
+    /// the key) only when the key is actually added.
+    fn register_at(&mut self, key: &PoolKey, now_s: u64) -> Option<usize> {
         if self.keys.len() == self.limits.max_keys {
             for state in &mut self.keys {
                 state.demand.roll(now_s);
@@ -410,7 +417,7 @@ impl TokenPool {
         let key_idx = self.keys.len();
         self.index.insert(key.clone(), key_idx);
         self.keys.push(KeyState {
-            key,
+            key: key.clone(),
             tokens: VecDeque::with_capacity(self.limits.max_per_key),
             demand: Demand::new(now_s),
             sign_blocked: false,

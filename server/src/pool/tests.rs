@@ -95,7 +95,7 @@ fn miss_registers_then_refill_serves() {
 fn a_token_past_freshness_is_never_returned() {
     let mut pool = TokenPool::new(limits());
     let mut signer = FakeSigner::new(TTL_S);
-    pool.register(key(1), 0);
+    pool.register(&key(1), 0);
     refill(&mut pool, &mut signer, 1000, 100);
     let n_pooled = pool.len_for(&key(1));
     assert_eq!(n_pooled, limits().min_per_key);
@@ -120,7 +120,7 @@ fn a_token_past_freshness_is_never_returned() {
 fn refill_drops_stale_tokens_and_replaces_them() {
     let mut pool = TokenPool::new(limits());
     let mut signer = FakeSigner::new(TTL_S);
-    pool.register(key(1), 0);
+    pool.register(&key(1), 0);
     refill(&mut pool, &mut signer, 0, 100);
     assert_eq!(pool.len_for(&key(1)), 2);
     let n_added = refill(&mut pool, &mut signer, 300, 100);
@@ -140,7 +140,7 @@ fn never_hands_out_less_than_min_remaining_lifetime() {
     let mut pool = TokenPool::new(limits);
     // Tokens live 100 s; the pool needs 60 s left: usable until now = exp - 60.
     let mut signer = FakeSigner::new(100);
-    pool.register(key(1), 0);
+    pool.register(&key(1), 0);
     refill(&mut pool, &mut signer, 0, 100);
     let token = pool.take(&key(1), 40).unwrap();
     assert_eq!(token.expires_at_s - 40, 60);
@@ -209,7 +209,7 @@ fn max_keys_is_respected_and_idle_keys_make_room() {
     assert_eq!(pool.take(&key(3), 10), None);
     assert_eq!(pool.stats().keys, 3);
     assert_eq!(pool.len_for(&key(3)), 0);
-    assert!(!pool.register(key(4), 10));
+    assert!(!pool.register(&key(4), 10));
     // Once the others have been idle long enough, a new key takes the idlest one's place.
     pool.take(&key(0), 20);
     assert_eq!(pool.take(&key(5), 1000), None);
@@ -276,8 +276,8 @@ fn failing_signer_consumes_budget_once_per_key() {
     let mut pool = TokenPool::new(limits());
     let mut signer = FakeSigner::new(TTL_S);
     signer.fail = true;
-    pool.register(key(1), 0);
-    pool.register(key(2), 0);
+    pool.register(&key(1), 0);
+    pool.register(&key(2), 0);
     assert_eq!(refill(&mut pool, &mut signer, 0, 100), 0);
     assert_eq!(signer.n_calls, 2);
     assert_eq!(pool.stats().sign_failures, 2);
@@ -290,7 +290,7 @@ fn retain_keys_drops_keys_and_their_tokens() {
     let mut pool = TokenPool::new(limits());
     let mut signer = FakeSigner::new(TTL_S);
     for client_idx in 0..4 {
-        pool.register(key(client_idx), 0);
+        pool.register(&key(client_idx), 0);
     }
     refill(&mut pool, &mut signer, 0, 100);
     assert_eq!(pool.stats().tokens, 8);

@@ -1,0 +1,54 @@
+//! Batch hashing throughput per algorithm, batch size and input size.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use subzero::hashing::{hash_batch, HashAlg};
+
+/// CPU time of the calling thread. The machine is shared (several builds at once on 2 cores),
+/// so wall time mostly measures the scheduler; thread CPU time measures the code.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn hashing(c: &mut Criterion) {
+    for input_bytes in [64_usize, 1024, 4096] {
+        for batch_len in [1_usize, 16, 256] {
+            let owned: Vec<Vec<u8>> = (0..batch_len)
+                .map(|i| (0..input_bytes).map(|j| (i * 7 + j) as u8).collect())
+                .collect();
+            let inputs: Vec<&[u8]> = owned.iter().map(Vec::as_slice).collect();
+            let mut out = Vec::with_capacity(batch_len);
+            let mut group = c.benchmark_group(format!("hash_batch/{input_bytes}B"));
+            group.throughput(Throughput::Bytes((input_bytes * batch_len) as u64));
+            for alg in HashAlg::ALL {
+                group.bench_with_input(
+                    BenchmarkId::new(alg.name(), format!("x{batch_len}")),
+                    &inputs,
+                    |b, inputs| {
+                        b.iter_custom(|iters| {
+                            let started = thread_cpu_time();
+                            for _ in 0..iters {
+                                hash_batch(alg, black_box(inputs), &mut out);
+                                black_box(out.len());
+                            }
+                            thread_cpu_time().saturating_sub(started)
+                        });
+                    },
+                );
+            }
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, hashing);
+criterion_main!(benches);
