@@ -450,6 +450,25 @@ fn loadgen_counts_non_2xx_and_sends_headers() {
     assert_eq!(report["responses"].as_u64(), Some(500), "{report}");
     assert_eq!(report["non_2xx"].as_u64(), Some(500), "{report}");
     assert_eq!(report["status"]["401"].as_u64(), Some(500), "{report}");
+    // --bearer-file: request i carries token i mod n; one token of three is bad.
+    let bearer_file = dir.join("tokens.txt");
+    let other = mint(&key, "k1", &claims("frank", "subzero", 600));
+    std::fs::write(&bearer_file, format!("{token}\n{other}\nnot-a-token\n")).unwrap();
+    let report = loadgen(&[
+        "--url",
+        &url,
+        "--rate",
+        "300",
+        "--duration-s",
+        "1",
+        "--connections",
+        "3",
+        "--bearer-file",
+        bearer_file.to_str().unwrap(),
+    ]);
+    assert_eq!(report["responses"].as_u64(), Some(300), "{report}");
+    assert_eq!(report["status"]["200"].as_u64(), Some(200), "{report}");
+    assert_eq!(report["status"]["401"].as_u64(), Some(100), "{report}");
     server.stop();
     let _ = std::fs::remove_dir_all(&dir);
 }

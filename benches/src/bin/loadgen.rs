@@ -54,6 +54,10 @@ struct Args {
     /// Requests in flight per connection at most.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
+    /// File of bearer tokens, one per line: request `i` carries `Authorization: Bearer
+    /// <line i mod n>` (the unique-token, cold-verify scenario).
+    #[arg(long)]
+    bearer_file: Option<std::path::PathBuf>,
     /// After the offered period, how long to wait for outstanding responses, seconds.
     #[arg(long, default_value_t = 5)]
     drain_s: u64,
@@ -65,6 +69,8 @@ const RATE_MAX: u64 = 10_000_000;
 const PIPELINE_MAX: usize = 256;
 const DRAIN_S_MAX: u64 = 60;
 const BODY_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Bytes of `--bearer-file` at most (about a million tokens).
+const BEARER_FILE_BYTES_MAX: u64 = 512 * 1024 * 1024;
 /// Requests waiting on one connection at most; beyond it a due request is dropped and counted
 /// as an error (the server is hopelessly behind and memory must stay bounded).
 const QUEUE_PER_CONNECTION_MAX: usize = 1 << 20;
@@ -89,8 +95,8 @@ fn user_data(op: Op, conn_idx: usize) -> u64 {
 #[allow(clippy::struct_excessive_bools)] // reason: independent per-connection flags, read one at a time.
 struct Conn {
     stream: Option<TcpStream>,
-    /// Due times (ns since start) of requests assigned here and not sent yet.
-    queued: VecDeque<u64>,
+    /// Due times (ns since start) and indexes of requests assigned here and not sent yet.
+    queued: VecDeque<(u64, u64)>,
     /// Due times of requests sent and not answered yet, oldest first.
     in_flight: VecDeque<u64>,
     send_buf: Vec<u8>,
@@ -125,7 +131,8 @@ struct Loadgen {
     conns: Vec<Conn>,
     dirty: Vec<usize>,
     addr: SocketAddr,
-    request: Vec<u8>,
+    /// Request `i` is `requests[i % requests.len()]`; never empty.
+    requests: Vec<Vec<u8>>,
     pipeline: usize,
     histogram: Histogram<u64>,
     counters: Counters,
@@ -171,7 +178,7 @@ impl Loadgen {
             self.counters.n_errors += 1;
             return;
         }
-        conn.queued.push_back(due_ns);
+        conn.queued.push_back((due_ns, idx));
         self.mark_dirty(conn_idx);
     }
 
@@ -315,11 +322,12 @@ impl Loadgen {
             }
             conn.send_buf.clear();
             for _ in 0..n_sendable {
-                let Some(due_ns) = conn.queued.pop_front() else {
+                let Some((due_ns, idx)) = conn.queued.pop_front() else {
                     break;
                 };
                 conn.in_flight.push_back(due_ns);
-                conn.send_buf.extend_from_slice(&self.request);
+                let request = &self.requests[(idx % self.requests.len() as u64) as usize];
+                conn.send_buf.extend_from_slice(request);
             }
             conn.send_offset = 0;
             conn.send_in_flight = true;
@@ -506,7 +514,36 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         }
         None => Vec::new(),
     };
-    let request = build_request(&args.method, &target, &headers, &body);
+    let requests = match &args.bearer_file {
+        None => vec![build_request(&args.method, &target, &headers, &body)],
+        Some(path) => {
+            let size = std::fs::metadata(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
+            if size > BEARER_FILE_BYTES_MAX {
+                return Err(format!(
+                    "--bearer-file larger than {BEARER_FILE_BYTES_MAX} bytes"
+                ));
+            }
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let requests: Vec<Vec<u8>> = text
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .map(|token| {
+                    let mut with_token = headers.clone();
+                    with_token.push(("authorization".to_owned(), format!("Bearer {token}")));
+                    build_request(&args.method, &target, &with_token, &body)
+                })
+                .collect();
+            if requests.is_empty() {
+                return Err(format!("{}: no tokens", path.display()));
+            }
+            requests
+        }
+    };
+    let request_len_max = requests.iter().map(Vec::len).max().unwrap_or(0);
     let ring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
@@ -520,7 +557,7 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
             stream: Some(stream),
             queued: VecDeque::new(),
             in_flight: VecDeque::with_capacity(args.pipeline),
-            send_buf: Vec::with_capacity(request.len() * args.pipeline),
+            send_buf: Vec::with_capacity(request_len_max * args.pipeline),
             send_offset: 0,
             send_in_flight: false,
             recv_buf: vec![0; RECV_BUFFER_LEN],
@@ -536,7 +573,7 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         conns,
         dirty: Vec::with_capacity(args.connections),
         addr,
-        request,
+        requests,
         pipeline: args.pipeline,
         histogram,
         counters: Counters::default(),
