@@ -100,7 +100,7 @@ impl Row {
     }
 
     /// Share of one core the server was busy: req/s × CPU µs/req. Well below 100% at
-    /// saturation means the load generator, not the server, was the bottleneck.
+    /// saturation means something else limited it: the load generator, or other work.
     pub fn server_busy_pct(&self) -> Option<f64> {
         Some(self.requests_per_s? * self.cpu_us_per_req? / 1e4)
     }
@@ -285,7 +285,7 @@ impl Report {
                 threshold,
                 ratio(self.metric(hit, SUBZERO, LOAD_SAT, rps), self.metric(hit, peer, LOAD_SAT, rps)),
                 format!(
-                    "wrk saturation; server busy: subzero {}, {peer} {} (below ~90% the load generator is the bottleneck)",
+                    "wrk saturation; server busy: subzero {}, {peer} {} (below ~90%, something other than the server's own CPU limited it: the load generator, or other work on a busy machine)",
                     fmt_pct(self.row(hit, SUBZERO, LOAD_SAT).and_then(Row::server_busy_pct)),
                     fmt_pct(self.row(hit, peer, LOAD_SAT).and_then(Row::server_busy_pct)),
                 ),
