@@ -2,6 +2,7 @@
 //! under wrk and the fixed-rate `loadgen`, measures server CPU per request, and writes
 //! `target/bench/report.{md,json,svg}`.
 
+use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use crate::bootstrap::Apt;
 use crate::loadgen::{last_json_line, CeilingResult, LoadgenResult};
 use crate::metrics;
+use crate::netns;
 use crate::procstat;
 use crate::report::{
     self, load_rate, median, Machine, Report, Row, Status, GLOMMIO_HELLO, HYPER_GATEWAY,
@@ -44,6 +46,8 @@ const AUTH_PATH: &str = "/v1/authenticate";
 const PIPELINE_DEPTH: usize = 16;
 /// A fraction of non-2xx responses above this makes a row FAILED: it did not measure success.
 const NON_2XX_FRACTION_MAX: f64 = 0.01;
+/// UDP packets per second the xdp-flood scenario sends from its blocked source.
+const FLOOD_PPS: u64 = 200_000;
 /// Fixed offered rate for cold-verify latency: well under one core's verify rate.
 const COLD_RATE_RPS: u64 = 5_000;
 /// Fixed offered rate for the token-issue pool-hit measurement.
@@ -160,6 +164,8 @@ struct Bench {
     notes: Vec<String>,
     ceilings: Vec<CeilingResult>,
     op_timings: Vec<metrics::OpTiming>,
+    /// Run wrk inside the xdp-flood network namespace.
+    in_netns: bool,
 }
 
 impl Bench {
@@ -202,7 +208,23 @@ impl Bench {
 
     fn start_subzero(&self, cpus: &[usize], n_shards: usize, config: &str) -> Result<Server> {
         let port = util::free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.start_subzero_at(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            cpus,
+            n_shards,
+            config,
+            None,
+        )
+    }
+
+    fn start_subzero_at(
+        &self,
+        addr: SocketAddr,
+        cpus: &[usize],
+        n_shards: usize,
+        config: &str,
+        xdp: Option<&str>,
+    ) -> Result<Server> {
         let mut cmd = taskset(&cpu_list(cpus), &self.bin("subzero")?);
         cmd.arg("serve")
             .args(["--listen", &addr.to_string()])
@@ -211,6 +233,9 @@ impl Bench {
             .args(["--shards", &n_shards.to_string()])
             .arg("--config")
             .arg(self.dir.join(config));
+        if let Some(iface) = xdp {
+            cmd.args(["--xdp", iface]);
+        }
         self.start(SUBZERO, cmd, "/healthz", false, addr)
     }
 
@@ -277,6 +302,25 @@ impl Bench {
         self.rows.push(row);
     }
 
+    /// `taskset -c CPUS wrk`, inside the flood namespace when the scenario asks for it.
+    fn wrk_command(&self, load_cpus: &str) -> Command {
+        if self.in_netns {
+            let mut cmd = Command::new("ip");
+            cmd.args([
+                "netns",
+                "exec",
+                netns::NS,
+                "taskset",
+                "-c",
+                load_cpus,
+                "wrk",
+            ]);
+            cmd
+        } else {
+            taskset(load_cpus, Path::new("wrk"))
+        }
+    }
+
     fn warm_up(&self, server: &mut Server, load: &Load<'_>) -> Result<()> {
         self.one_run(server, load, self.plan.warmup_s).map(|_| ())
     }
@@ -293,7 +337,7 @@ impl Bench {
                 script,
                 n_connections,
             } => {
-                let mut cmd = taskset(&load_cpus, Path::new("wrk"));
+                let mut cmd = self.wrk_command(&load_cpus);
                 cmd.args([
                     "-t",
                     &self
@@ -313,8 +357,7 @@ impl Bench {
                     cmd.arg("-s").arg(script);
                 }
                 cmd.arg(format!("{url_base}{path}"));
-                let out = util::output(&mut cmd)?;
-                let r = wrk::parse(&out)?;
+                let r = wrk::parse(&util::output(&mut cmd)?)?;
                 Sample {
                     requests_per_s: r.requests_per_s,
                     cpu_us_per_req: None,
@@ -354,8 +397,7 @@ impl Bench {
                     ]);
                     cmd.arg("--body-file").arg(body);
                 }
-                let out = util::output(&mut cmd)?;
-                let r: LoadgenResult = last_json_line(&out)?;
+                let r: LoadgenResult = last_json_line(&util::output(&mut cmd)?)?;
                 Sample {
                     requests_per_s: r.achieved_rps,
                     cpu_us_per_req: None,
@@ -594,6 +636,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         notes: missing_note.into_iter().collect(),
         ceilings: Vec::new(),
         op_timings: Vec::new(),
+        in_netns: false,
     };
     let scaling_note = run_scenarios(&mut b, &selected, &mut timings);
     let rates = b.plan.rates_rps.clone();
@@ -1123,6 +1166,125 @@ fn scrape_op_timings(server: &Server) -> Result<Vec<metrics::OpTiming>> {
     Ok(metrics::op_timings(&scrape(server)?))
 }
 
+/// Legitimate goodput (wrk from the namespace's first address) with the gate off and on, each
+/// without and with a UDP flood from a second address that the gate blocklists.
+fn xdp_flood(b: &mut Bench, fx: &Fixtures) -> Result<()> {
+    let ns = netns::Netns::create()?;
+    let exe = std::env::current_exe()?;
+    let load_cpus = cpu_list(&b.plan.load_cpus);
+    let server_cpu = [b.plan.server_cpu];
+    let flood_s = (b.plan.run_s * b.plan.n_runs + 2).to_string();
+    let pps = FLOOD_PPS.to_string();
+    for gate_on in [false, true] {
+        let port = util::free_port()?;
+        let host: std::net::Ipv4Addr = netns::HOST_ADDR.parse()?;
+        let addr = SocketAddr::from((host, port));
+        let mut server = b.start_subzero_at(
+            addr,
+            &server_cpu,
+            1,
+            CONFIG,
+            gate_on.then_some(netns::HOST_IF),
+        )?;
+        let mode = scrape(&server)?
+            .iter()
+            .find(|s| s.name == "subzero_gate_mode" && s.value > 0.0)
+            .and_then(|s| s.label("mode").map(str::to_string))
+            .unwrap_or_else(|| "unknown".to_string());
+        let gate = if gate_on { "gate on" } else { "gate off" };
+        if gate_on {
+            if mode == "off" {
+                bail!(
+                    "the gate did not attach to {} (gate mode off); see target/bench/subzero.log",
+                    netns::HOST_IF
+                );
+            }
+            util::run(b.subzero()?.args([
+                "block",
+                "add",
+                &format!("{}/32", netns::FLOOD_ADDR),
+                "--ttl-s",
+                "3600",
+            ]))?;
+        }
+        let note = format!(
+            "gate mode {mode}; wrk from {} in netns {}",
+            netns::LEGIT_ADDR,
+            netns::NS
+        );
+        let load = Load::Wrk {
+            path: AUTH_PATH,
+            headers: vec![("Authorization", fx.bearer.as_str())],
+            script: None,
+            n_connections: b.plan.n_connections,
+        };
+        b.in_netns = true;
+        let result = (|| -> Result<()> {
+            b.warm_up(&mut server, &load)?;
+            b.measure(
+                &mut server,
+                "xdp-flood",
+                &format!("{gate}, no flood"),
+                &load,
+                &note,
+            );
+            let mut cmd = ns.exec("taskset");
+            cmd.args(["-c", &load_cpus])
+                .arg(&exe)
+                .args([
+                    "flood",
+                    "--src",
+                    netns::FLOOD_ADDR,
+                    "--dst",
+                    &addr.to_string(),
+                ])
+                .args(["--pps", &pps, "--seconds", &flood_s])
+                .stdout(Stdio::null());
+            let flooder = ChildGuard::spawn("flood", &mut cmd)?;
+            b.measure(
+                &mut server,
+                "xdp-flood",
+                &format!(
+                    "{gate}, UDP flood {FLOOD_PPS} pps from {}",
+                    netns::FLOOD_ADDR
+                ),
+                &load,
+                &format!("{note}; flooder shares the load generator's CPUs"),
+            );
+            drop(flooder);
+            Ok(())
+        })();
+        b.in_netns = false;
+        result?;
+        if gate_on {
+            let n_drop_block = gate_drops(b)?;
+            if let Some(row) = b.rows.last_mut() {
+                let _ = write!(
+                    row.note,
+                    "; gate dropped {n_drop_block} packets from blocked sources"
+                );
+            }
+        }
+    }
+    drop(ns);
+    Ok(())
+}
+
+/// Packets the gate dropped for blocked sources (from `subzero stats --json`); removes the
+/// bench's blocklist entry.
+fn gate_drops(b: &Bench) -> Result<u64> {
+    let stats = util::output(b.subzero()?.args(["stats", "--json"]))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&stats).context("`subzero stats --json` is not JSON")?;
+    util::run(
+        b.subzero()?
+            .args(["block", "del", &format!("{}/32", netns::FLOOD_ADDR)]),
+    )?;
+    doc["counters"]["drop_block"]
+        .as_u64()
+        .context("`subzero stats --json` has no counters.drop_block")
+}
+
 /// Runs one phase as a timed step; a failure becomes FAILED rows for the phase's selected
 /// scenarios (so the report says so plainly) and the run goes on with the next phase.
 fn phase(
@@ -1279,13 +1441,23 @@ fn run_scenarios(
         }
     }
     if selected("xdp-flood") {
-        b.rows.push(Row::unmeasured(
-            "xdp-flood",
-            SUBZERO,
-            "netns flood",
-            Status::NotAvailable,
-            "not available: the harness does not drive the XDP gate from a network namespace yet",
-        ));
+        match &fx {
+            Some(fx) => phase(
+                b,
+                timings,
+                "xdp-flood (network namespace)",
+                SUBZERO,
+                &["xdp-flood"],
+                |b| xdp_flood(b, fx),
+            ),
+            None => b.rows.push(Row::unmeasured(
+                "xdp-flood",
+                SUBZERO,
+                "(setup)",
+                Status::Failed,
+                "no tokens: the subzero setup failed",
+            )),
+        }
     }
     peer_scenarios(b, fx.as_ref(), selected, timings);
     scaling_note

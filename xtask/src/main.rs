@@ -4,6 +4,7 @@ mod bench;
 mod bootstrap;
 mod loadgen;
 mod metrics;
+mod netns;
 mod procstat;
 mod report;
 mod svg;
@@ -43,6 +44,18 @@ enum Task {
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },
+    /// (Used by `bench` inside its network namespace.) Send UDP datagrams at a fixed rate.
+    #[command(hide = true)]
+    Flood {
+        #[arg(long)]
+        src: String,
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long)]
+        pps: u64,
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +64,12 @@ fn main() -> std::process::ExitCode {
         Task::Test => bootstrap::test(),
         Task::Run { args } => bootstrap::run(&args),
         Task::Bench { quick, scenarios } => bench::bench(&bench::BenchArgs { quick, scenarios }),
+        Task::Flood {
+            src,
+            dst,
+            pps,
+            seconds,
+        } => netns::flood(&src, dst, pps, seconds),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
