@@ -1170,11 +1170,9 @@ fn scrape_op_timings(server: &Server) -> Result<Vec<metrics::OpTiming>> {
 /// without and with a UDP flood from a second address that the gate blocklists.
 fn xdp_flood(b: &mut Bench, fx: &Fixtures) -> Result<()> {
     let ns = netns::Netns::create()?;
-    let exe = std::env::current_exe()?;
     let load_cpus = cpu_list(&b.plan.load_cpus);
     let server_cpu = [b.plan.server_cpu];
     let flood_s = (b.plan.run_s * b.plan.n_runs + 2).to_string();
-    let pps = FLOOD_PPS.to_string();
     for gate_on in [false, true] {
         let port = util::free_port()?;
         let host: std::net::Ipv4Addr = netns::HOST_ADDR.parse()?;
@@ -1220,6 +1218,11 @@ fn xdp_flood(b: &mut Bench, fx: &Fixtures) -> Result<()> {
         };
         b.in_netns = true;
         let result = (|| -> Result<()> {
+            let mut counters = if gate_on {
+                gate_counters(b)?
+            } else {
+                GateCounters::default()
+            };
             b.warm_up(&mut server, &load)?;
             b.measure(
                 &mut server,
@@ -1228,19 +1231,10 @@ fn xdp_flood(b: &mut Bench, fx: &Fixtures) -> Result<()> {
                 &load,
                 &note,
             );
-            let mut cmd = ns.exec("taskset");
-            cmd.args(["-c", &load_cpus])
-                .arg(&exe)
-                .args([
-                    "flood",
-                    "--src",
-                    netns::FLOOD_ADDR,
-                    "--dst",
-                    &addr.to_string(),
-                ])
-                .args(["--pps", &pps, "--seconds", &flood_s])
-                .stdout(Stdio::null());
-            let flooder = ChildGuard::spawn("flood", &mut cmd)?;
+            if gate_on {
+                note_gate_delta(b, &mut counters)?;
+            }
+            let flooder = start_flooder(&ns, &load_cpus, addr, &flood_s)?;
             b.measure(
                 &mut server,
                 "xdp-flood",
@@ -1252,37 +1246,84 @@ fn xdp_flood(b: &mut Bench, fx: &Fixtures) -> Result<()> {
                 &format!("{note}; flooder shares the load generator's CPUs"),
             );
             drop(flooder);
+            if gate_on {
+                note_gate_delta(b, &mut counters)?;
+            }
             Ok(())
         })();
         b.in_netns = false;
         result?;
         if gate_on {
-            let n_drop_block = gate_drops(b)?;
-            if let Some(row) = b.rows.last_mut() {
-                let _ = write!(
-                    row.note,
-                    "; gate dropped {n_drop_block} packets from blocked sources"
-                );
-            }
+            util::run(
+                b.subzero()?
+                    .args(["block", "del", &format!("{}/32", netns::FLOOD_ADDR)]),
+            )?;
         }
     }
     drop(ns);
     Ok(())
 }
 
-/// Packets the gate dropped for blocked sources (from `subzero stats --json`); removes the
-/// bench's blocklist entry.
-fn gate_drops(b: &Bench) -> Result<u64> {
+/// `xtask flood` inside the namespace, from the blocklisted address, on the load CPUs.
+fn start_flooder(
+    ns: &netns::Netns,
+    load_cpus: &str,
+    dst: SocketAddr,
+    seconds: &str,
+) -> Result<ChildGuard> {
+    let mut cmd = ns.exec("taskset");
+    cmd.args(["-c", load_cpus])
+        .arg(std::env::current_exe()?)
+        .args([
+            "flood",
+            "--src",
+            netns::FLOOD_ADDR,
+            "--dst",
+            &dst.to_string(),
+        ])
+        .args(["--pps", &FLOOD_PPS.to_string(), "--seconds", seconds])
+        .stdout(Stdio::null());
+    ChildGuard::spawn("flood", &mut cmd)
+}
+
+/// The gate's packet counters, summed over CPUs (from `subzero stats --json`).
+#[derive(Debug, Default, Clone, Copy)]
+struct GateCounters {
+    pass: u64,
+    drop_block: u64,
+    drop_rate: u64,
+}
+
+fn gate_counters(b: &Bench) -> Result<GateCounters> {
     let stats = util::output(b.subzero()?.args(["stats", "--json"]))?;
     let doc: serde_json::Value =
         serde_json::from_str(&stats).context("`subzero stats --json` is not JSON")?;
-    util::run(
-        b.subzero()?
-            .args(["block", "del", &format!("{}/32", netns::FLOOD_ADDR)]),
-    )?;
-    doc["counters"]["drop_block"]
-        .as_u64()
-        .context("`subzero stats --json` has no counters.drop_block")
+    let counter = |name: &str| {
+        doc["counters"][name]
+            .as_u64()
+            .with_context(|| format!("`subzero stats --json` has no counters.{name}"))
+    };
+    Ok(GateCounters {
+        pass: counter("pass")?,
+        drop_block: counter("drop_block")?,
+        drop_rate: counter("drop_rate")?,
+    })
+}
+
+/// Appends what the gate did since `before` to the last row's note.
+fn note_gate_delta(b: &mut Bench, before: &mut GateCounters) -> Result<()> {
+    let now = gate_counters(b)?;
+    if let Some(row) = b.rows.last_mut() {
+        let _ = write!(
+            row.note,
+            "; gate during this row (with warm-up): passed {}, dropped {} from blocked sources and {} over rate limits",
+            now.pass - before.pass,
+            now.drop_block - before.drop_block,
+            now.drop_rate - before.drop_rate
+        );
+    }
+    *before = now;
+    Ok(())
 }
 
 /// Runs one phase as a timed step; a failure becomes FAILED rows for the phase's selected
