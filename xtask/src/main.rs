@@ -1,2 +1,81 @@
 //! xtask: bootstrap, test, run and bench tooling that cargo alone cannot do.
-fn main() {}
+
+mod bench;
+mod bootstrap;
+mod loadgen;
+mod metrics;
+mod netns;
+mod procstat;
+mod report;
+mod svg;
+mod util;
+mod wrk;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "subzero project tasks: `cargo xtask test | run | bench`"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (apt, rust-src, bpf-linker, bpffs), then build and
+    /// test the default workspace members. CI runs this as root (`.ci/run`).
+    Test,
+    /// Build release and run `subzero serve ARGS` (no args: the embedded default).
+    Run {
+        /// Arguments passed to `subzero serve`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark subzero against its peers; writes target/bench/report.{md,json,svg}.
+    Bench {
+        /// Fewer and shorter runs (under three minutes).
+        #[arg(long)]
+        quick: bool,
+        /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue,
+        /// permission, mixed, xdp-flood, scaling.
+        #[arg(long = "scenario", value_name = "NAME")]
+        scenarios: Vec<String>,
+    },
+    /// (Used by `bench` inside its network namespace.) Send UDP datagrams at a fixed rate.
+    #[command(hide = true)]
+    Flood {
+        #[arg(long)]
+        src: String,
+        #[arg(long)]
+        dst: std::net::SocketAddr,
+        #[arg(long)]
+        pps: u64,
+        #[arg(long)]
+        seconds: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Test => bootstrap::test(),
+        Task::Run { args } => bootstrap::run(&args),
+        Task::Bench { quick, scenarios } => bench::bench(&bench::BenchArgs { quick, scenarios }),
+        Task::Flood {
+            src,
+            dst,
+            pps,
+            seconds,
+        } => netns::flood(&src, dst, pps, seconds),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
