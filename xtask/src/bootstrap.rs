@@ -200,9 +200,26 @@ pub fn test() -> Result<()> {
     result
 }
 
-/// `cargo xtask run [-- ARGS]`: build release and exec `subzero serve ARGS`.
+/// `cargo xtask run [-- ARGS]`: install the eBPF build toolchain if missing (the server embeds
+/// the XDP object), build release and exec `subzero serve ARGS`.
 pub fn run(args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
+    let mut timings: Vec<(String, Duration)> = Vec::new();
+    let mut apt = Apt::default();
+    step(&mut timings, "llvm-22-dev (for bpf-linker)", || {
+        if is_root() {
+            apt.ensure("llvm-22-dev")
+        } else {
+            println!("    not root: skipping package installation (install llvm-22-dev by hand)");
+            Ok(())
+        }
+    })?;
+    step(&mut timings, "rust-src for nightly", ensure_rust_src)?;
+    step(
+        &mut timings,
+        &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
+        ensure_bpf_linker,
+    )?;
     util::run(util::cargo().args(["build", "--release", "-p", "subzero"]))?;
     let binary = util::target_dir().join("release/subzero");
     let mut cmd = Command::new(&binary);
