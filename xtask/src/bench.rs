@@ -761,6 +761,22 @@ fn auth_hit(b: &mut Bench, server: &mut Server, bearer: &str, note: &str) -> Res
         n_connections: b.plan.n_connections,
     };
     b.measure(server, "auth-hit", LOAD_PIPE, &pipe, note);
+    // wrk's latency figures are not trustworthy when pipelining (TOOLCHAIN.md): keep only
+    // throughput and CPU for these rows.
+    if let Some(row) = b
+        .rows
+        .last_mut()
+        .filter(|r| r.load == LOAD_PIPE && r.status == Status::Measured)
+    {
+        row.p50_us = None;
+        row.p99_us = None;
+        row.max_us = None;
+        let sep = if row.note.is_empty() { "" } else { "; " };
+        let _ = write!(
+            row.note,
+            "{sep}latency omitted: wrk misreports it when pipelining"
+        );
+    }
     for rate_rps in b.plan.rates_rps.clone() {
         let load = Load::Rate {
             path: AUTH_PATH,

@@ -64,9 +64,11 @@ pub fn parse(text: &str) -> Result<WrkResult> {
         if in_distribution {
             if let [percent, value] = words.as_slice() {
                 if let Some(percent) = percent.strip_suffix('%') {
-                    result
-                        .percentiles_us
-                        .push((percent.parse()?, parse_duration_us(value)?));
+                    // wrk misprints some pipelined latencies as 0: no response takes 0 µs.
+                    let us = parse_duration_us(value)?;
+                    if us > 0.0 {
+                        result.percentiles_us.push((percent.parse()?, us));
+                    }
                     continue;
                 }
             }
@@ -283,6 +285,14 @@ Transfer/sec:      9.01MB
         assert!((r.duration_s - 60.0).abs() < 1e-9);
         assert!(r.percentiles_us.is_empty());
         assert!(parse("unable to connect to 127.0.0.1:1 Connection refused").is_err());
+    }
+
+    #[test]
+    fn drops_zero_latencies_that_wrk_misprints() {
+        let text = "  Latency Distribution\n     50%  100.00us\n     99%    0.00us\n  10 requests in 1.00s, 1KB read\nRequests/sec: 10.00\n";
+        let r = parse(text).unwrap();
+        assert_eq!(r.percentile_us(50.0), Some(100.0));
+        assert_eq!(r.percentile_us(99.0), None);
     }
 
     #[test]
