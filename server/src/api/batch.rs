@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::respond;
 use super::{Denial, ShardApp, ShardMsg};
@@ -225,22 +225,50 @@ impl ShardApp {
     }
 }
 
+/// One entry of the batch response.
+#[derive(Serialize)]
+struct Item<'a> {
+    valid: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claims: Option<&'a Claims>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_description: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct BatchResponse<'a> {
+    results: Vec<Item<'a>>,
+    valid: usize,
+}
+
 fn write_batch(out: &mut Vec<u8>, verdicts: impl Iterator<Item = Option<Verdict>>, ka: bool) {
-    let mut n_valid = 0;
-    let items: Vec<serde_json::Value> = verdicts
+    let verdicts: Vec<Option<Verdict>> = verdicts.collect();
+    let results: Vec<Item<'_>> = verdicts
+        .iter()
         .map(|v| match v {
-            Some(Ok(claims)) => {
-                n_valid += 1;
-                serde_json::json!({ "valid": true, "claims": claims })
-            }
-            Some(Err(denial)) => serde_json::json!({
-                "valid": false,
-                "error": "invalid_token",
-                "error_description": denial.description(),
-            }),
-            None => serde_json::json!({ "valid": false, "error": "server_error" }),
+            Some(Ok(claims)) => Item {
+                valid: true,
+                claims: Some(claims),
+                error: None,
+                error_description: None,
+            },
+            Some(Err(denial)) => Item {
+                valid: false,
+                claims: None,
+                error: Some("invalid_token"),
+                error_description: Some(denial.description()),
+            },
+            None => Item {
+                valid: false,
+                claims: None,
+                error: Some("server_error"),
+                error_description: Some("this part of the batch was not verified"),
+            },
         })
         .collect();
-    let text = serde_json::json!({ "results": items, "valid": n_valid }).to_string();
-    http::write_json(out, Status::Ok, text.as_bytes(), ka);
+    let valid = results.iter().filter(|item| item.valid).count();
+    let body = serde_json::to_vec(&BatchResponse { results, valid }).unwrap_or_default();
+    http::write_json(out, Status::Ok, &body, ka);
 }

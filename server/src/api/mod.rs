@@ -170,6 +170,8 @@ pub struct ShardApp {
     cache: CuckooCache<Rc<Cached>>,
     revoked: HashMap<String, u64>,
     pool: TokenPool,
+    /// Pool key of each client's default grant, so the common request allocates no key.
+    default_keys: Vec<crate::pool::PoolKey>,
     hists: OpHistograms,
     counters: Counters,
     batches: batch::Batches,
@@ -203,6 +205,7 @@ impl ShardApp {
         });
         let cache = CuckooCache::new(config.auth.cache_entries_per_shard, cache_seed);
         let verifier = keys.verifier.clone();
+        let default_keys = token::default_pool_keys(config);
         ShardApp {
             idx,
             control,
@@ -211,6 +214,7 @@ impl ShardApp {
             cache,
             revoked,
             pool,
+            default_keys,
             hists: OpHistograms::new(),
             counters: Counters::default(),
             batches: batch::Batches::default(),

@@ -115,13 +115,17 @@ fn authenticate_client<'c>(
 /// A refused grant: status, OAuth error code, description.
 type GrantError = (Status, &'static str, String);
 
-/// Authenticates the client and resolves audience and scope against what it may ask for.
+/// An authenticated client: its index, its config, and a non-default (audience, scope) if asked.
+type Grant<'c> = (usize, &'c ClientConfig, Option<(String, String)>);
+
+/// Authenticates the client and checks the audience and scope it asks for. `None` for the
+/// audience/scope pair means the client's defaults (its precomputed pool key).
 fn resolve_grant<'c>(
     config: &'c crate::config::Config,
     id: &str,
     secret: &str,
     params: &TokenParams<'_>,
-) -> Result<(usize, &'c ClientConfig, String, String), GrantError> {
+) -> Result<Grant<'c>, GrantError> {
     let Some((client_idx, client)) = authenticate_client(&config.clients, id, secret) else {
         return Err((
             Status::Unauthorized,
@@ -129,6 +133,9 @@ fn resolve_grant<'c>(
             "client authentication failed".into(),
         ));
     };
+    if params.audience.is_none() && params.scope.is_none() {
+        return Ok((client_idx, client, None));
+    }
     let audience = match params.audience.as_deref() {
         Some(aud) if client.audiences.iter().any(|a| a == aud) => aud.to_owned(),
         Some(_) => {
@@ -138,11 +145,7 @@ fn resolve_grant<'c>(
                 "audience is not allowed for this client".into(),
             ));
         }
-        None => client
-            .audiences
-            .first()
-            .cloned()
-            .unwrap_or_else(|| config.auth.issuer.clone()),
+        None => default_audience(config, client),
     };
     let scope = match params.scope.as_deref() {
         Some(requested) => {
@@ -160,7 +163,31 @@ fn resolve_grant<'c>(
         }
         None => client.scopes.join(" "),
     };
-    Ok((client_idx, client, audience, scope))
+    Ok((client_idx, client, Some((audience, scope))))
+}
+
+fn default_audience(config: &crate::config::Config, client: &ClientConfig) -> String {
+    client
+        .audiences
+        .first()
+        .cloned()
+        .unwrap_or_else(|| config.auth.issuer.clone())
+}
+
+/// The pool key of each client's default grant (first audience, all scopes), by client index.
+pub(super) fn default_pool_keys(config: &crate::config::Config) -> Vec<PoolKey> {
+    config
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(idx, client)| {
+            PoolKey::new(
+                idx as u32,
+                &default_audience(config, client),
+                &client.scopes.join(" "),
+            )
+        })
+        .collect()
 }
 
 fn sign_for(
@@ -207,13 +234,10 @@ impl ShardApp {
             );
             return Op::Other;
         }
-        let (id, secret) = match (
-            basic_credentials(req),
-            &params.client_id,
-            &params.client_secret,
-        ) {
-            (Some(pair), _, _) => pair,
-            (None, Some(id), Some(secret)) => (id.to_string(), secret.to_string()),
+        let basic = basic_credentials(req);
+        let (id, secret): (&str, &str) = match (&basic, &params.client_id, &params.client_secret) {
+            (Some((id, secret)), _, _) => (id, secret),
+            (None, Some(id), Some(secret)) => (id, secret),
             _ => {
                 respond::error(
                     out,
@@ -226,22 +250,28 @@ impl ShardApp {
             }
         };
         let config = std::sync::Arc::clone(&self.shared.config);
-        let (client_idx, client, audience, scope) =
-            match resolve_grant(&config, &id, &secret, &params) {
-                Ok(grant) => grant,
-                Err((status, code, text)) => {
-                    respond::error(out, status, code, &text, ka);
-                    return Op::Other;
-                }
-            };
-        let key = PoolKey::new(client_idx as u32, &audience, &scope);
+        let (client_idx, client, custom) = match resolve_grant(&config, id, secret, &params) {
+            Ok(grant) => grant,
+            Err((status, code, text)) => {
+                respond::error(out, status, code, &text, ka);
+                return Op::Other;
+            }
+        };
+        let custom_key;
+        let key = match custom {
+            None => &self.default_keys[client_idx],
+            Some((audience, scope)) => {
+                custom_key = PoolKey::new(client_idx as u32, &audience, &scope);
+                &custom_key
+            }
+        };
         self.pool_refill_due = true;
-        let (token, op) = match self.pool.take(&key, now_s) {
+        let (token, op) = match self.pool.take(key, now_s) {
             Some(pooled) => (pooled, Op::TokenPoolHit),
             None => {
                 let ttl_s = config.auth.token_ttl_s;
                 let t = sign_for(
-                    &key,
+                    key,
                     client,
                     &config.auth.issuer,
                     ttl_s,
@@ -252,20 +282,21 @@ impl ShardApp {
                 (t, Op::TokenSign)
             }
         };
-        let mut body = String::with_capacity(token.token.len() + 96);
-        body.push_str("{\"access_token\":\"");
-        body.push_str(&token.token);
-        body.push_str("\",\"token_type\":\"Bearer\",\"expires_in\":");
-        body.push_str(&token.expires_at_s.saturating_sub(now_s).to_string());
-        body.push_str(",\"scope\":");
-        body.push_str(&serde_json::Value::String(key.scopes.clone()).to_string());
-        body.push('}');
+        // The token is base64url and dots, so it needs no escaping; the scope string may.
+        let mut body = Vec::with_capacity(token.token.len() + 128);
+        body.extend_from_slice(b"{\"access_token\":\"");
+        body.extend_from_slice(token.token.as_bytes());
+        body.extend_from_slice(b"\",\"token_type\":\"Bearer\",\"expires_in\":");
+        http::push_decimal(&mut body, token.expires_at_s.saturating_sub(now_s) as usize);
+        body.extend_from_slice(b",\"scope\":");
+        let _ = serde_json::to_writer(&mut body, &key.scopes);
+        body.push(b'}');
         http::write_response(
             out,
             Status::Ok,
             Some("application/json"),
             &[b"cache-control: no-store"],
-            body.as_bytes(),
+            &body,
             ka,
         );
         op
