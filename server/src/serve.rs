@@ -11,7 +11,9 @@ use std::sync::Arc;
 use crate::api::{AppShared, ShardApp, ShardMsg};
 use crate::auth::{BatchMode, KeyRing, TrustedIssuer, Verifier};
 use crate::config::{allowed_cpus, Config};
-use crate::control::{ControlPlane, RevocationLog, CONTROL_QUEUE_DEPTH};
+use crate::control::{
+    ControlLinks, ControlPlane, ControlState, RevocationLog, CONTROL_QUEUE_DEPTH,
+};
 use crate::gate::{Gate, GateConfig};
 use crate::monitor::Board;
 use crate::shard::mesh::Mesh;
@@ -92,12 +94,17 @@ pub fn run(
     let config = Arc::new(config);
     let control = ControlPlane::new(
         Arc::clone(&config),
-        keyring,
-        verifier,
-        revocations,
-        Arc::clone(&mesh),
-        Arc::clone(&board),
-        gate,
+        ControlState {
+            keyring,
+            base_verifier: verifier,
+            revocations,
+            gate,
+        },
+        ControlLinks {
+            mesh: Arc::clone(&mesh),
+            board: Arc::clone(&board),
+            shutdown: Arc::clone(shutdown),
+        },
     );
     let keys = control.key_snapshot();
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
@@ -111,10 +118,9 @@ pub fn run(
     let limits = shard_limits(&config);
     let mut threads = Vec::with_capacity(n_shards + 1);
     let control_thread = {
-        let shutdown = Arc::clone(shutdown);
         std::thread::Builder::new()
             .name("sz-control".into())
-            .spawn(move || control.run(&control_rx, &shutdown))
+            .spawn(move || control.run(&control_rx))
             .map_err(ServeError::Runtime)?
     };
     let cache_seed: u64 = rand::random();

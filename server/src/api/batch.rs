@@ -194,7 +194,7 @@ impl ShardApp {
         tracing::error!(
             origin,
             batch_id,
-            "could not return a batch part; the origin will answer 503"
+            "could not return a batch part; the origin answers 503 when its deadline passes"
         );
     }
 
@@ -210,6 +210,18 @@ impl ShardApp {
             return;
         };
         for (i, v) in verdicts.into_iter().enumerate() {
+            // Check revocation here too: the origin's denylist is the one the client relies on.
+            let v = match v {
+                Ok(claims)
+                    if claims
+                        .jti
+                        .as_deref()
+                        .is_some_and(|jti| self.revoked.contains_key(jti)) =>
+                {
+                    Err(Denial::Revoked)
+                }
+                other => other,
+            };
             if let Some(slot) = pending.verdicts.get_mut(offset + i) {
                 *slot = Some(v);
             }

@@ -147,10 +147,14 @@ struct Counters {
 }
 
 impl Counters {
-    fn count_status(&mut self, code: u16) {
-        if self.responses_by_status.is_empty() {
-            self.responses_by_status = vec![0; 600];
+    fn new() -> Counters {
+        Counters {
+            responses_by_status: vec![0; 600],
+            ..Counters::default()
         }
+    }
+
+    fn count_status(&mut self, code: u16) {
         if let Some(n) = self.responses_by_status.get_mut(usize::from(code)) {
             *n += 1;
         }
@@ -180,9 +184,6 @@ pub struct ShardApp {
     sweep_slots_left: usize,
     pool_refill_due: bool,
 }
-
-/// Most revocations a shard mirrors (same bound as the control plane's log).
-const MAX_REVOKED: usize = crate::control::MAX_REVOCATIONS;
 
 impl ShardApp {
     /// Builds shard `idx`'s state; called on the shard's own thread.
@@ -216,7 +217,7 @@ impl ShardApp {
             pool,
             default_keys,
             hists: OpHistograms::new(),
-            counters: Counters::default(),
+            counters: Counters::new(),
             batches: batch::Batches::default(),
             limiter: ratelimit::IpLimiter::new(
                 config.ratelimit.per_ip_rps,
@@ -444,9 +445,9 @@ impl Handler for ShardApp {
             ShardMsg::Revoked { jti, exp_s } => {
                 self.cache
                     .retain(|cached| cached.claims.jti.as_deref() != Some(jti.as_str()));
-                if self.revoked.len() < MAX_REVOKED {
-                    self.revoked.insert(jti, exp_s);
-                }
+                // The control plane bounds the list; keep the longer expiry if re-revoked.
+                let entry = self.revoked.entry(jti).or_insert(exp_s);
+                *entry = (*entry).max(exp_s);
             }
             ShardMsg::Answer { ticket, response } => {
                 let code = respond::status_of(&response);

@@ -322,7 +322,7 @@ impl ShardApp {
             // Holder revocation (RFC 7009): the token proves itself.
             match self.verifier.verify(token.as_bytes(), cx.now_s) {
                 Ok(claims) => match claims.jti {
-                    Some(jti) => (jti, claims.exp + self.config().auth.leeway_s),
+                    Some(jti) => (jti, claims.exp.saturating_add(self.config().auth.leeway_s)),
                     None => {
                         respond::error(
                             out,

@@ -74,20 +74,46 @@ pub struct ControlPlane {
     mesh: Arc<Mesh<ShardMsg>>,
     board: Arc<Board>,
     gate: Gate,
+    shutdown: Arc<AtomicBool>,
     now_s: fn() -> u64,
 }
 
+/// What the control plane owns, loaded at start.
+pub struct ControlState {
+    /// Signing keys.
+    pub keyring: KeyRing,
+    /// Verifier with the trusted issuers; own keys are set from `keyring`.
+    pub base_verifier: Verifier,
+    /// The durable denylist.
+    pub revocations: RevocationLog,
+    /// The eBPF gate (possibly off).
+    pub gate: Gate,
+}
+
+/// How the control plane reaches the shards.
+pub struct ControlLinks {
+    /// The mesh (control edge to every shard).
+    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// Where `/metrics` sections are published.
+    pub board: Arc<Board>,
+    /// Set on SIGINT/SIGTERM.
+    pub shutdown: Arc<AtomicBool>,
+}
+
 impl ControlPlane {
-    /// Takes over the key ring and revocation log loaded at start.
-    pub fn new(
-        config: Arc<Config>,
-        keyring: KeyRing,
-        base_verifier: Verifier,
-        revocations: RevocationLog,
-        mesh: Arc<Mesh<ShardMsg>>,
-        board: Arc<Board>,
-        gate: Gate,
-    ) -> ControlPlane {
+    /// Takes over the state loaded at start and the links to the shards.
+    pub fn new(config: Arc<Config>, state: ControlState, links: ControlLinks) -> ControlPlane {
+        let ControlState {
+            keyring,
+            base_verifier,
+            revocations,
+            gate,
+        } = state;
+        let ControlLinks {
+            mesh,
+            board,
+            shutdown,
+        } = links;
         let control = ControlPlane {
             data_dir: config.server.data_dir.clone(),
             config,
@@ -97,6 +123,7 @@ impl ControlPlane {
             mesh,
             board,
             gate,
+            shutdown,
             now_s: crate::unix_now_s,
         };
         control.publish_metrics();
@@ -121,9 +148,9 @@ impl ControlPlane {
     }
 
     /// Runs until `shutdown` is set.
-    pub fn run(mut self, inbox: &Receiver<ControlMsg>, shutdown: &AtomicBool) {
+    pub fn run(mut self, inbox: &Receiver<ControlMsg>) {
         let mut last_tick_s = 0;
-        while !shutdown.load(Ordering::Relaxed) {
+        while !self.shutdown.load(Ordering::Relaxed) {
             match inbox.recv_timeout(Duration::from_millis(250)) {
                 Ok(msg) => self.handle(msg),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -149,11 +176,13 @@ impl ControlPlane {
             } => {
                 let mut out = Vec::new();
                 match self.revocations.append(&jti, exp_s, now_s) {
-                    Ok(()) => {
-                        self.broadcast(|| ShardMsg::Revoked {
-                            jti: jti.clone(),
-                            exp_s,
-                        });
+                    Ok(changed) => {
+                        if let Some(exp_s) = changed {
+                            self.broadcast(|| ShardMsg::Revoked {
+                                jti: jti.clone(),
+                                exp_s,
+                            });
+                        }
                         let body = serde_json::json!({ "revoked": true, "jti": jti }).to_string();
                         http::write_json(&mut out, Status::Ok, body.as_bytes(), keep_alive);
                     }
@@ -255,19 +284,29 @@ impl ControlPlane {
     }
 
     fn send(&self, shard_idx: usize, mut msg: ShardMsg) {
+        // Blocks until there is room: a broadcast must not be dropped while its change is
+        // acknowledged. Only shutdown ends the wait.
         let from = self.mesh.control_idx();
-        for _ in 0..10_000 {
+        let mut waited_ms = 0u64;
+        loop {
             match self.mesh.send(from, shard_idx, msg) {
                 Ok(()) => return,
                 Err(back) => {
                     msg = back;
-                    std::thread::sleep(Duration::from_micros(100));
+                    if self.shutdown.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                    waited_ms += 1;
+                    if waited_ms.is_multiple_of(1000) {
+                        tracing::warn!(
+                            shard_idx,
+                            waited_ms,
+                            "shard inbox full; control plane waiting"
+                        );
+                    }
                 }
             }
         }
-        tracing::error!(
-            shard_idx,
-            "shard inbox stayed full for 1 s; message dropped"
-        );
     }
 }

@@ -60,13 +60,14 @@ impl RevocationLog {
         !jti.is_empty() && jti.len() <= MAX_JTI_BYTES && jti.bytes().all(|b| b.is_ascii_graphic())
     }
 
-    /// Appends and syncs one revocation.
-    pub fn append(&mut self, jti: &str, exp_s: u64, now_s: u64) -> io::Result<()> {
+    /// Appends and syncs one revocation. Returns the entry's new expiry when the denylist
+    /// changed, `None` when the token had already expired or was already revoked as long.
+    pub fn append(&mut self, jti: &str, exp_s: u64, now_s: u64) -> io::Result<Option<u64>> {
         if !RevocationLog::valid_jti(jti) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid jti"));
         }
         if exp_s <= now_s || self.live.get(jti).is_some_and(|&e| e >= exp_s) {
-            return Ok(()); // already expired or already revoked at least as long
+            return Ok(None);
         }
         if self.live.len() >= MAX_REVOCATIONS {
             return Err(io::Error::other(format!(
@@ -77,7 +78,7 @@ impl RevocationLog {
         self.file.write_all(format!("{jti} {exp_s}\n").as_bytes())?;
         self.file.sync_data()?;
         self.live.insert(jti.to_owned(), exp_s);
-        Ok(())
+        Ok(Some(exp_s))
     }
 
     /// Live entries, for seeding shards at start.
@@ -104,8 +105,10 @@ mod tests {
     fn survives_reopen_and_compacts_expired() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = RevocationLog::open(dir.path(), 100).unwrap();
-        log.append("a", 200, 100).unwrap();
-        log.append("b", 150, 100).unwrap();
+        assert_eq!(log.append("a", 200, 100).unwrap(), Some(200));
+        assert_eq!(log.append("b", 150, 100).unwrap(), Some(150));
+        assert_eq!(log.append("a", 180, 100).unwrap(), None, "never shortened");
+        assert_eq!(log.append("c", 90, 100).unwrap(), None, "already expired");
         assert!(log.append("bad jti", 300, 100).is_err());
         drop(log);
         let log = RevocationLog::open(dir.path(), 160).unwrap();

@@ -53,12 +53,17 @@ impl<M: Send> Mesh<M> {
         Ok(())
     }
 
-    /// Receives the next message for shard `to_idx`, scanning senders in order.
+    /// Receives the next message for shard `to_idx`.
     ///
     /// Only shard `to_idx`'s thread may call this (single consumer per edge).
+    ///
+    /// The control plane's edge is drained first: a revocation or key change it queued before
+    /// a shard's request is applied before that request is served here.
     pub fn recv(&self, to_idx: usize) -> Option<M> {
-        (0..=self.n_shards)
-            .find_map(|from_idx| self.queues[from_idx * self.n_shards + to_idx].pop())
+        let n = self.n_shards;
+        self.queues[n * n + to_idx]
+            .pop()
+            .or_else(|| (0..n).find_map(|from_idx| self.queues[from_idx * n + to_idx].pop()))
     }
 
     /// Messages waiting for shard `to_idx`.

@@ -87,7 +87,9 @@ impl RuntimeStats {
 struct Waiting {
     ticket: Ticket,
     reply: Option<Vec<u8>>,
+    /// Responses to the requests that followed this one, sent right after its reply.
     after: Vec<u8>,
+    since_s: u64,
 }
 
 #[allow(clippy::struct_excessive_bools)] // reason: independent state flags of one connection.
@@ -107,6 +109,10 @@ struct Conn {
     dirty: bool,
     last_active_s: u64,
     partial_since_s: u64,
+    /// When `closing` was first seen by the sweep (0: not yet).
+    closing_since_s: u64,
+    /// Last time a send was issued or completed.
+    last_send_s: u64,
 }
 
 fn user_data(op: u64, idx: usize, gen: u32) -> u64 {
@@ -399,6 +405,8 @@ impl<H: Handler> Shard<'_, H> {
             dirty: false,
             last_active_s: now_s,
             partial_since_s: 0,
+            closing_since_s: 0,
+            last_send_s: now_s,
         };
         let idx = if let Some(idx) = self.free.pop() {
             self.conns[idx] = Some(conn);
@@ -440,6 +448,8 @@ impl<H: Handler> Shard<'_, H> {
                 RuntimeStats::bump(&stats.no_buffers);
                 if !more && !conn.closing {
                     self.arm_recv(idx);
+                } else if !more {
+                    self.mark_dirty(idx); // a closing connection may now be freed
                 }
                 return;
             }
@@ -506,14 +516,16 @@ impl<H: Handler> Shard<'_, H> {
                                 ticket,
                                 reply: None,
                                 after: Vec::new(),
+                                since_s: now_s,
                             });
                         }
                     }
                     if !req.keep_alive {
                         conn.closing = true;
                     }
+                    let queued: usize = conn.waiting.iter().map(|w| w.after.len()).sum();
                     if conn.waiting.len() > limits.max_pipeline_depth
-                        || conn.out.len() + conn.sending.len() > limits.max_output_bytes
+                        || conn.out.len() + conn.sending.len() + queued > limits.max_output_bytes
                     {
                         RuntimeStats::bump(&stats.output_overflows);
                         conn.closing = true;
@@ -535,7 +547,9 @@ impl<H: Handler> Shard<'_, H> {
             conn.partial_since_s = 0;
             inbuf.clear();
         } else {
-            if conn.partial_since_s == 0 {
+            // The slow-request clock starts when a request starts, not when the connection
+            // first had a partial one: completed requests are progress.
+            if conn.partial_since_s == 0 || at > 0 {
                 conn.partial_since_s = now_s;
             }
             if from_inbuf {
@@ -562,6 +576,7 @@ impl<H: Handler> Shard<'_, H> {
             return;
         };
         conn.send_inflight = false;
+        conn.last_send_s = crate::unix_now_s();
         if res < 0 {
             conn.closing = true;
             conn.out.clear();
@@ -592,6 +607,7 @@ impl<H: Handler> Shard<'_, H> {
         .build()
         .user_data(user_data(OP_SEND, idx, conn.gen));
         conn.send_inflight = true;
+        conn.last_send_s = crate::unix_now_s();
         self.push_sqe(&entry);
     }
 
@@ -658,52 +674,61 @@ impl<H: Handler> Shard<'_, H> {
             if let Some(w) = conn.waiting.iter_mut().find(|w| w.ticket == ticket) {
                 w.reply = Some(bytes);
             }
-            while conn.waiting.front().is_some_and(|w| w.reply.is_some()) {
-                let Some(w) = conn.waiting.pop_front() else {
-                    break;
-                };
-                conn.out.extend_from_slice(&w.reply.unwrap_or_default());
-                match conn.waiting.front_mut() {
-                    Some(next) => {
-                        let mut after = w.after;
-                        after.extend_from_slice(&next.after);
-                        next.after = after;
-                    }
-                    None => conn.out.extend_from_slice(&w.after),
-                }
-            }
+            release_answered(conn);
             self.mark_dirty(idx);
         }
     }
 
     fn sweep_timeouts(&mut self, now_s: u64) {
+        let limits = self.limits.clone();
         for idx in 0..self.conns.len() {
             let Some(conn) = self.conns[idx].as_mut() else {
                 continue;
             };
-            if conn.closing {
-                continue;
+            let mut dirty = expire_deferred(conn, &mut self.tickets, now_s);
+            let stalled_send = conn.send_inflight
+                && now_s.saturating_sub(conn.last_send_s) >= limits.idle_timeout_s;
+            if conn.closing || stalled_send {
+                // A peer that stops reading cannot keep a slot: after the grace period the
+                // socket is shut, the pending send fails, and the slot is freed.
+                if conn.closing_since_s == 0 && !stalled_send {
+                    conn.closing_since_s = now_s;
+                } else if stalled_send
+                    || now_s.saturating_sub(conn.closing_since_s) >= limits.request_timeout_s
+                {
+                    force_close(conn, &mut self.tickets);
+                    RuntimeStats::bump(&self.stats.timeouts);
+                    dirty = true;
+                }
+            } else {
+                let slow = conn.partial_since_s != 0
+                    && now_s.saturating_sub(conn.partial_since_s) >= limits.request_timeout_s;
+                let idle = conn.partial_since_s == 0
+                    && conn.waiting.is_empty()
+                    && !conn.send_inflight
+                    && now_s.saturating_sub(conn.last_active_s) >= limits.idle_timeout_s;
+                if slow {
+                    let out = match conn.waiting.back_mut() {
+                        Some(w) => &mut w.after,
+                        None => &mut conn.out,
+                    };
+                    http::write_oauth_error(
+                        out,
+                        http::Status::RequestTimeout,
+                        "invalid_request",
+                        "request was not completed in time",
+                        &[],
+                        false,
+                    );
+                }
+                if slow || idle {
+                    RuntimeStats::bump(&self.stats.timeouts);
+                    conn.closing = true;
+                    conn.inbuf = Vec::new();
+                    dirty = true;
+                }
             }
-            let slow = conn.partial_since_s != 0
-                && now_s.saturating_sub(conn.partial_since_s) >= self.limits.request_timeout_s;
-            let idle = conn.partial_since_s == 0
-                && conn.waiting.is_empty()
-                && !conn.send_inflight
-                && now_s.saturating_sub(conn.last_active_s) >= self.limits.idle_timeout_s;
-            if slow {
-                http::write_oauth_error(
-                    &mut conn.out,
-                    http::Status::RequestTimeout,
-                    "invalid_request",
-                    "request was not completed in time",
-                    &[],
-                    false,
-                );
-            }
-            if slow || idle {
-                RuntimeStats::bump(&self.stats.timeouts);
-                conn.closing = true;
-                conn.inbuf = Vec::new();
+            if dirty {
                 self.mark_dirty(idx);
             }
         }
@@ -716,19 +741,73 @@ impl<H: Handler> Shard<'_, H> {
             };
             let busy = !conn.waiting.is_empty() || conn.send_inflight || !conn.out.is_empty();
             if force {
-                conn.waiting.clear();
-                conn.out.clear();
+                force_close(conn, &mut self.tickets);
+            } else if !busy {
+                conn.closing = true;
             }
             if force || !busy {
-                conn.closing = true;
-                if force && !conn.shut {
-                    conn.shut = true;
-                    // SAFETY: our own socket.
-                    unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
-                }
                 self.mark_dirty(idx);
             }
         }
+    }
+}
+
+/// A deferred response not answered in this long is answered `503` and the connection closed.
+const DEFERRED_TIMEOUT_S: u64 = 30;
+
+/// Moves answered deferred responses, and the responses queued behind each, to the output in
+/// request order.
+fn release_answered(conn: &mut Conn) {
+    while conn.waiting.front().is_some_and(|w| w.reply.is_some()) {
+        let Some(w) = conn.waiting.pop_front() else {
+            break;
+        };
+        conn.out.extend_from_slice(&w.reply.unwrap_or_default());
+        conn.out.extend_from_slice(&w.after);
+    }
+}
+
+/// Answers deferred responses older than `DEFERRED_TIMEOUT_S` with 503; true if any was.
+fn expire_deferred(
+    conn: &mut Conn,
+    tickets: &mut HashMap<Ticket, (usize, u32)>,
+    now_s: u64,
+) -> bool {
+    let mut expired = false;
+    for w in &mut conn.waiting {
+        if w.reply.is_none() && now_s.saturating_sub(w.since_s) >= DEFERRED_TIMEOUT_S {
+            tickets.remove(&w.ticket);
+            let mut out = Vec::new();
+            http::write_oauth_error(
+                &mut out,
+                http::Status::ServiceUnavailable,
+                "temporarily_unavailable",
+                "the answer to this request did not arrive in time",
+                &[],
+                false,
+            );
+            w.reply = Some(out);
+            expired = true;
+        }
+    }
+    if expired {
+        conn.closing = true;
+        release_answered(conn);
+    }
+    expired
+}
+
+/// Shuts the socket down and drops unsent output; completions then free the slot.
+fn force_close(conn: &mut Conn, tickets: &mut HashMap<Ticket, (usize, u32)>) {
+    conn.closing = true;
+    conn.out.clear();
+    for w in conn.waiting.drain(..) {
+        tickets.remove(&w.ticket);
+    }
+    if !conn.shut {
+        conn.shut = true;
+        // SAFETY: shutting down our own socket.
+        unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 
@@ -767,9 +846,9 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
-    /// Echoes the path; `/defer` answers through the mesh on the next message.
+    /// Echoes the path; `/defer?L` answers `later-L` from background work.
     struct Echo {
-        pending: Vec<Ticket>,
+        pending: Vec<(Ticket, String)>,
     }
 
     impl Handler for Echo {
@@ -782,7 +861,7 @@ mod tests {
         ) -> Outcome {
             if req.path == "/defer" {
                 let t = cx.defer();
-                self.pending.push(t);
+                self.pending.push((t, req.query.to_owned()));
                 return Outcome::Deferred(t);
             }
             http::write_response(
@@ -797,9 +876,10 @@ mod tests {
         }
         fn on_message(&mut self, _msg: u32, _now_s: u64, _ready: &mut Ready) {}
         fn background(&mut self, _now_s: u64, _budget: u32, ready: &mut Ready) -> bool {
-            for t in self.pending.drain(..) {
+            for (t, label) in self.pending.drain(..) {
                 let mut out = Vec::new();
-                http::write_response(&mut out, http::Status::Ok, None, &[], b"later", true);
+                let body = format!("later-{label}");
+                http::write_response(&mut out, http::Status::Ok, None, &[], body.as_bytes(), true);
                 ready.push((t, out));
             }
             false
@@ -880,14 +960,16 @@ mod tests {
     }
 
     #[test]
-    fn pipelined_burst_answers_in_order_with_deferred_in_the_middle() {
+    fn pipelined_burst_answers_in_order_with_several_deferred_in_the_middle() {
         let (addr, shutdown, handle) = start();
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut burst = Vec::new();
         for i in 0..100 {
-            let path = if i == 50 {
-                "/defer".to_owned()
+            // Deferred at 50, 52 and 53, answered at once in between.
+            let deferred = [50, 52, 53].contains(&i);
+            let path = if deferred {
+                format!("/defer?{i}")
             } else {
                 format!("/r{i}")
             };
@@ -899,8 +981,8 @@ mod tests {
         s.write_all(&burst[777..]).unwrap();
         let bodies = read_responses(&mut s, 100);
         for (i, body) in bodies.iter().enumerate() {
-            let want = if i == 50 {
-                "later".to_owned()
+            let want = if [50, 52, 53].contains(&i) {
+                format!("later-{i}")
             } else {
                 format!("/r{i}")
             };
