@@ -125,33 +125,19 @@ pub fn run(
     };
     let cache_seed: u64 = rand::random();
     for (idx, listener) in listeners.into_iter().enumerate() {
-        let cpu = cpus[idx % cpus.len()];
-        let shared = Arc::clone(&shared);
-        let control_tx = control_tx.clone();
-        let keys = Arc::clone(&keys);
-        let revoked = revoked.clone();
-        let limits = limits.clone();
-        let shutdown = Arc::clone(shutdown);
-        let mesh = Arc::clone(&mesh);
-        let stats = Arc::new(RuntimeStats::default());
-        let handle = std::thread::Builder::new()
-            .name(format!("sz-shard-{idx}"))
-            .spawn(move || {
-                if !shard::pin_to_cpu(cpu) {
-                    tracing::warn!(shard = idx, cpu, "could not pin shard thread");
-                }
-                let app = ShardApp::new(
-                    idx,
-                    shared,
-                    control_tx,
-                    keys,
-                    revoked,
-                    cache_seed ^ idx as u64,
-                );
-                shard::run_shard(idx, listener, limits, &mesh, stats, &shutdown, app)
-            })
-            .map_err(ServeError::Runtime)?;
-        threads.push(handle);
+        let seed = ShardSeed {
+            idx,
+            cpu: cpus[idx % cpus.len()],
+            listener,
+            shared: Arc::clone(&shared),
+            control_tx: control_tx.clone(),
+            keys: Arc::clone(&keys),
+            revoked: revoked.clone(),
+            limits: limits.clone(),
+            mesh: Arc::clone(&mesh),
+            cache_seed: cache_seed ^ idx as u64,
+        };
+        threads.push(spawn_shard(seed, Arc::clone(shutdown))?);
     }
     drop(control_tx);
     tracing::info!(shards = n_shards, ?cpus, "subzero started");
@@ -219,6 +205,63 @@ fn load_state(
             source,
         })?;
     Ok((keyring, verifier, revocations))
+}
+
+/// Everything one shard thread starts from.
+struct ShardSeed {
+    idx: usize,
+    cpu: usize,
+    listener: OwnedFd,
+    shared: Arc<AppShared>,
+    control_tx: std::sync::mpsc::SyncSender<crate::control::ControlMsg>,
+    keys: Arc<crate::api::KeySnapshot>,
+    revoked: HashMap<String, u64>,
+    limits: ShardLimits,
+    mesh: Arc<Mesh<ShardMsg>>,
+    cache_seed: u64,
+}
+
+/// Starts a pinned shard thread; its handler is built on that thread.
+fn spawn_shard(
+    seed: ShardSeed,
+    shutdown: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<std::io::Result<()>>, ServeError> {
+    std::thread::Builder::new()
+        .name(format!("sz-shard-{}", seed.idx))
+        .spawn(move || {
+            let ShardSeed {
+                idx,
+                cpu,
+                listener,
+                shared,
+                control_tx,
+                keys,
+                revoked,
+                limits,
+                mesh,
+                cache_seed,
+            } = seed;
+            if !shard::pin_to_cpu(cpu) {
+                tracing::warn!(shard = idx, cpu, "could not pin shard thread");
+            }
+            let stats = Arc::new(RuntimeStats::default());
+            let app = ShardApp::new(
+                idx,
+                shared,
+                control_tx,
+                keys,
+                revoked,
+                cache_seed,
+                Arc::clone(&stats),
+            );
+            let result = shard::run_shard(idx, listener, limits, &mesh, stats, &shutdown, app);
+            if result.is_err() {
+                // One failed shard stops the server rather than leaving it half up.
+                shutdown.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .map_err(ServeError::Runtime)
 }
 
 fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeError> {

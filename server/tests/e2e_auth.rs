@@ -204,6 +204,15 @@ fn revocation_reaches_every_shard_and_survives_kill_9() {
             "shard {shard} never refused the revoked token:\n{metrics}"
         );
     }
+    // The runtime's own counters are exported per shard too.
+    assert!(
+        metrics.contains("subzero_connections_accepted_total{shard=\"0\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("subzero_http_requests_total{shard=\"1\"}"),
+        "{metrics}"
+    );
     // The acknowledged revocation survives a crash.
     server.kill9();
     let server = Server::start(dir.path(), &["--shards", "2"]);

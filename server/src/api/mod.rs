@@ -30,7 +30,7 @@ use crate::http::{self, Method, Request, Status};
 use crate::monitor::{Board, Op, OpHistograms};
 use crate::pool::{PoolLimits, TokenPool};
 use crate::shard::mesh::Mesh;
-use crate::shard::{Cx, Handler, Outcome, Ready, Ticket};
+use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats, Ticket};
 
 /// Key material a shard needs; rebuilt by the control plane on rotation and retirement.
 pub struct KeySnapshot {
@@ -183,6 +183,8 @@ pub struct ShardApp {
     last_tick_s: u64,
     sweep_slots_left: usize,
     pool_refill_due: bool,
+    /// The runtime's connection counters, for `/metrics`.
+    runtime: Arc<RuntimeStats>,
 }
 
 impl ShardApp {
@@ -194,6 +196,7 @@ impl ShardApp {
         keys: Arc<KeySnapshot>,
         revoked: HashMap<String, u64>,
         cache_seed: u64,
+        runtime: Arc<RuntimeStats>,
     ) -> ShardApp {
         let config = &shared.config;
         let pool = TokenPool::new(PoolLimits {
@@ -228,6 +231,7 @@ impl ShardApp {
             last_tick_s: 0,
             sweep_slots_left: 0,
             pool_refill_due: false,
+            runtime,
             shared,
         }
     }
@@ -380,7 +384,24 @@ impl ShardApp {
             ("subzero_revoked_jti", self.revoked.len() as u64),
             ("subzero_ratelimit_tracked_ips", self.limiter.len() as u64),
         ];
-        for (name, value) in lines {
+        let r = &self.runtime;
+        let runtime = [
+            ("subzero_connections_accepted_total", &r.accepted),
+            ("subzero_connections_closed_total", &r.closed),
+            ("subzero_connections_open", &r.open),
+            ("subzero_connections_rejected_total", &r.rejected_over_limit),
+            ("subzero_connection_timeouts_total", &r.timeouts),
+            ("subzero_output_overflows_total", &r.output_overflows),
+            ("subzero_http_bad_requests_total", &r.bad_requests),
+            ("subzero_http_requests_total", &r.requests),
+            ("subzero_recv_no_buffer_total", &r.no_buffers),
+            ("subzero_accept_errors_total", &r.accept_errors),
+            ("subzero_loop_iterations_total", &r.loops),
+        ];
+        let runtime = runtime
+            .into_iter()
+            .map(|(name, v)| (name, v.load(std::sync::atomic::Ordering::Relaxed)));
+        for (name, value) in lines.into_iter().chain(runtime) {
             let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
         }
         self.shared.board.publish_shard(shard, text);

@@ -36,6 +36,7 @@ pub struct IpLimiter {
     max_ips: usize,
     report_after: u32,
     buckets: HashMap<IpAddr, Bucket>,
+    last_evict_ms: u64,
     /// Sources not tracked because the map was full (they are served).
     pub untracked: u64,
 }
@@ -50,6 +51,7 @@ impl IpLimiter {
             max_ips,
             report_after: report_after.max(1),
             buckets: HashMap::new(),
+            last_evict_ms: 0,
             untracked: 0,
         }
     }
@@ -65,7 +67,12 @@ impl IpLimiter {
             return Verdict::Allow;
         }
         if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_ips {
-            self.evict_full(now_ms);
+            // The eviction scan is O(map), so it runs at most once a second: a flood of new
+            // source addresses cannot turn it into a CPU sink.
+            if now_ms.saturating_sub(self.last_evict_ms) >= 1000 {
+                self.last_evict_ms = now_ms;
+                self.evict_full(now_ms);
+            }
             if self.buckets.len() >= self.max_ips {
                 self.untracked += 1;
                 return Verdict::Allow;
@@ -167,6 +174,12 @@ mod tests {
         // Once the others refill they are evicted and the new source is tracked.
         assert_eq!(l.check(ip(3), 5000), Verdict::Allow);
         assert!(l.len() <= 2);
+        assert_eq!(l.untracked, 1, "ip 3 is tracked now");
+        // A flood of new sources scans for evictions at most once a second.
+        for n in 10..20 {
+            l.check(ip(n), 5000);
+        }
+        assert_eq!(l.untracked, 1 + 10 - 1);
     }
 
     #[test]

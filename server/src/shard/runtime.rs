@@ -74,6 +74,8 @@ pub struct RuntimeStats {
     pub loops: AtomicU64,
     /// Receive completions that found no provided buffer.
     pub no_buffers: AtomicU64,
+    /// Accepts that failed (other than cancellation at shutdown).
+    pub accept_errors: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
 }
@@ -146,6 +148,8 @@ struct Shard<'m, H: Handler> {
     wake_buf: Box<u64>,
     ready: Ready,
     accepting: bool,
+    /// The multishot accept ended with an error; re-armed at the next sweep.
+    accept_rearm_due: bool,
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
@@ -206,6 +210,7 @@ pub fn run_shard<H: Handler>(
         wake_buf: Box::new(0),
         ready: Vec::new(),
         accepting: true,
+        accept_rearm_due: false,
         limits,
     };
     shard.arm_accept();
@@ -247,6 +252,9 @@ impl<H: Handler> Shard<'_, H> {
             if now_s != last_sweep_s {
                 last_sweep_s = now_s;
                 self.sweep_timeouts(now_s);
+                if std::mem::take(&mut self.accept_rearm_due) && self.accepting {
+                    self.arm_accept();
+                }
             }
             self.flush_dirty();
 
@@ -370,14 +378,19 @@ impl<H: Handler> Shard<'_, H> {
     }
 
     fn on_accept(&mut self, res: i32, flags: u32, now_s: u64) {
-        if !cqueue::more(flags) && self.accepting {
-            self.arm_accept();
-        }
         if res < 0 {
             if res != -libc::ECANCELED {
                 tracing::debug!(shard = self.idx, errno = -res, "accept failed");
+                RuntimeStats::bump(&self.stats.accept_errors);
+            }
+            // Out of fds (EMFILE/ENFILE) would fail again at once: re-arm from the sweep.
+            if !cqueue::more(flags) && self.accepting {
+                self.accept_rearm_due = true;
             }
             return;
+        }
+        if !cqueue::more(flags) && self.accepting {
+            self.arm_accept();
         }
         // SAFETY: the kernel handed us this fresh fd.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) };
