@@ -146,16 +146,63 @@ impl Board {
         }
     }
 
-    /// The whole exposition.
+    /// The whole exposition, with every metric family's lines grouped together (the text
+    /// format requires it; each section lists its own shard's samples of many families).
     pub fn render(&self, out: &mut String) {
-        out.push_str("# TYPE subzero_request_duration_seconds summary\n");
+        let mut text = String::from("# TYPE subzero_request_duration_seconds summary\n");
         for slot in &self.shards {
-            if let Ok(text) = slot.lock() {
-                out.push_str(&text);
+            if let Ok(section) = slot.lock() {
+                text.push_str(&section);
             }
         }
-        if let Ok(text) = self.control.lock() {
-            out.push_str(&text);
+        if let Ok(section) = self.control.lock() {
+            text.push_str(&section);
+        }
+        group_families(&text, out);
+    }
+}
+
+/// Regroups exposition lines by metric family, keeping first-seen order of families and of
+/// samples within one; `# HELP`/`# TYPE` lines are kept once, ahead of their samples. The
+/// `_count`/`_sum` samples of a summary join its family.
+fn group_families(text: &str, out: &mut String) {
+    let mut order: Vec<&str> = Vec::new();
+    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> =
+        std::collections::HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (name, is_header) = if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            (rest.split(' ').next().unwrap_or(""), true)
+        } else if line.starts_with('#') {
+            continue;
+        } else {
+            let name = line.split(['{', ' ']).next().unwrap_or("");
+            let base = name
+                .strip_suffix("_count")
+                .or_else(|| name.strip_suffix("_sum"))
+                .filter(|base| families.contains_key(base));
+            (base.unwrap_or(name), false)
+        };
+        let family = families.entry(name).or_insert_with(|| {
+            order.push(name);
+            (Vec::new(), Vec::new())
+        });
+        if is_header {
+            if !family.0.contains(&line) {
+                family.0.push(line);
+            }
+        } else {
+            family.1.push(line);
+        }
+    }
+    for name in order {
+        if let Some((headers, samples)) = families.get(name) {
+            for line in headers.iter().chain(samples) {
+                out.push_str(line);
+                out.push('\n');
+            }
         }
     }
 }
@@ -163,6 +210,53 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn board_groups_each_family_across_shards() {
+        let board = Board::new(2);
+        board.publish_shard(0, "a_total{shard=\"0\"} 1\nb_total{shard=\"0\"} 2\n".into());
+        board.publish_shard(1, "a_total{shard=\"1\"} 3\nb_total{shard=\"1\"} 4\n".into());
+        board.publish_control("# TYPE g gauge\ng 7\n".into());
+        let mut out = String::new();
+        board.render(&mut out);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "# TYPE subzero_request_duration_seconds summary",
+                "a_total{shard=\"0\"} 1",
+                "a_total{shard=\"1\"} 3",
+                "b_total{shard=\"0\"} 2",
+                "b_total{shard=\"1\"} 4",
+                "# TYPE g gauge",
+                "g 7",
+            ]
+        );
+        let mut h = OpHistograms::new();
+        h.record(Op::Other, 10);
+        let mut a = String::new();
+        h.render(0, &mut a);
+        let mut b = String::new();
+        h.render(1, &mut b);
+        board.publish_shard(0, a);
+        board.publish_shard(1, b);
+        let mut out = String::new();
+        board.render(&mut out);
+        let names: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('{').next().unwrap())
+            .collect();
+        // The summary family (quantiles and `_count` of both shards) is one contiguous group.
+        assert_eq!(names.len(), 11, "{names:?}");
+        assert!(
+            names[..10]
+                .iter()
+                .all(|n| n.starts_with("subzero_request_duration_seconds")),
+            "{names:?}"
+        );
+        assert_eq!(names[10], "g 7");
+    }
 
     #[test]
     fn records_and_renders_quantiles() {
