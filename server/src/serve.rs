@@ -115,7 +115,7 @@ pub fn run(
     });
 
     let cpus = allowed_cpus();
-    let limits = shard_limits(&config);
+    let limits = config.server.limits.clone();
     let mut threads = Vec::with_capacity(n_shards + 1);
     let control_thread = {
         std::thread::Builder::new()
@@ -281,22 +281,6 @@ fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeEr
         );
     }
     Ok(listeners)
-}
-
-fn shard_limits(config: &Config) -> ShardLimits {
-    let s = &config.server;
-    ShardLimits {
-        max_connections: s.max_connections_per_shard,
-        max_header_bytes: s.max_header_bytes,
-        max_body_bytes: s.max_body_bytes,
-        max_pipeline_depth: s.max_pipeline_depth,
-        max_output_bytes: s.max_output_bytes,
-        idle_timeout_s: s.idle_timeout_s,
-        request_timeout_s: s.request_timeout_s,
-        ring_entries: s.ring_entries,
-        recv_buffer_bytes: s.recv_buffer_bytes,
-        recv_buffer_count: s.recv_buffer_count,
-    }
 }
 
 fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::shard::ShardLimits;
+
 /// A configuration error: one sentence saying what, where and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,26 +100,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Shard count.
     pub shards: Shards,
-    /// Open connections per shard; further accepts are closed at once.
-    pub max_connections_per_shard: usize,
-    /// Request line plus headers.
-    pub max_header_bytes: usize,
-    /// Request body (Content-Length).
-    pub max_body_bytes: usize,
-    /// Requests parsed but not yet answered on one connection (pipelining depth).
-    pub max_pipeline_depth: usize,
-    /// Unanswered output bytes per connection before we stop reading from it.
-    pub max_output_bytes: usize,
-    /// A keep-alive connection with no request in flight is closed after this.
-    pub idle_timeout_s: u64,
-    /// A started request must be complete within this (slow-client limit).
-    pub request_timeout_s: u64,
-    /// io_uring submission queue entries per shard.
-    pub ring_entries: u32,
-    /// Size of each provided receive buffer.
-    pub recv_buffer_bytes: usize,
-    /// Number of provided receive buffers per shard (power of two).
-    pub recv_buffer_count: usize,
+    /// Per-shard limits the runtime enforces (TOML keys are flat under `[server]`;
+    /// `max_connections_per_shard` is `limits.max_connections`).
+    pub limits: ShardLimits,
 }
 
 /// `[auth]`.
@@ -233,16 +218,18 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 data_dir: PathBuf::from("var/subzero"),
                 shards: Shards::Auto,
-                max_connections_per_shard: 16_384,
-                max_header_bytes: 16 * 1024,
-                max_body_bytes: 1024 * 1024,
-                max_pipeline_depth: 1024,
-                max_output_bytes: 4 * 1024 * 1024,
-                idle_timeout_s: 60,
-                request_timeout_s: 10,
-                ring_entries: 4096,
-                recv_buffer_bytes: 16 * 1024,
-                recv_buffer_count: 1024,
+                limits: ShardLimits {
+                    max_connections: 16_384,
+                    max_header_bytes: 16 * 1024,
+                    max_body_bytes: 1024 * 1024,
+                    max_pipeline_depth: 1024,
+                    max_output_bytes: 4 * 1024 * 1024,
+                    idle_timeout_s: 60,
+                    request_timeout_s: 10,
+                    ring_entries: 4096,
+                    recv_buffer_bytes: 16 * 1024,
+                    recv_buffer_count: 1024,
+                },
             },
             auth: AuthConfig {
                 issuer: "subzero".to_owned(),
@@ -518,48 +505,7 @@ impl Config {
 
     /// Checks every limit once, so the rest of the server can rely on them.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        check_range(
-            "server.max_connections_per_shard",
-            s.max_connections_per_shard,
-            1,
-            1 << 20,
-        )?;
-        check_range("server.max_header_bytes", s.max_header_bytes, 256, 1 << 20)?;
-        check_range("server.max_body_bytes", s.max_body_bytes, 0, 64 << 20)?;
-        check_range(
-            "server.max_pipeline_depth",
-            s.max_pipeline_depth,
-            1,
-            1 << 16,
-        )?;
-        check_range("server.max_output_bytes", s.max_output_bytes, 4096, 1 << 30)?;
-        check_range(
-            "server.idle_timeout_s",
-            s.idle_timeout_s as usize,
-            1,
-            86_400,
-        )?;
-        check_range(
-            "server.request_timeout_s",
-            s.request_timeout_s as usize,
-            1,
-            3600,
-        )?;
-        check_range("server.ring_entries", s.ring_entries as usize, 64, 32_768)?;
-        check_range(
-            "server.recv_buffer_bytes",
-            s.recv_buffer_bytes,
-            1024,
-            1 << 20,
-        )?;
-        check_range("server.recv_buffer_count", s.recv_buffer_count, 16, 32_768)?;
-        if !s.recv_buffer_count.is_power_of_two() {
-            return Err(ConfigError::Invalid(format!(
-                "server.recv_buffer_count must be a power of two, got {}",
-                s.recv_buffer_count
-            )));
-        }
+        validate_limits(&self.server.limits)?;
         let a = &self.auth;
         if a.issuer.is_empty() {
             return Err(ConfigError::Invalid("auth.issuer must not be empty".into()));
@@ -664,18 +610,18 @@ fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result
         };
     }
     set(
-        &mut server.max_connections_per_shard,
+        &mut server.limits.max_connections,
         s.max_connections_per_shard,
     );
-    set(&mut server.max_header_bytes, s.max_header_bytes);
-    set(&mut server.max_body_bytes, s.max_body_bytes);
-    set(&mut server.max_pipeline_depth, s.max_pipeline_depth);
-    set(&mut server.max_output_bytes, s.max_output_bytes);
-    set(&mut server.idle_timeout_s, s.idle_timeout_s);
-    set(&mut server.request_timeout_s, s.request_timeout_s);
-    set(&mut server.ring_entries, s.ring_entries);
-    set(&mut server.recv_buffer_bytes, s.recv_buffer_bytes);
-    set(&mut server.recv_buffer_count, s.recv_buffer_count);
+    set(&mut server.limits.max_header_bytes, s.max_header_bytes);
+    set(&mut server.limits.max_body_bytes, s.max_body_bytes);
+    set(&mut server.limits.max_pipeline_depth, s.max_pipeline_depth);
+    set(&mut server.limits.max_output_bytes, s.max_output_bytes);
+    set(&mut server.limits.idle_timeout_s, s.idle_timeout_s);
+    set(&mut server.limits.request_timeout_s, s.request_timeout_s);
+    set(&mut server.limits.ring_entries, s.ring_entries);
+    set(&mut server.limits.recv_buffer_bytes, s.recv_buffer_bytes);
+    set(&mut server.limits.recv_buffer_count, s.recv_buffer_count);
     Ok(())
 }
 
@@ -691,6 +637,52 @@ fn default_audiences(c: &Config) -> Vec<String> {
         }
     }
     list
+}
+
+/// The runtime limits: each within its range.
+fn validate_limits(l: &ShardLimits) -> Result<(), ConfigError> {
+    check_range(
+        "server.max_connections_per_shard",
+        l.max_connections,
+        1,
+        1 << 20,
+    )?;
+    check_range("server.max_header_bytes", l.max_header_bytes, 256, 1 << 20)?;
+    check_range("server.max_body_bytes", l.max_body_bytes, 0, 64 << 20)?;
+    check_range(
+        "server.max_pipeline_depth",
+        l.max_pipeline_depth,
+        1,
+        1 << 16,
+    )?;
+    check_range("server.max_output_bytes", l.max_output_bytes, 4096, 1 << 30)?;
+    check_range(
+        "server.idle_timeout_s",
+        l.idle_timeout_s as usize,
+        1,
+        86_400,
+    )?;
+    check_range(
+        "server.request_timeout_s",
+        l.request_timeout_s as usize,
+        1,
+        3600,
+    )?;
+    check_range("server.ring_entries", l.ring_entries as usize, 64, 32_768)?;
+    check_range(
+        "server.recv_buffer_bytes",
+        l.recv_buffer_bytes,
+        1024,
+        1 << 20,
+    )?;
+    check_range("server.recv_buffer_count", l.recv_buffer_count, 16, 32_768)?;
+    if !l.recv_buffer_count.is_power_of_two() {
+        return Err(ConfigError::Invalid(format!(
+            "server.recv_buffer_count must be a power of two, got {}",
+            l.recv_buffer_count
+        )));
+    }
+    Ok(())
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
