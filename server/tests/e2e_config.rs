@@ -299,6 +299,7 @@ fn per_source_rate_limit_answers_429_with_retry_after() {
     );
     let mut conn = server.connect();
     let mut statuses = Vec::new();
+    let started = std::time::Instant::now();
     for _ in 0..12 {
         conn.send("GET", "/healthz", &[], "");
         let resp = conn.read_response();
@@ -309,9 +310,11 @@ fn per_source_rate_limit_answers_429_with_retry_after() {
         statuses.push(resp.status);
     }
     let n_ok = statuses.iter().filter(|&&s| s == 200).count();
+    // The burst of 5, plus what 5/s refilled while the requests ran (a slow machine is slower).
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     assert!(
-        (5..=7).contains(&n_ok),
-        "burst of 5 (plus refill) expected: {statuses:?}"
+        (5..=5 + refilled).contains(&n_ok),
+        "burst of 5 plus {refilled} refilled expected: {statuses:?}"
     );
     assert!(statuses.contains(&429), "{statuses:?}");
     std::thread::sleep(Duration::from_millis(1100));

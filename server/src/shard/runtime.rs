@@ -1034,9 +1034,21 @@ mod tests {
         let mut text = String::new();
         slow.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-        // Four connections fit; the fifth is closed at once.
-        let conns: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
-        std::thread::sleep(Duration::from_millis(100));
+        // The slow connection's slot is freed when its last completion arrives, just after the
+        // client saw EOF: give it a moment before filling the shard.
+        drop(slow);
+        std::thread::sleep(Duration::from_millis(300));
+        // Four connections fit (each proves it by being served); the fifth is closed at once.
+        let conns: Vec<TcpStream> = (0..4)
+            .map(|i| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                c.write_all(format!("GET /c{i} HTTP/1.1\r\n\r\n").as_bytes())
+                    .unwrap();
+                assert_eq!(read_responses(&mut c, 1), vec![format!("/c{i}")]);
+                c
+            })
+            .collect();
         let mut fifth = TcpStream::connect(addr).unwrap();
         fifth
             .set_read_timeout(Some(Duration::from_secs(5)))
