@@ -706,8 +706,9 @@ impl<H: Handler> Shard<'_, H> {
                 // socket is shut, the pending send fails, and the slot is freed.
                 if conn.closing_since_s == 0 && !stalled_send {
                     conn.closing_since_s = now_s;
-                } else if stalled_send
-                    || now_s.saturating_sub(conn.closing_since_s) >= limits.request_timeout_s
+                } else if !conn.shut
+                    && (stalled_send
+                        || now_s.saturating_sub(conn.closing_since_s) >= limits.request_timeout_s)
                 {
                     force_close(conn, &mut self.tickets);
                     RuntimeStats::bump(&self.stats.timeouts);
