@@ -873,6 +873,11 @@ mod tests {
             cx: &mut Cx<'_>,
             out: &mut Vec<u8>,
         ) -> Outcome {
+            if req.path == "/big" {
+                let body = vec![b'x'; 32 << 20];
+                http::write_response(out, http::Status::Ok, None, &[], &body, true);
+                return Outcome::Done;
+            }
             if req.path == "/defer" {
                 let t = cx.defer();
                 self.pending.push((t, req.query.to_owned()));
@@ -920,6 +925,16 @@ mod tests {
         Arc<AtomicBool>,
         std::thread::JoinHandle<()>,
     ) {
+        start_with(limits())
+    }
+
+    fn start_with(
+        limits: ShardLimits,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<AtomicBool>,
+        std::thread::JoinHandle<()>,
+    ) {
         let listener = super::super::bind_listener("127.0.0.1:0".parse().unwrap(), 64).unwrap();
         let addr = super::super::local_addr(&listener).unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -930,7 +945,7 @@ mod tests {
             run_shard(
                 0,
                 listener,
-                limits(),
+                limits,
                 &mesh,
                 stats,
                 &stop,
@@ -1062,6 +1077,46 @@ mod tests {
         );
         drop(conns);
         shutdown.store(true, Ordering::Relaxed);
+        handle.join().unwrap();
+    }
+
+    #[test]
+    fn clients_that_stop_reading_lose_their_slots() {
+        let (addr, shutdown, handle) = start_with(ShardLimits {
+            max_output_bytes: 64 << 20,
+            ..limits()
+        });
+        // Four clients fill the shard, each asking for 32 MiB and never reading it.
+        let stuck: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut refused = TcpStream::connect(addr).unwrap();
+        refused
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = refused.write_all(b"GET /x HTTP/1.1\r\n\r\n");
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(refused.read(&mut buf), Ok(0) | Err(_)),
+            "shard was not full"
+        );
+        // Their sends make no progress for the idle timeout (2 s): the sweep shuts them down
+        // and the slots come back.
+        std::thread::sleep(Duration::from_millis(3500));
+        let mut fresh = TcpStream::connect(addr).unwrap();
+        fresh
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        fresh.write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_responses(&mut fresh, 1), vec!["/after".to_owned()]);
+        drop(stuck);
+        shutdown.store(true, Ordering::Relaxed);
+        drop(fresh);
         handle.join().unwrap();
     }
 }
