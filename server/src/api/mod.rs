@@ -456,7 +456,7 @@ impl Handler for ShardApp {
             } => self.on_batch_done(batch_id, offset, verdicts, ready),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));
-                self.verifier = snapshot.verifier.clone();
+                self.verifier.adopt_own_keys(&snapshot.verifier);
                 self.keys = snapshot;
                 if retired {
                     // Cached entries do not record their kid; a retirement is rare, so drop all.

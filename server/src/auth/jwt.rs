@@ -220,6 +220,12 @@ impl Verifier {
         self.own_keys = own_entries(keyring);
     }
 
+    /// Take `other`'s own keys, keeping this verifier's trusted-issuer keys: a shard adopts the
+    /// control plane's new key set without losing JWKS files it reloaded since start.
+    pub fn adopt_own_keys(&mut self, other: &Verifier) {
+        self.own_keys.clone_from(&other.own_keys);
+    }
+
     /// Re-read `issuer`'s JWKS file, unless it was read less than `JWKS_RELOAD_MIN_INTERVAL_S`
     /// ago (then `Ok(false)`). On a read error the old keys stay and the attempt still counts.
     pub fn reload_issuer(&mut self, issuer: &str, now_s: u64) -> Result<bool, KeyError> {
