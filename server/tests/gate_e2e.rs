@@ -255,20 +255,7 @@ fn syn_flood_is_cut_to_the_configured_rate_while_the_other_source_is_served() {
     let _server = Server::start(&args, None, addr, &ns, good);
     let before = stats();
     let started = Instant::now();
-    let path = ns.path();
-    let host_ip = ns.host_ip;
-    let flood = std::thread::spawn(move || {
-        support::enter_netns(&path);
-        raw_flood(flooder, host_ip, addr.port(), 20_000, true)
-    });
-    let served = ns.run(move || {
-        (0..3)
-            .filter(|_| {
-                healthz_from(good, addr, Duration::from_secs(2)).is_ok_and(|l| l.contains("200"))
-            })
-            .count()
-    });
-    let sent = flood.join().unwrap();
+    let (sent, served) = support::flood_while_probing(&ns, flooder, good, addr, 20_000);
     let elapsed_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(200));
     let after = stats();

@@ -307,23 +307,10 @@ fn syn_flood_is_cut_to_the_configured_rate_while_another_source_is_served() {
     let gate = Gate::start(&cfg, &[]);
     assert_eq!(gate.mode(), GateMode::Native);
     let before = gate.snapshot();
-    let host_ip = ns.host_ip;
     let n_syn = 20_000;
     let started = Instant::now();
-    let path = ns.path();
-    let flood = std::thread::spawn(move || {
-        support::enter_netns(&path);
-        raw_flood(flooder, host_ip, addr.port(), n_syn, true)
-    });
     // While the flood runs, the other source still gets answers.
-    let served = ns.run(move || {
-        (0..3)
-            .filter(|_| {
-                healthz_from(good, addr, Duration::from_secs(2)).is_ok_and(|l| l.contains("200"))
-            })
-            .count()
-    });
-    let sent = flood.join().unwrap();
+    let (sent, served) = support::flood_while_probing(&ns, flooder, good, addr, n_syn);
     let elapsed_s = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_millis(100));
     let after = gate.snapshot();

@@ -423,3 +423,28 @@ pub fn free_port(ip: Ipv4Addr) -> u16 {
     let l = std::net::TcpListener::bind((ip, 0)).expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }
+
+/// SYN-floods `dst` from `flooder` (`n` packets) while `good` probes `/healthz` three times
+/// from the same namespace; returns (SYNs sent, probes answered 200).
+pub fn flood_while_probing(
+    ns: &NetNs,
+    flooder: Ipv4Addr,
+    good: Ipv4Addr,
+    dst: SocketAddr,
+    n: usize,
+) -> (usize, usize) {
+    let path = ns.path();
+    let host_ip = ns.host_ip;
+    let flood = std::thread::spawn(move || {
+        enter_netns(&path);
+        raw_flood(flooder, host_ip, dst.port(), n, true)
+    });
+    let served = ns.run(move || {
+        (0..3)
+            .filter(|_| {
+                healthz_from(good, dst, Duration::from_secs(2)).is_ok_and(|l| l.contains("200"))
+            })
+            .count()
+    });
+    (flood.join().unwrap(), served)
+}

@@ -49,17 +49,7 @@ impl GateHarness {
 
     /// Runs the XDP program once on `frame` (Ethernet onwards); returns the XDP action.
     pub fn run_xdp(&mut self, frame: &[u8]) -> Result<u32, GateError> {
-        let prog = xdp_program(&mut self.ebpf)?;
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..TestRunOptions::new()
-        };
-        prog.test_run(opts)
-            .map(|r| r.return_value)
-            .map_err(|e| GateError::Load {
-                what: "XDP test run",
-                message: e.to_string(),
-            })
+        self.time_xdp(frame, 1).map(|(action, _)| action)
     }
 
     /// Runs the XDP program `repeat` times on `frame` in the kernel; returns the action and the
