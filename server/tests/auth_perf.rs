@@ -31,6 +31,7 @@ fn report_sign_and_verify_costs() {
         &["read", "write"],
         600,
         NOW_S,
+        subzero::auth::new_jti(),
     );
 
     let sign_us = per_call_us(n, || {

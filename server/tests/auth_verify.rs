@@ -32,6 +32,7 @@ fn claims_for(iss: &str, aud: &str) -> Claims {
         &["read", "write"],
         600,
         NOW_S,
+        subzero::auth::new_jti(),
     )
 }
 

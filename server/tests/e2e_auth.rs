@@ -71,6 +71,7 @@ fn every_bad_token_is_refused_with_its_own_reason() {
         &[],
         600,
         now_s(),
+        subzero::auth::new_jti(),
     );
     let tampered = format!(
         "{}.{}.{}",
@@ -87,6 +88,7 @@ fn every_bad_token_is_refused_with_its_own_reason() {
         &[],
         60,
         now_s() - 3600,
+        subzero::auth::new_jti(),
     );
     old.exp = now_s() - 600;
     let expired = auth::sign(ring.signing_key(), &kid, &old);
@@ -100,6 +102,7 @@ fn every_bad_token_is_refused_with_its_own_reason() {
         &[],
         600,
         now_s(),
+        subzero::auth::new_jti(),
     ))
     .unwrap());
     let alg_none = format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#));
@@ -124,6 +127,7 @@ fn every_bad_token_is_refused_with_its_own_reason() {
             &[],
             600,
             now_s(),
+            subzero::auth::new_jti(),
         ),
     );
 
@@ -413,6 +417,14 @@ fn identical_misses_share_one_verification() {
 /// Signs in-process (the CLI would cost a process start per token).
 fn issue_fast(data_dir: &std::path::Path, sub: &str) -> String {
     let ring = KeyRing::load(data_dir, now_s()).unwrap();
-    let claims = Claims::new_for("subzero", sub, vec!["subzero".into()], &[], 600, now_s());
+    let claims = Claims::new_for(
+        "subzero",
+        sub,
+        vec!["subzero".into()],
+        &[],
+        600,
+        now_s(),
+        subzero::auth::new_jti(),
+    );
     auth::sign(ring.signing_key(), ring.current_kid(), &claims)
 }

@@ -32,6 +32,7 @@ fn our_tokens_verify_in_jsonwebtoken() {
         &["read"],
         300,
         now_s(),
+        subzero::auth::new_jti(),
     );
     let token = sign(ring.signing_key(), ring.current_kid(), &claims);
 
@@ -77,7 +78,15 @@ fn jsonwebtoken_tokens_verify_in_ours() {
         vec!["api".to_owned()],
         vec!["other".to_owned(), "api".to_owned()],
     ] {
-        let claims = Claims::new_for("subzero", "bob", aud, &["read", "write"], 300, now_s());
+        let claims = Claims::new_for(
+            "subzero",
+            "bob",
+            aud,
+            &["read", "write"],
+            300,
+            now_s(),
+            subzero::auth::new_jti(),
+        );
         let token = encode(&header, &claims, &key).unwrap();
         assert_eq!(verifier.verify(token.as_bytes(), now_s()), Ok(claims));
     }

@@ -207,6 +207,7 @@ fn sign_for(
         &scopes,
         ttl_s,
         now_s,
+        crate::auth::new_jti(),
     );
     PooledToken {
         token: auth::sign(signing, kid, &claims),

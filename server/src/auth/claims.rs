@@ -45,7 +45,10 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Claims for a token we issue: `iat = nbf = now_s`, `exp = now_s + ttl_s`, a fresh `jti`.
+    /// Claims for a token we issue: `iat = nbf = now_s`, `exp = now_s + ttl_s`, the given `jti`.
+    ///
+    /// Deterministic: the caller supplies the token id (`auth::new_jti()` in production), so
+    /// claims can be built and compared in tests.
     pub fn new_for(
         issuer: &str,
         sub: &str,
@@ -53,6 +56,7 @@ impl Claims {
         scopes: &[&str],
         ttl_s: u64,
         now_s: u64,
+        jti: String,
     ) -> Claims {
         let scope = if scopes.is_empty() {
             None
@@ -66,7 +70,7 @@ impl Claims {
             exp: now_s.saturating_add(ttl_s),
             nbf: Some(now_s),
             iat: Some(now_s),
-            jti: Some(super::jwt::new_jti()),
+            jti: Some(jti),
             scope,
             act: None,
             cid: None,
@@ -236,9 +240,10 @@ mod tests {
             &["read", "write"],
             60,
             1000,
+            "jti-1".to_owned(),
         );
         assert_eq!((c.exp, c.nbf, c.iat), (1060, Some(1000), Some(1000)));
         assert_eq!(c.scope.as_deref(), Some("read write"));
-        assert_eq!(c.jti.as_ref().map(String::len), Some(22));
+        assert_eq!(c.jti.as_deref(), Some("jti-1"));
     }
 }

@@ -550,6 +550,7 @@ mod tests {
             &["read"],
             300,
             NOW_S,
+            new_jti(),
         )
     }
 

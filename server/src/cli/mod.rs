@@ -208,7 +208,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let ring = load_ring(&data_dir, now_s)?;
             let scopes: Vec<&str> = scope.iter().map(String::as_str).collect();
-            let claims = Claims::new_for(&iss, &sub, vec![aud], &scopes, ttl_s, now_s);
+            let claims = Claims::new_for(
+                &iss,
+                &sub,
+                vec![aud],
+                &scopes,
+                ttl_s,
+                now_s,
+                crate::auth::new_jti(),
+            );
             println!(
                 "{}",
                 auth::sign(ring.signing_key(), ring.current_kid(), &claims)
