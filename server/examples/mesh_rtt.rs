@@ -21,23 +21,25 @@ fn thread_cpu_ns() -> u64 {
 }
 
 fn run(parked: bool, n_round_trips: u64) -> (f64, f64) {
-    let mesh = Mesh::<u64>::new(2).expect("mesh");
+    let Mesh { shards, wakers, .. } = Mesh::<u64>::build(2).expect("mesh");
+    let mut ports = shards.into_iter();
+    let (mut caller_out, mut caller_in) = ports.next().expect("shard 0");
+    let (mut owner_out, mut owner_in) = ports.next().expect("shard 1");
     let stop = Arc::new(AtomicBool::new(false));
     let owner = {
-        let mesh = Arc::clone(&mesh);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
             core_affinity::set_for_current(core_affinity::CoreId { id: 1 });
             let start = thread_cpu_ns();
             while !stop.load(Ordering::Relaxed) {
-                if let Some(v) = mesh.recv(1) {
-                    while mesh.send(1, 0, v + 1).is_err() {}
+                if let Some(v) = owner_in.recv() {
+                    while owner_out.send(0, v + 1).is_err() {}
                     continue;
                 }
                 if parked {
-                    let waker = mesh.waker(1);
+                    let waker = owner_in.waker();
                     waker.park();
-                    if mesh.depth(1) == 0 && !stop.load(Ordering::Relaxed) {
+                    if owner_in.depth() == 0 && !stop.load(Ordering::Relaxed) {
                         let mut buf = 0u64;
                         // SAFETY: 8-byte read from our eventfd into a u64 (non-blocking fd:
                         // poll first).
@@ -61,9 +63,9 @@ fn run(parked: bool, n_round_trips: u64) -> (f64, f64) {
     let cpu_start = thread_cpu_ns();
     let wall = Instant::now();
     for i in 0..n_round_trips {
-        while mesh.send(0, 1, i).is_err() {}
+        while caller_out.send(1, i).is_err() {}
         loop {
-            if let Some(v) = mesh.recv(0) {
+            if let Some(v) = caller_in.recv() {
                 assert_eq!(v, i + 1);
                 break;
             }
@@ -73,7 +75,7 @@ fn run(parked: bool, n_round_trips: u64) -> (f64, f64) {
     let wall_ns = wall.elapsed().as_nanos() as f64;
     let caller_cpu = (thread_cpu_ns() - cpu_start) as f64;
     stop.store(true, Ordering::Relaxed);
-    mesh.waker(1).wake_always();
+    wakers.wake_all();
     let owner_cpu = owner.join().expect("owner") as f64;
     let n = n_round_trips as f64;
     // The caller spins while waiting, so its CPU is wall time; count only the owner's CPU plus

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod hashing;
 pub mod http;
 pub mod monitor;
+pub mod plane;
 pub mod pool;
 pub mod serve;
 pub mod shard;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use crate::api::{AppShared, ShardApp, ShardMsg};
+use crate::api::{AppShared, ShardApp, ShardLinks};
 use crate::auth::{BatchMode, KeyRing, TrustedIssuer, Verifier};
 use crate::config::{allowed_cpus, Config};
 use crate::control::{
@@ -16,7 +16,8 @@ use crate::control::{
 };
 use crate::gate::{Gate, GateConfig};
 use crate::monitor::Board;
-use crate::shard::mesh::Mesh;
+use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
+use crate::shard::mesh::{Inbox, Mesh, Outbox};
 use crate::shard::{self, RuntimeStats, ShardLimits};
 
 /// Why the server could not start or stopped with an error.
@@ -89,7 +90,12 @@ pub fn run(
         &listener_fds,
     );
 
-    let mesh = Mesh::<ShardMsg>::new(n_shards).map_err(ServeError::Runtime)?;
+    let Mesh {
+        shards: shard_ports,
+        control: control_outbox,
+        gauges: mesh_gauges,
+        wakers,
+    } = Mesh::<ShardMsg>::build(n_shards).map_err(ServeError::Runtime)?;
     let board = Arc::new(Board::new(n_shards));
     let config = Arc::new(config);
     let control = ControlPlane::new(
@@ -101,7 +107,7 @@ pub fn run(
             gate,
         },
         ControlLinks {
-            mesh: Arc::clone(&mesh),
+            outbox: control_outbox,
             board: Arc::clone(&board),
             shutdown: Arc::clone(shutdown),
         },
@@ -110,7 +116,7 @@ pub fn run(
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
     let shared = Arc::new(AppShared {
         config: Arc::clone(&config),
-        mesh: Arc::clone(&mesh),
+        mesh_gauges,
         board,
     });
 
@@ -124,7 +130,7 @@ pub fn run(
             .map_err(ServeError::Runtime)?
     };
     let cache_seed: u64 = rand::random();
-    for (idx, listener) in listeners.into_iter().enumerate() {
+    for (idx, (listener, (outbox, inbox))) in listeners.into_iter().zip(shard_ports).enumerate() {
         let seed = ShardSeed {
             idx,
             cpu: cpus[idx % cpus.len()],
@@ -134,7 +140,8 @@ pub fn run(
             keys: Arc::clone(&keys),
             revoked: revoked.clone(),
             limits: limits.clone(),
-            mesh: Arc::clone(&mesh),
+            outbox,
+            inbox,
             cache_seed: cache_seed ^ idx as u64,
         };
         threads.push(spawn_shard(seed, Arc::clone(shutdown))?);
@@ -150,7 +157,7 @@ pub fn run(
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "shard failed");
                 shutdown.store(true, Ordering::Relaxed);
-                mesh.wake_all();
+                wakers.wake_all();
                 result = Err(ServeError::Runtime(e));
             }
             Err(_) => result = Err(ServeError::Runtime(std::io::Error::other("shard panicked"))),
@@ -213,11 +220,12 @@ struct ShardSeed {
     cpu: usize,
     listener: OwnedFd,
     shared: Arc<AppShared>,
-    control_tx: std::sync::mpsc::SyncSender<crate::control::ControlMsg>,
-    keys: Arc<crate::api::KeySnapshot>,
+    control_tx: std::sync::mpsc::SyncSender<ControlMsg>,
+    keys: Arc<KeySnapshot>,
     revoked: HashMap<String, u64>,
     limits: ShardLimits,
-    mesh: Arc<Mesh<ShardMsg>>,
+    outbox: Outbox<ShardMsg>,
+    inbox: Inbox<ShardMsg>,
     cache_seed: u64,
 }
 
@@ -238,23 +246,21 @@ fn spawn_shard(
                 keys,
                 revoked,
                 limits,
-                mesh,
+                outbox,
+                inbox,
                 cache_seed,
             } = seed;
             if !shard::pin_to_cpu(cpu) {
                 tracing::warn!(shard = idx, cpu, "could not pin shard thread");
             }
             let stats = Arc::new(RuntimeStats::default());
-            let app = ShardApp::new(
-                idx,
-                shared,
-                control_tx,
-                keys,
-                revoked,
-                cache_seed,
-                Arc::clone(&stats),
-            );
-            let result = shard::run_shard(idx, listener, limits, &mesh, stats, &shutdown, app);
+            let links = ShardLinks {
+                control: control_tx,
+                outbox,
+                runtime: Arc::clone(&stats),
+            };
+            let app = ShardApp::new(idx, shared, links, keys, revoked, cache_seed);
+            let result = shard::run_shard(idx, listener, limits, inbox, stats, &shutdown, app);
             if result.is_err() {
                 // One failed shard stops the server rather than leaving it half up.
                 shutdown.store(true, Ordering::Relaxed);

@@ -8,19 +8,17 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::respond;
-use super::{Denial, ShardApp, ShardMsg};
+use super::ShardApp;
 use crate::auth::Claims;
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
+use crate::plane::{Denial, ShardMsg, Verdict};
 use crate::shard::{Cx, Outcome, Ready, Ticket};
 
 /// Batches this large are split across shards; below it the mesh round trip is not worth it.
 pub const SPLIT_MIN_TOKENS: usize = 256;
 /// Split batches in flight per shard; more are verified locally.
 pub const MAX_PENDING_BATCHES: usize = 64;
-
-/// One token's verdict as it crosses the mesh.
-pub type Verdict = Result<Claims, Denial>;
 
 #[derive(Deserialize)]
 struct BatchBody<'a> {
@@ -67,51 +65,43 @@ impl ShardApp {
             return done;
         }
         let tokens: Vec<&[u8]> = body.tokens.iter().map(|t| t.as_bytes()).collect();
-        let n_shards = self.shared.mesh.n_shards();
-        if tokens.len() < SPLIT_MIN_TOKENS
-            || n_shards == 1
-            || self.batches.pending.len() >= MAX_PENDING_BATCHES
-        {
+        let n_shards = self.outbox.n_shards();
+        let split_allowed = self.batches.pending.len() < MAX_PENDING_BATCHES;
+        let parts = plan_split(tokens.len(), n_shards, self.idx, split_allowed);
+        if parts.len() == 1 {
             let verdicts = self.verify_many(&tokens, cx.now_s);
             write_batch(out, verdicts.into_iter().map(Some), ka);
             return done;
         }
         let id = self.batches.next_id;
         self.batches.next_id += 1;
-        let part_len = tokens.len().div_ceil(n_shards);
         let mut verdicts: Vec<Option<Verdict>> = vec![None; tokens.len()];
         let mut parts_left = 0;
-        let mut local: Vec<usize> = Vec::new();
-        for (part_idx, chunk) in tokens.chunks(part_len).enumerate() {
-            let offset = part_idx * part_len;
-            let to_idx = (self.idx + part_idx) % n_shards;
-            if to_idx == self.idx {
-                local.push(part_idx);
+        let mut local: Vec<Part> = Vec::new();
+        for part in parts {
+            if part.to_idx == self.idx {
+                local.push(part);
                 continue;
             }
             let msg = ShardMsg::BatchPart {
                 origin: self.idx,
                 batch_id: id,
-                offset,
-                tokens: chunk
+                offset: part.offset,
+                tokens: tokens[part.offset..part.offset + part.len]
                     .iter()
                     .map(|t| String::from_utf8_lossy(t).into_owned())
                     .collect(),
             };
-            match self.shared.mesh.send(self.idx, to_idx, msg) {
+            match self.outbox.send(part.to_idx, msg) {
                 Ok(()) => parts_left += 1,
-                Err(_) => local.push(part_idx), // that edge is full: do the part here
+                Err(_) => local.push(part), // that edge is full: do the part here
             }
         }
-        for part_idx in local {
-            let offset = part_idx * part_len;
-            let end = (offset + part_len).min(tokens.len());
-            for (i, v) in self
-                .verify_many(&tokens[offset..end], cx.now_s)
-                .into_iter()
-                .enumerate()
-            {
-                verdicts[offset + i] = Some(v);
+        for part in local {
+            let range = part.offset..part.offset + part.len;
+            let part_verdicts = self.verify_many(&tokens[range.clone()], cx.now_s);
+            for (slot, v) in verdicts[range].iter_mut().zip(part_verdicts) {
+                *slot = Some(v);
             }
         }
         if parts_left == 0 {
@@ -183,7 +173,7 @@ impl ShardApp {
         };
         // The origin is waiting on this; retry briefly if its inbox is full.
         for _ in 0..1000 {
-            match self.shared.mesh.send(self.idx, origin, msg) {
+            match self.outbox.send(origin, msg) {
                 Ok(()) => return,
                 Err(back) => {
                     msg = back;
@@ -237,6 +227,54 @@ impl ShardApp {
     }
 }
 
+/// One part of a split batch: tokens `offset..offset + len`, verified on shard `to_idx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Index of the part's first token in the batch.
+    pub offset: usize,
+    /// Tokens in the part (at least one).
+    pub len: usize,
+    /// Shard that verifies it.
+    pub to_idx: usize,
+}
+
+/// How a batch of `n_tokens` arriving on shard `origin_idx` is verified: one part on the
+/// origin when the batch is small, the mesh has one shard, or `split_allowed` is false (too
+/// many split batches pending); otherwise contiguous parts of equal size (the last may be
+/// shorter), one per shard, starting with the origin. The parts cover the batch exactly once,
+/// in order.
+pub fn plan_split(
+    n_tokens: usize,
+    n_shards: usize,
+    origin_idx: usize,
+    split_allowed: bool,
+) -> Vec<Part> {
+    assert!(
+        origin_idx < n_shards,
+        "origin {origin_idx} of {n_shards} shards"
+    );
+    if n_tokens < SPLIT_MIN_TOKENS || n_shards == 1 || !split_allowed {
+        return vec![Part {
+            offset: 0,
+            len: n_tokens,
+            to_idx: origin_idx,
+        }];
+    }
+    let part_len = n_tokens.div_ceil(n_shards);
+    let parts: Vec<Part> = (0..n_tokens)
+        .step_by(part_len)
+        .enumerate()
+        .map(|(part_idx, offset)| Part {
+            offset,
+            len: part_len.min(n_tokens - offset),
+            to_idx: (origin_idx + part_idx) % n_shards,
+        })
+        .collect();
+    debug_assert!(parts.len() <= n_shards);
+    debug_assert_eq!(parts.iter().map(|p| p.len).sum::<usize>(), n_tokens);
+    parts
+}
+
 /// One entry of the batch response.
 #[derive(Serialize)]
 struct Item<'a> {
@@ -283,4 +321,52 @@ fn write_batch(out: &mut Vec<u8>, verdicts: impl Iterator<Item = Option<Verdict>
     let valid = results.iter().filter(|item| item.valid).count();
     let body = serde_json::to_vec(&BatchResponse { results, valid }).unwrap_or_default();
     http::write_json(out, Status::Ok, &body, ka);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_batches_and_single_shards_stay_whole_on_the_origin() {
+        let whole = |n, to_idx| {
+            vec![Part {
+                offset: 0,
+                len: n,
+                to_idx,
+            }]
+        };
+        assert_eq!(plan_split(SPLIT_MIN_TOKENS - 1, 4, 2, true), whole(255, 2));
+        assert_eq!(plan_split(5000, 1, 0, true), whole(5000, 0));
+        assert_eq!(plan_split(5000, 4, 3, false), whole(5000, 3));
+    }
+
+    #[test]
+    fn large_batches_split_into_contiguous_parts_one_per_shard_from_the_origin() {
+        let parts = plan_split(1000, 3, 1, true);
+        let expected = [(0, 334, 1), (334, 334, 2), (668, 332, 0)];
+        let got: Vec<_> = parts.iter().map(|p| (p.offset, p.len, p.to_idx)).collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn parts_cover_every_token_once_for_any_shape() {
+        for n_shards in 1..=9 {
+            for n_tokens in [SPLIT_MIN_TOKENS, 257, 1000, 4096, 4097] {
+                for origin_idx in 0..n_shards {
+                    let parts = plan_split(n_tokens, n_shards, origin_idx, true);
+                    let mut next = 0;
+                    let mut shards_used = std::collections::HashSet::new();
+                    for p in &parts {
+                        assert_eq!(p.offset, next);
+                        assert!(p.len > 0 && p.to_idx < n_shards);
+                        assert!(shards_used.insert(p.to_idx), "a shard got two parts");
+                        next += p.len;
+                    }
+                    assert_eq!(next, n_tokens);
+                    assert_eq!(parts[0].to_idx, origin_idx);
+                }
+            }
+        }
+    }
 }

@@ -20,90 +20,35 @@ use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ed25519_dalek::SigningKey;
-
 use crate::auth::{Claims, Verifier};
 use crate::cache::CuckooCache;
 use crate::config::Config;
-use crate::control::ControlMsg;
 use crate::http::{self, Method, Request, Status};
 use crate::monitor::{Board, Op, OpHistograms};
+pub use crate::plane::Denial;
+use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::pool::{PoolLimits, TokenPool};
-use crate::shard::mesh::Mesh;
-use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats, Ticket};
-
-/// Key material a shard needs; rebuilt by the control plane on rotation and retirement.
-pub struct KeySnapshot {
-    /// Current signing key.
-    pub signing_key: SigningKey,
-    /// Its kid.
-    pub kid: String,
-    /// `GET /.well-known/jwks.json` body.
-    pub jwks_json: String,
-    /// Verifier over every live key plus trusted issuers.
-    pub verifier: Verifier,
-    /// Kids that still verify.
-    pub kids: Vec<String>,
-}
-
-impl std::fmt::Debug for KeySnapshot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeySnapshot")
-            .field("kid", &self.kid)
-            .field("kids", &self.kids)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Messages to a shard over the mesh.
-#[derive(Debug)]
-pub enum ShardMsg {
-    /// New key material.
-    Keys(Arc<KeySnapshot>),
-    /// A `jti` is revoked until `exp_s`.
-    Revoked {
-        /// Token id.
-        jti: String,
-        /// Until when.
-        exp_s: u64,
-    },
-    /// Part of a split batch to verify on this shard.
-    BatchPart {
-        /// Shard that owns the request.
-        origin: usize,
-        /// Its batch id.
-        batch_id: u64,
-        /// Index of the first token in the whole batch.
-        offset: usize,
-        /// The tokens.
-        tokens: Vec<String>,
-    },
-    /// Verdicts for a part, back to the origin.
-    BatchDone {
-        /// Batch id at the origin.
-        batch_id: u64,
-        /// Index of the first token.
-        offset: usize,
-        /// One per token.
-        verdicts: Vec<batch::Verdict>,
-    },
-    /// The response to a deferred request.
-    Answer {
-        /// The shard's ticket.
-        ticket: Ticket,
-        /// Whole HTTP response.
-        response: Vec<u8>,
-    },
-}
+use crate::shard::mesh::{MeshGauges, Outbox};
+use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats};
 
 /// What every shard shares read-only.
 pub struct AppShared {
     /// Validated configuration.
     pub config: Arc<Config>,
-    /// The mesh (for `/metrics` queue depths).
-    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// Mesh inbox depths (for `/metrics`).
+    pub mesh_gauges: MeshGauges<ShardMsg>,
     /// `/metrics` sections.
     pub board: Arc<Board>,
+}
+
+/// How one shard reaches the rest of the server; moved into the shard's thread.
+pub struct ShardLinks {
+    /// Requests to the control plane (bounded; full means `503`).
+    pub control: SyncSender<ControlMsg>,
+    /// This shard's end of the mesh.
+    pub outbox: Outbox<ShardMsg>,
+    /// The runtime's connection counters, for `/metrics`.
+    pub runtime: Arc<RuntimeStats>,
 }
 
 /// A validated token as the cache keeps it.
@@ -111,25 +56,6 @@ pub struct Cached {
     claims: Claims,
     /// Pre-rendered `X-Auth-*` header lines for `GET /v1/authenticate`.
     headers: Box<[u8]>,
-}
-
-/// Why a token was refused: the verifier's reason, or a revocation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Denial {
-    /// Format, signature or claims.
-    Token(crate::auth::TokenError),
-    /// The `jti` is on the denylist.
-    Revoked,
-}
-
-impl Denial {
-    /// OAuth `error_description`.
-    pub fn description(&self) -> &'static str {
-        match self {
-            Denial::Token(e) => e.description(),
-            Denial::Revoked => "token has been revoked",
-        }
-    }
 }
 
 /// Per-shard counters that are not latency.
@@ -169,6 +95,8 @@ pub struct ShardApp {
     idx: usize,
     shared: Arc<AppShared>,
     control: SyncSender<ControlMsg>,
+    /// This shard's end of the mesh: edges to every other shard.
+    outbox: Outbox<ShardMsg>,
     keys: Arc<KeySnapshot>,
     verifier: Verifier,
     cache: CuckooCache<Rc<Cached>>,
@@ -192,12 +120,17 @@ impl ShardApp {
     pub fn new(
         idx: usize,
         shared: Arc<AppShared>,
-        control: SyncSender<ControlMsg>,
+        links: ShardLinks,
         keys: Arc<KeySnapshot>,
         revoked: HashMap<String, u64>,
         cache_seed: u64,
-        runtime: Arc<RuntimeStats>,
     ) -> ShardApp {
+        let ShardLinks {
+            control,
+            outbox,
+            runtime,
+        } = links;
+        debug_assert_eq!(outbox.sender(), crate::shard::mesh::Sender::Shard(idx));
         let config = &shared.config;
         let pool = TokenPool::new(PoolLimits {
             max_keys: 256,
@@ -213,6 +146,7 @@ impl ShardApp {
         ShardApp {
             idx,
             control,
+            outbox,
             verifier,
             keys,
             cache,
@@ -270,11 +204,12 @@ impl ShardApp {
             (Method::Get, "/metrics") => {
                 let mut text = String::new();
                 self.shared.board.render(&mut text);
-                for shard_idx in 0..self.shared.mesh.n_shards() {
+                let gauges = &self.shared.mesh_gauges;
+                for shard_idx in 0..gauges.n_shards() {
                     let _ = writeln!(
                         text,
                         "subzero_mesh_queue_depth{{shard=\"{shard_idx}\"}} {}",
-                        self.shared.mesh.depth(shard_idx)
+                        gauges.depth(shard_idx)
                     );
                 }
                 http::write_response(
@@ -470,10 +405,12 @@ impl Handler for ShardApp {
                 let entry = self.revoked.entry(jti).or_insert(exp_s);
                 *entry = (*entry).max(exp_s);
             }
-            ShardMsg::Answer { ticket, response } => {
+            ShardMsg::Reply { to, reply } => {
+                let mut response = Vec::new();
+                respond::control_reply(&mut response, &reply, to.keep_alive);
                 let code = respond::status_of(&response);
                 self.counters.count_status(code);
-                ready.push((ticket, response));
+                ready.push((to.ticket, response));
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use super::Denial;
 use crate::http::{self, Status};
+use crate::plane::ControlReply;
 
 /// An OAuth-shaped JSON error.
 pub(super) fn error(out: &mut Vec<u8>, status: Status, code: &str, description: &str, ka: bool) {
@@ -35,6 +36,45 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
         &[challenge.as_bytes()],
         ka,
     );
+}
+
+/// Renders the control plane's answer to a deferred request.
+pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
+    match reply {
+        ControlReply::Revoked { jti, stored } => {
+            // `stored: false`: already revoked at least as long, or past its expiry, so the
+            // denylist needed no new entry; the token is refused either way.
+            let body = serde_json::json!({ "revoked": true, "jti": jti, "stored": stored });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::RevokeFailed => error_with(
+            out,
+            Status::ServiceUnavailable,
+            "temporarily_unavailable",
+            "revocation could not be stored; retry",
+            &[b"retry-after: 1"],
+            ka,
+        ),
+        ControlReply::Rotated {
+            kid,
+            previous_kid,
+            previous_retire_at_s,
+        } => {
+            let body = serde_json::json!({
+                "kid": kid,
+                "previous_kid": previous_kid,
+                "previous_retire_at": previous_retire_at_s,
+            });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::RotateFailed => error(
+            out,
+            Status::InternalServerError,
+            "server_error",
+            "key rotation failed; see the server log",
+            ka,
+        ),
+    }
 }
 
 /// Compares secrets without an early exit on the first difference.
@@ -90,6 +130,47 @@ mod tests {
         assert!(ct_eq(b"secret", b"secret"));
         assert!(!ct_eq(b"secret", b"secreT"));
         assert!(!ct_eq(b"secret", b"secrets"));
+    }
+
+    #[test]
+    fn control_replies_render_as_oauth_responses() {
+        let cases = [
+            (
+                ControlReply::Revoked {
+                    jti: "j1".into(),
+                    stored: false,
+                },
+                200,
+                r#"{"jti":"j1","revoked":true,"stored":false}"#,
+            ),
+            (
+                ControlReply::RevokeFailed,
+                503,
+                "\"error\":\"temporarily_unavailable\"",
+            ),
+            (
+                ControlReply::Rotated {
+                    kid: "new".into(),
+                    previous_kid: "old".into(),
+                    previous_retire_at_s: 99,
+                },
+                200,
+                r#"{"kid":"new","previous_kid":"old","previous_retire_at":99}"#,
+            ),
+            (
+                ControlReply::RotateFailed,
+                500,
+                "\"error\":\"server_error\"",
+            ),
+        ];
+        for (reply, code, body) in cases {
+            let mut out = Vec::new();
+            control_reply(&mut out, &reply, false);
+            assert_eq!(status_of(&out), code, "{reply:?}");
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains(body), "{reply:?}: {text}");
+            assert!(text.contains("connection: close"), "{text}");
+        }
     }
 
     #[test]

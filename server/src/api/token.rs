@@ -10,11 +10,41 @@ use super::respond;
 use super::ShardApp;
 use crate::auth::{self, Claims};
 use crate::config::ClientConfig;
-use crate::control::{ControlMsg, RevocationLog};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
+use crate::plane::{valid_jti, ControlMsg, ReplyTo};
 use crate::pool::{PoolKey, PooledToken};
 use crate::shard::{Cx, Outcome};
+
+/// A refused request: status, OAuth error code, description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Refusal {
+    status: Status,
+    code: &'static str,
+    description: Cow<'static, str>,
+}
+
+impl Refusal {
+    fn new(
+        status: Status,
+        code: &'static str,
+        description: impl Into<Cow<'static, str>>,
+    ) -> Refusal {
+        Refusal {
+            status,
+            code,
+            description: description.into(),
+        }
+    }
+
+    fn bad_request(description: impl Into<Cow<'static, str>>) -> Refusal {
+        Refusal::new(Status::BadRequest, "invalid_request", description)
+    }
+
+    fn render(&self, out: &mut Vec<u8>, ka: bool) {
+        respond::error(out, self.status, self.code, &self.description, ka);
+    }
+}
 
 /// The fields of a token or revocation request, from a form or JSON body.
 #[derive(Deserialize, Default)]
@@ -102,6 +132,35 @@ fn basic_credentials(req: &Request<'_>) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
+/// The client's credentials, from exactly one place (RFC 6749 §2.3.1: HTTP Basic, or
+/// `client_id` + `client_secret` in the body; a client must not use both).
+fn client_credentials<'a>(
+    basic: Option<&'a (String, String)>,
+    params: &'a TokenParams<'_>,
+) -> Result<(&'a str, &'a str), Refusal> {
+    match (
+        basic,
+        params.client_id.as_deref(),
+        params.client_secret.as_deref(),
+    ) {
+        (Some(_), _, Some(_)) => Err(Refusal::bad_request(
+            "client credentials given both in the Authorization header and in the body; use one",
+        )),
+        (Some((id, secret)), body_id, None) => match body_id {
+            Some(body_id) if body_id != id => Err(Refusal::bad_request(
+                "client_id in the body differs from the Authorization header",
+            )),
+            _ => Ok((id, secret)),
+        },
+        (None, Some(id), Some(secret)) => Ok((id, secret)),
+        _ => Err(Refusal::new(
+            Status::Unauthorized,
+            "invalid_client",
+            "client credentials are missing",
+        )),
+    }
+}
+
 /// Finds the client and checks its secret in constant time.
 fn authenticate_client<'c>(
     clients: &'c [ClientConfig],
@@ -111,9 +170,6 @@ fn authenticate_client<'c>(
     let (idx, client) = clients.iter().enumerate().find(|(_, c)| c.id == id)?;
     respond::ct_eq(client.secret.as_bytes(), secret.as_bytes()).then_some((idx, client))
 }
-
-/// A refused grant: status, OAuth error code, description.
-type GrantError = (Status, &'static str, String);
 
 /// An authenticated client: its index, its config, and a non-default (audience, scope) if asked.
 type Grant<'c> = (usize, &'c ClientConfig, Option<(String, String)>);
@@ -125,12 +181,12 @@ fn resolve_grant<'c>(
     id: &str,
     secret: &str,
     params: &TokenParams<'_>,
-) -> Result<Grant<'c>, GrantError> {
+) -> Result<Grant<'c>, Refusal> {
     let Some((client_idx, client)) = authenticate_client(&config.clients, id, secret) else {
-        return Err((
+        return Err(Refusal::new(
             Status::Unauthorized,
             "invalid_client",
-            "client authentication failed".into(),
+            "client authentication failed",
         ));
     };
     if params.audience.is_none() && params.scope.is_none() {
@@ -139,10 +195,10 @@ fn resolve_grant<'c>(
     let audience = match params.audience.as_deref() {
         Some(aud) if client.audiences.iter().any(|a| a == aud) => aud.to_owned(),
         Some(_) => {
-            return Err((
+            return Err(Refusal::new(
                 Status::BadRequest,
                 "invalid_target",
-                "audience is not allowed for this client".into(),
+                "audience is not allowed for this client",
             ));
         }
         None => default_audience(config, client),
@@ -153,7 +209,7 @@ fn resolve_grant<'c>(
                 .split_ascii_whitespace()
                 .find(|s| !client.scopes.iter().any(|c| c == s))
             {
-                return Err((
+                return Err(Refusal::new(
                     Status::BadRequest,
                     "invalid_scope",
                     format!("scope {bad:?} is not allowed for this client"),
@@ -215,6 +271,89 @@ fn sign_for(
     }
 }
 
+/// What a revocation request may revoke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RevokeTarget {
+    /// Deny this `jti` until `exp_s`.
+    Jti {
+        /// Token id.
+        jti: String,
+        /// The denylist entry's expiry.
+        exp_s: u64,
+    },
+    /// The holder's token has expired already: nothing to revoke.
+    AlreadyExpired,
+}
+
+/// The facts a revocation decision needs besides the request.
+struct RevokeRules {
+    admin: bool,
+    now_s: u64,
+    token_ttl_s: u64,
+    leeway_s: u64,
+}
+
+/// Who may revoke what (RFC 7009 for holders; by `jti` for the admin). `verify` checks a
+/// holder's token; the decision does no other work.
+fn revoke_target(
+    params: &TokenParams<'_>,
+    rules: &RevokeRules,
+    verify: impl FnOnce(&[u8]) -> Result<Claims, auth::TokenError>,
+) -> Result<RevokeTarget, Refusal> {
+    let target = if let Some(token) = params.token.as_deref() {
+        // Holder revocation (RFC 7009): the token proves itself.
+        match verify(token.as_bytes()) {
+            Ok(Claims {
+                jti: Some(jti),
+                exp,
+                ..
+            }) => RevokeTarget::Jti {
+                jti,
+                exp_s: exp.saturating_add(rules.leeway_s),
+            },
+            Ok(_) => {
+                return Err(Refusal::bad_request(
+                    "token has no jti, so it cannot be revoked",
+                ))
+            }
+            Err(auth::TokenError::Expired) => return Ok(RevokeTarget::AlreadyExpired),
+            Err(e) => {
+                return Err(Refusal::new(
+                    Status::BadRequest,
+                    "invalid_token",
+                    e.description(),
+                ))
+            }
+        }
+    } else if rules.admin {
+        let Some(jti) = params.jti.as_deref() else {
+            return Err(Refusal::bad_request(
+                "give a token, or (admin) a jti and exp",
+            ));
+        };
+        // Without an `exp`, the entry outlives any token we could have issued.
+        let max_exp_s = rules.now_s + rules.token_ttl_s + rules.leeway_s;
+        RevokeTarget::Jti {
+            jti: jti.to_owned(),
+            exp_s: params.exp.unwrap_or(max_exp_s),
+        }
+    } else if params.jti.is_some() {
+        return Err(Refusal::new(
+            Status::Forbidden,
+            "insufficient_scope",
+            "revoking by jti needs the admin token",
+        ));
+    } else {
+        return Err(Refusal::bad_request("give the token to revoke"));
+    };
+    match &target {
+        RevokeTarget::Jti { jti, .. } if !valid_jti(jti) => Err(Refusal::bad_request(
+            "jti must be 1-256 printable ASCII characters",
+        )),
+        _ => Ok(target),
+    }
+}
+
 impl ShardApp {
     pub(super) fn issue_token(&mut self, req: &Request<'_>, now_s: u64, out: &mut Vec<u8>) -> Op {
         let ka = req.keep_alive;
@@ -236,25 +375,13 @@ impl ShardApp {
             return Op::Other;
         }
         let basic = basic_credentials(req);
-        let (id, secret): (&str, &str) = match (&basic, &params.client_id, &params.client_secret) {
-            (Some((id, secret)), _, _) => (id, secret),
-            (None, Some(id), Some(secret)) => (id, secret),
-            _ => {
-                respond::error(
-                    out,
-                    Status::Unauthorized,
-                    "invalid_client",
-                    "client credentials are missing",
-                    ka,
-                );
-                return Op::Other;
-            }
-        };
         let config = std::sync::Arc::clone(&self.shared.config);
-        let (client_idx, client, custom) = match resolve_grant(&config, id, secret, &params) {
+        let grant = client_credentials(basic.as_ref(), &params)
+            .and_then(|(id, secret)| resolve_grant(&config, id, secret, &params));
+        let (client_idx, client, custom) = match grant {
             Ok(grant) => grant,
-            Err((status, code, text)) => {
-                respond::error(out, status, code, &text, ka);
+            Err(refusal) => {
+                refusal.render(out, ka);
                 return Op::Other;
             }
         };
@@ -318,88 +445,37 @@ impl ShardApp {
                 return done;
             }
         };
-        let admin = self.is_admin(req);
-        let (jti, exp_s) = if let Some(token) = params.token.as_deref() {
-            // Holder revocation (RFC 7009): the token proves itself.
-            match self.verifier.verify(token.as_bytes(), cx.now_s) {
-                Ok(claims) => match claims.jti {
-                    Some(jti) => (jti, claims.exp.saturating_add(self.config().auth.leeway_s)),
-                    None => {
-                        respond::error(
-                            out,
-                            Status::BadRequest,
-                            "invalid_request",
-                            "token has no jti, so it cannot be revoked",
-                            ka,
-                        );
-                        return done;
-                    }
-                },
-                Err(auth::TokenError::Expired) => {
-                    let body =
-                        serde_json::json!({ "revoked": false, "reason": "token already expired" })
-                            .to_string();
-                    http::write_json(out, Status::Ok, body.as_bytes(), ka);
-                    return done;
-                }
-                Err(e) => {
-                    respond::error(
-                        out,
-                        Status::BadRequest,
-                        "invalid_token",
-                        e.description(),
-                        ka,
-                    );
-                    return done;
-                }
-            }
-        } else if admin {
-            let Some(jti) = params.jti.as_deref() else {
-                respond::error(
-                    out,
-                    Status::BadRequest,
-                    "invalid_request",
-                    "give a token, or (admin) a jti and exp",
-                    ka,
-                );
-                return done;
-            };
-            let max_exp = cx.now_s + self.config().auth.token_ttl_s + self.config().auth.leeway_s;
-            (jti.to_owned(), params.exp.unwrap_or(max_exp))
-        } else {
-            let (status, code, text) = if params.jti.is_some() {
-                (
-                    Status::Forbidden,
-                    "insufficient_scope",
-                    "revoking by jti needs the admin token",
-                )
-            } else {
-                (
-                    Status::BadRequest,
-                    "invalid_request",
-                    "give the token to revoke",
-                )
-            };
-            respond::error(out, status, code, text, ka);
-            return done;
+        let rules = RevokeRules {
+            admin: self.is_admin(req),
+            now_s: cx.now_s,
+            token_ttl_s: self.config().auth.token_ttl_s,
+            leeway_s: self.config().auth.leeway_s,
         };
-        if !RevocationLog::valid_jti(&jti) {
-            respond::error(
-                out,
-                Status::BadRequest,
-                "invalid_request",
-                "jti must be 1-256 printable ASCII characters",
-                ka,
-            );
-            return done;
-        }
+        let verifier = &self.verifier;
+        let target = revoke_target(&params, &rules, |token| verifier.verify(token, cx.now_s));
+        let (jti, exp_s) = match target {
+            Ok(RevokeTarget::Jti { jti, exp_s }) => (jti, exp_s),
+            Ok(RevokeTarget::AlreadyExpired) => {
+                let body =
+                    serde_json::json!({ "revoked": false, "reason": "token already expired" })
+                        .to_string();
+                http::write_json(out, Status::Ok, body.as_bytes(), ka);
+                return done;
+            }
+            Err(refusal) => {
+                refusal.render(out, ka);
+                return done;
+            }
+        };
         let ticket = cx.defer();
         let msg = ControlMsg::Revoke {
-            shard_idx: self.idx,
-            ticket,
+            reply_to: ReplyTo {
+                shard_idx: self.idx,
+                ticket,
+                keep_alive: ka,
+            },
             jti,
             exp_s,
-            keep_alive: ka,
         };
         self.send_to_control(msg, ticket, out, ka, Op::Revoke)
     }
@@ -434,9 +510,11 @@ impl ShardApp {
         }
         let ticket = cx.defer();
         let msg = ControlMsg::RotateKeys {
-            shard_idx: self.idx,
-            ticket,
-            keep_alive: ka,
+            reply_to: ReplyTo {
+                shard_idx: self.idx,
+                ticket,
+                keep_alive: ka,
+            },
         };
         self.send_to_control(msg, ticket, out, ka, Op::Other)
     }
@@ -491,6 +569,167 @@ impl ShardApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn params<'a>(pairs: &[(&str, &'a str)]) -> TokenParams<'a> {
+        let mut p = TokenParams::default();
+        for &(key, value) in pairs {
+            let value = Some(Cow::Borrowed(value));
+            match key {
+                "client_id" => p.client_id = value,
+                "client_secret" => p.client_secret = value,
+                "token" => p.token = value,
+                "jti" => p.jti = value,
+                "scope" => p.scope = value,
+                "audience" => p.audience = value,
+                _ => unreachable!("{key}"),
+            }
+        }
+        p
+    }
+
+    fn rules(admin: bool) -> RevokeRules {
+        RevokeRules {
+            admin,
+            now_s: 1000,
+            token_ttl_s: 900,
+            leeway_s: 60,
+        }
+    }
+
+    fn claims_with(jti: Option<&str>) -> Claims {
+        let mut claims = Claims::new_for("subzero", "alice", vec![], &[], 300, 1000, "j".into());
+        claims.jti = jti.map(str::to_owned);
+        claims
+    }
+
+    fn never_verify(_: &[u8]) -> Result<Claims, auth::TokenError> {
+        panic!("no token was given, so nothing may be verified")
+    }
+
+    #[test]
+    fn holders_revoke_their_own_token_until_exp_plus_leeway() {
+        let p = params(&[("token", "t")]);
+        let got = revoke_target(&p, &rules(false), |t| {
+            assert_eq!(t, b"t");
+            Ok(claims_with(Some("j1")))
+        });
+        let jti = "j1".to_owned();
+        assert_eq!(got, Ok(RevokeTarget::Jti { jti, exp_s: 1360 }));
+        let expired = revoke_target(&p, &rules(false), |_| Err(auth::TokenError::Expired));
+        assert_eq!(expired, Ok(RevokeTarget::AlreadyExpired));
+        let forged = revoke_target(&p, &rules(true), |_| Err(auth::TokenError::BadSignature));
+        assert_eq!(forged.unwrap_err().code, "invalid_token");
+        let no_jti = revoke_target(&p, &rules(false), |_| Ok(claims_with(None)));
+        assert_eq!(no_jti.unwrap_err().status, Status::BadRequest);
+        let bad_jti = revoke_target(&p, &rules(false), |_| Ok(claims_with(Some("a b"))));
+        assert_eq!(bad_jti.unwrap_err().code, "invalid_request");
+    }
+
+    #[test]
+    fn only_the_admin_revokes_by_jti() {
+        let p = params(&[("jti", "j2")]);
+        let refused = revoke_target(&p, &rules(false), never_verify).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code),
+            (Status::Forbidden, "insufficient_scope")
+        );
+        let jti = "j2".to_owned();
+        // No `exp`: the entry outlives any token issued until now (ttl + leeway).
+        let admin = revoke_target(&p, &rules(true), never_verify);
+        assert_eq!(
+            admin,
+            Ok(RevokeTarget::Jti {
+                jti: jti.clone(),
+                exp_s: 1960
+            })
+        );
+        let mut with_exp = params(&[("jti", "j2")]);
+        with_exp.exp = Some(1234);
+        let admin = revoke_target(&with_exp, &rules(true), never_verify);
+        assert_eq!(admin, Ok(RevokeTarget::Jti { jti, exp_s: 1234 }));
+        let too_long = "x".repeat(257);
+        let p = params(&[("jti", &too_long)]);
+        assert_eq!(
+            revoke_target(&p, &rules(true), never_verify)
+                .unwrap_err()
+                .code,
+            "invalid_request"
+        );
+        let nothing = revoke_target(&params(&[]), &rules(true), never_verify).unwrap_err();
+        assert_eq!(nothing.status, Status::BadRequest);
+    }
+
+    #[test]
+    fn client_credentials_come_from_exactly_one_place() {
+        let basic = ("svc".to_owned(), "s3cret".to_owned());
+        let body = params(&[("client_id", "svc"), ("client_secret", "s3cret")]);
+        assert_eq!(client_credentials(None, &body), Ok(("svc", "s3cret")));
+        assert_eq!(
+            client_credentials(Some(&basic), &params(&[])),
+            Ok(("svc", "s3cret"))
+        );
+        let same_id = params(&[("client_id", "svc")]);
+        assert_eq!(
+            client_credentials(Some(&basic), &same_id),
+            Ok(("svc", "s3cret"))
+        );
+        let both = client_credentials(Some(&basic), &body).unwrap_err();
+        assert_eq!(
+            (both.status, both.code),
+            (Status::BadRequest, "invalid_request")
+        );
+        let other_id = params(&[("client_id", "other")]);
+        assert_eq!(
+            client_credentials(Some(&basic), &other_id)
+                .unwrap_err()
+                .code,
+            "invalid_request"
+        );
+        let missing = client_credentials(None, &params(&[("client_id", "svc")])).unwrap_err();
+        assert_eq!(
+            (missing.status, missing.code),
+            (Status::Unauthorized, "invalid_client")
+        );
+    }
+
+    #[test]
+    fn grants_check_secret_audience_and_scope() {
+        let toml = r#"
+[[clients]]
+id = "svc"
+secret = "s3cret-s3cret-s3cret"
+audiences = ["api", "billing"]
+scopes = ["read", "write"]
+"#;
+        let config = crate::config::Config::from_toml(toml, std::path::Path::new(".")).unwrap();
+        let none = params(&[]);
+        let (idx, client, custom) =
+            resolve_grant(&config, "svc", "s3cret-s3cret-s3cret", &none).unwrap();
+        assert_eq!((idx, client.id.as_str(), custom), (0, "svc", None));
+        let wrong = resolve_grant(&config, "svc", "s3cret-s3cret-s3creT", &none).unwrap_err();
+        assert_eq!(
+            (wrong.status, wrong.code),
+            (Status::Unauthorized, "invalid_client")
+        );
+        let unknown = resolve_grant(&config, "nobody", "s3cret-s3cret-s3cret", &none).unwrap_err();
+        assert_eq!(unknown.code, "invalid_client");
+        let narrow = params(&[("audience", "billing"), ("scope", "read")]);
+        let (_, _, custom) =
+            resolve_grant(&config, "svc", "s3cret-s3cret-s3cret", &narrow).unwrap();
+        assert_eq!(custom, Some(("billing".to_owned(), "read".to_owned())));
+        let scope_only = params(&[("scope", "write")]);
+        let (_, _, custom) =
+            resolve_grant(&config, "svc", "s3cret-s3cret-s3cret", &scope_only).unwrap();
+        assert_eq!(custom, Some(("api".to_owned(), "write".to_owned())));
+        let bad_aud = params(&[("audience", "payroll")]);
+        let refused = resolve_grant(&config, "svc", "s3cret-s3cret-s3cret", &bad_aud).unwrap_err();
+        assert_eq!(refused.code, "invalid_target");
+        let bad_scope = params(&[("scope", "read admin")]);
+        let refused =
+            resolve_grant(&config, "svc", "s3cret-s3cret-s3cret", &bad_scope).unwrap_err();
+        assert_eq!(refused.code, "invalid_scope");
+        assert!(refused.description.contains("admin"));
+    }
 
     #[test]
     fn percent_decoding() {

@@ -18,48 +18,12 @@ use std::time::Duration;
 
 pub use revocations::{RevocationLog, MAX_REVOCATIONS};
 
-use crate::api::{KeySnapshot, ShardMsg};
 use crate::auth::{KeyRing, Verifier};
 use crate::config::Config;
 use crate::gate::{boot_ns, Cidr, Gate};
-use crate::http::{self, Status};
 use crate::monitor::Board;
-use crate::shard::mesh::Mesh;
-use crate::shard::Ticket;
-
-/// Requests from shards to the control plane.
-#[derive(Debug)]
-pub enum ControlMsg {
-    /// Persist and broadcast a revocation, then answer `ticket` on `shard_idx`.
-    Revoke {
-        /// Asking shard.
-        shard_idx: usize,
-        /// Its deferred response.
-        ticket: Ticket,
-        /// Token id.
-        jti: String,
-        /// Token expiry: the denylist entry lives until then.
-        exp_s: u64,
-        /// Keep the connection open after the response.
-        keep_alive: bool,
-    },
-    /// A source exceeded its request rate repeatedly: block it in the kernel for the gate's TTL.
-    Block {
-        /// The offender.
-        ip: std::net::IpAddr,
-        /// Why.
-        reason: crate::gate::BlockReason,
-    },
-    /// Rotate the signing key, then answer `ticket` on `shard_idx`.
-    RotateKeys {
-        /// Asking shard.
-        shard_idx: usize,
-        /// Its deferred response.
-        ticket: Ticket,
-        /// Keep the connection open after the response.
-        keep_alive: bool,
-    },
-}
+use crate::plane::{ControlMsg, ControlReply, KeySnapshot, ReplyTo, ShardMsg};
+use crate::shard::mesh::Outbox;
 
 /// Bound of the shard → control channel; a full channel makes shards answer 503.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
@@ -71,7 +35,7 @@ pub struct ControlPlane {
     keyring: KeyRing,
     base_verifier: Verifier,
     revocations: RevocationLog,
-    mesh: Arc<Mesh<ShardMsg>>,
+    outbox: Outbox<ShardMsg>,
     board: Arc<Board>,
     gate: Gate,
     shutdown: Arc<AtomicBool>,
@@ -92,8 +56,8 @@ pub struct ControlState {
 
 /// How the control plane reaches the shards.
 pub struct ControlLinks {
-    /// The mesh (control edge to every shard).
-    pub mesh: Arc<Mesh<ShardMsg>>,
+    /// The control plane's end of the mesh (an edge to every shard).
+    pub outbox: Outbox<ShardMsg>,
     /// Where `/metrics` sections are published.
     pub board: Arc<Board>,
     /// Set on SIGINT/SIGTERM.
@@ -110,7 +74,7 @@ impl ControlPlane {
             gate,
         } = state;
         let ControlLinks {
-            mesh,
+            outbox,
             board,
             shutdown,
         } = links;
@@ -120,7 +84,7 @@ impl ControlPlane {
             keyring,
             base_verifier,
             revocations,
-            mesh,
+            outbox,
             board,
             gate,
             shutdown,
@@ -168,37 +132,12 @@ impl ControlPlane {
         let now_s = (self.now_s)();
         match msg {
             ControlMsg::Revoke {
-                shard_idx,
-                ticket,
+                reply_to,
                 jti,
                 exp_s,
-                keep_alive,
             } => {
-                let mut out = Vec::new();
-                match self.revocations.append(&jti, exp_s, now_s) {
-                    Ok(changed) => {
-                        if let Some(exp_s) = changed {
-                            self.broadcast(|| ShardMsg::Revoked {
-                                jti: jti.clone(),
-                                exp_s,
-                            });
-                        }
-                        let body = serde_json::json!({ "revoked": true, "jti": jti }).to_string();
-                        http::write_json(&mut out, Status::Ok, body.as_bytes(), keep_alive);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot persist revocation");
-                        http::write_oauth_error(
-                            &mut out,
-                            Status::ServiceUnavailable,
-                            "temporarily_unavailable",
-                            "revocation could not be stored; retry",
-                            &[],
-                            keep_alive,
-                        );
-                    }
-                }
-                self.answer(shard_idx, ticket, out);
+                let reply = self.revoke(jti, exp_s, now_s);
+                self.reply(reply_to, reply);
             }
             ControlMsg::Block { ip, reason } => {
                 match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
@@ -206,41 +145,53 @@ impl ControlPlane {
                     Err(e) => tracing::debug!(%ip, error = %e, "cannot block source"),
                 }
             }
-            ControlMsg::RotateKeys {
-                shard_idx,
-                ticket,
-                keep_alive,
-            } => {
-                let mut out = Vec::new();
-                let previous = self.keyring.current_kid().to_owned();
-                // The previous key verifies until every token it signed has expired.
-                let retire_after_s = self.config.auth.token_ttl_s + self.config.auth.leeway_s;
-                match self.keyring.rotate(&self.data_dir, now_s, retire_after_s) {
-                    Ok(()) => {
-                        let snapshot = self.key_snapshot();
-                        self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
-                        let body = serde_json::json!({
-                            "kid": snapshot.kid,
-                            "previous_kid": previous,
-                            "previous_retire_at": now_s + retire_after_s,
-                        })
-                        .to_string();
-                        http::write_json(&mut out, Status::Ok, body.as_bytes(), keep_alive);
-                        tracing::info!(kid = %snapshot.kid, %previous, "signing key rotated");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "key rotation failed");
-                        http::write_oauth_error(
-                            &mut out,
-                            Status::InternalServerError,
-                            "server_error",
-                            "key rotation failed; see the server log",
-                            &[],
-                            keep_alive,
-                        );
-                    }
+            ControlMsg::RotateKeys { reply_to } => {
+                let reply = self.rotate(now_s);
+                self.reply(reply_to, reply);
+            }
+        }
+    }
+
+    /// Persists a revocation (fdatasync), then queues it to every shard ahead of the reply.
+    fn revoke(&mut self, jti: String, exp_s: u64, now_s: u64) -> ControlReply {
+        match self.revocations.append(&jti, exp_s, now_s) {
+            Ok(changed) => {
+                if let Some(exp_s) = changed {
+                    self.broadcast(|| ShardMsg::Revoked {
+                        jti: jti.clone(),
+                        exp_s,
+                    });
                 }
-                self.answer(shard_idx, ticket, out);
+                ControlReply::Revoked {
+                    jti,
+                    stored: changed.is_some(),
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist revocation");
+                ControlReply::RevokeFailed
+            }
+        }
+    }
+
+    /// Rotates the signing key; the previous one verifies until every token it signed expired.
+    fn rotate(&mut self, now_s: u64) -> ControlReply {
+        let previous_kid = self.keyring.current_kid().to_owned();
+        let retire_after_s = self.config.auth.token_ttl_s + self.config.auth.leeway_s;
+        match self.keyring.rotate(&self.data_dir, now_s, retire_after_s) {
+            Ok(()) => {
+                let snapshot = self.key_snapshot();
+                self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
+                tracing::info!(kid = %snapshot.kid, previous = %previous_kid, "signing key rotated");
+                ControlReply::Rotated {
+                    kid: snapshot.kid.clone(),
+                    previous_kid,
+                    previous_retire_at_s: now_s + retire_after_s,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key rotation failed");
+                ControlReply::RotateFailed
             }
         }
     }
@@ -273,23 +224,22 @@ impl ControlPlane {
     }
 
     /// Queues a message to every shard. The control plane may wait for room; shards never do.
-    fn broadcast(&self, make: impl Fn() -> ShardMsg) {
-        for shard_idx in 0..self.mesh.n_shards() {
+    fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
+        for shard_idx in 0..self.outbox.n_shards() {
             self.send(shard_idx, make());
         }
     }
 
-    fn answer(&self, shard_idx: usize, ticket: Ticket, response: Vec<u8>) {
-        self.send(shard_idx, ShardMsg::Answer { ticket, response });
+    fn reply(&mut self, to: ReplyTo, reply: ControlReply) {
+        self.send(to.shard_idx, ShardMsg::Reply { to, reply });
     }
 
-    fn send(&self, shard_idx: usize, mut msg: ShardMsg) {
+    fn send(&mut self, shard_idx: usize, mut msg: ShardMsg) {
         // Blocks until there is room: a broadcast must not be dropped while its change is
         // acknowledged. Only shutdown ends the wait.
-        let from = self.mesh.control_idx();
         let mut waited_ms = 0u64;
         loop {
-            match self.mesh.send(from, shard_idx, msg) {
+            match self.outbox.send(shard_idx, msg) {
                 Ok(()) => return,
                 Err(back) => {
                     msg = back;

@@ -1,5 +1,11 @@
-//! The revocation log: an append-only file of `jti exp_s` lines, fdatasync'd before a
+//! The revocation log: an append-only file of `jti exp_s check` lines, fdatasync'd before a
 //! revocation is acknowledged, compacted (expired entries dropped) at every start.
+//!
+//! `check` is the low 32 bits of the xxh3 of `jti exp_s`, in hex: a record is checked when it
+//! is written and when it is read back. A bad last line is a torn write from a crash (never
+//! acknowledged) and is dropped; a bad line before the end is corruption, and opening fails
+//! rather than silently forgetting a revocation. Lines of two fields (written before the check
+//! existed) are read as they are and rewritten with a check by the compaction.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -7,10 +13,37 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
+use crate::plane::valid_jti;
+
 /// Most live revocations held; beyond this new revocations are refused (503).
 pub const MAX_REVOCATIONS: usize = 1 << 20;
-/// Longest accepted `jti`.
-pub const MAX_JTI_BYTES: usize = 256;
+
+/// The check field of a record: 8 lowercase hex digits.
+fn check_of(jti: &str, exp_s: u64) -> String {
+    let check = xxhash_rust::xxh3::xxh3_64(format!("{jti} {exp_s}").as_bytes()) as u32;
+    format!("{check:08x}")
+}
+
+/// One record's line, with its check and the newline.
+fn record(jti: &str, exp_s: u64) -> String {
+    assert!(valid_jti(jti), "revocation records hold valid jtis only");
+    format!("{jti} {exp_s} {}\n", check_of(jti, exp_s))
+}
+
+/// Parses one line; `None` when it is not a whole, intact record.
+fn parse_record(line: &str) -> Option<(&str, u64)> {
+    let mut parts = line.split(' ');
+    let (jti, exp) = (parts.next()?, parts.next()?);
+    let exp_s: u64 = exp.parse().ok()?;
+    if !valid_jti(jti) {
+        return None;
+    }
+    match (parts.next(), parts.next()) {
+        (None, None) => Some((jti, exp_s)),
+        (Some(check), None) if check == check_of(jti, exp_s) => Some((jti, exp_s)),
+        _ => None,
+    }
+}
 
 /// Live revocations, mirrored in `<data_dir>/revocations.log`.
 pub struct RevocationLog {
@@ -26,16 +59,24 @@ impl RevocationLog {
         let path = data_dir.join("revocations.log");
         let mut live = HashMap::new();
         if let Ok(file) = File::open(&path) {
-            for line in BufReader::new(file).lines() {
-                let line = line?;
-                let mut parts = line.split_ascii_whitespace();
-                let (Some(jti), Some(exp)) = (parts.next(), parts.next()) else {
-                    continue; // a torn last line from a crash: it was never acknowledged
-                };
-                if let Ok(exp_s) = exp.parse::<u64>() {
-                    if exp_s > now_s && live.len() < MAX_REVOCATIONS {
-                        live.insert(jti.to_owned(), exp_s);
+            let lines: Vec<String> = BufReader::new(file).lines().collect::<io::Result<_>>()?;
+            for (line_idx, line) in lines.iter().enumerate() {
+                let Some((jti, exp_s)) = parse_record(line) else {
+                    if line_idx + 1 == lines.len() {
+                        continue; // a torn last line from a crash: it was never acknowledged
                     }
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "{} line {}: damaged revocation record; restore the file from a backup or remove the line after checking it",
+                            path.display(),
+                            line_idx + 1
+                        ),
+                    ));
+                };
+                if exp_s > now_s && live.len() < MAX_REVOCATIONS {
+                    let entry = live.entry(jti.to_owned()).or_insert(exp_s);
+                    *entry = (*entry).max(exp_s);
                 }
             }
         }
@@ -43,8 +84,8 @@ impl RevocationLog {
         {
             let mut out = File::create(&tmp)?;
             let mut text = String::new();
-            for (jti, exp_s) in &live {
-                let _ = writeln!(text, "{jti} {exp_s}");
+            for (jti, &exp_s) in &live {
+                text.push_str(&record(jti, exp_s));
             }
             out.write_all(text.as_bytes())?;
             out.sync_all()?;
@@ -55,15 +96,10 @@ impl RevocationLog {
         Ok(RevocationLog { path, file, live })
     }
 
-    /// Whether `jti` is an acceptable revocation key.
-    pub fn valid_jti(jti: &str) -> bool {
-        !jti.is_empty() && jti.len() <= MAX_JTI_BYTES && jti.bytes().all(|b| b.is_ascii_graphic())
-    }
-
     /// Appends and syncs one revocation. Returns the entry's new expiry when the denylist
     /// changed, `None` when the token had already expired or was already revoked as long.
     pub fn append(&mut self, jti: &str, exp_s: u64, now_s: u64) -> io::Result<Option<u64>> {
-        if !RevocationLog::valid_jti(jti) {
+        if !valid_jti(jti) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid jti"));
         }
         if exp_s <= now_s || self.live.get(jti).is_some_and(|&e| e >= exp_s) {
@@ -75,7 +111,7 @@ impl RevocationLog {
                 self.path.display()
             )));
         }
-        self.file.write_all(format!("{jti} {exp_s}\n").as_bytes())?;
+        self.file.write_all(record(jti, exp_s).as_bytes())?;
         self.file.sync_data()?;
         self.live.insert(jti.to_owned(), exp_s);
         Ok(Some(exp_s))
@@ -115,13 +151,44 @@ mod tests {
         let entries: Vec<_> = log.entries().collect();
         assert_eq!(entries, vec![("a", 200)]);
         let text = std::fs::read_to_string(dir.path().join("revocations.log")).unwrap();
-        assert_eq!(text, "a 200\n");
+        assert_eq!(text, record("a", 200));
+        assert_eq!(parse_record(text.trim_end()), Some(("a", 200)));
+    }
+
+    #[test]
+    fn damaged_records_are_refused_and_legacy_lines_read() {
+        let good = record("a", 200);
+        assert_eq!(parse_record(good.trim_end()), Some(("a", 200)));
+        assert_eq!(
+            parse_record("a 200"),
+            Some(("a", 200)),
+            "legacy two-field line"
+        );
+        let flipped = good.replace("200", "900");
+        assert_eq!(
+            parse_record(flipped.trim_end()),
+            None,
+            "exp changed after writing"
+        );
+        assert_eq!(parse_record("a 200 0000000g"), None);
+        assert_eq!(parse_record("a 200 12"), None);
+        assert_eq!(parse_record("a 200 00000000 extra"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("revocations.log");
+        std::fs::write(&path, format!("{flipped}{good}")).unwrap();
+        let err = RevocationLog::open(dir.path(), 100).err().unwrap();
+        assert!(err.to_string().contains("line 1"), "{err}");
+        // The same damage on the last line is a torn write: dropped, the rest kept.
+        std::fs::write(&path, format!("{}{}", record("b", 300), flipped.trim_end())).unwrap();
+        let log = RevocationLog::open(dir.path(), 100).unwrap();
+        assert_eq!(log.entries().collect::<Vec<_>>(), vec![("b", 300)]);
     }
 
     #[test]
     fn torn_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("revocations.log"), "a 200\nb").unwrap();
+        std::fs::write(dir.path().join("revocations.log"), "a 200\nb 3").unwrap();
         let log = RevocationLog::open(dir.path(), 100).unwrap();
         assert_eq!(log.entries().count(), 1);
     }

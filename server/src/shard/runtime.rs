@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
-use super::mesh::Mesh;
+use super::mesh::Inbox;
 use super::{Cx, Handler, Outcome, Ready, Ticket};
 use crate::http::{self, Parsed};
 
@@ -129,7 +129,7 @@ fn split_user_data(ud: u64) -> (u64, usize, u32) {
     )
 }
 
-struct Shard<'m, H: Handler> {
+struct Shard<H: Handler> {
     idx: usize,
     ring: IoUring,
     bufs: BufRing,
@@ -143,7 +143,7 @@ struct Shard<'m, H: Handler> {
     tickets: HashMap<Ticket, (usize, u32)>,
     next_ticket: Ticket,
     handler: H,
-    mesh: &'m Mesh<H::Msg>,
+    inbox: Inbox<H::Msg>,
     stats: Arc<RuntimeStats>,
     wake_buf: Box<u64>,
     ready: Ready,
@@ -180,7 +180,7 @@ pub fn run_shard<H: Handler>(
     idx: usize,
     listener: OwnedFd,
     limits: ShardLimits,
-    mesh: &Mesh<H::Msg>,
+    inbox: Inbox<H::Msg>,
     stats: Arc<RuntimeStats>,
     shutdown: &AtomicBool,
     handler: H,
@@ -205,7 +205,7 @@ pub fn run_shard<H: Handler>(
         tickets: HashMap::new(),
         next_ticket: 0,
         handler,
-        mesh,
+        inbox,
         stats,
         wake_buf: Box::new(0),
         ready: Vec::new(),
@@ -220,7 +220,7 @@ pub fn run_shard<H: Handler>(
     result
 }
 
-impl<H: Handler> Shard<'_, H> {
+impl<H: Handler> Shard<H> {
     fn run(&mut self, shutdown: &AtomicBool) -> io::Result<()> {
         let mut now_s = crate::unix_now_s();
         let mut last_sweep_s = now_s;
@@ -230,18 +230,17 @@ impl<H: Handler> Shard<'_, H> {
             RuntimeStats::bump(&self.stats.loops);
             // One enter per iteration: submit everything queued and wait for at least one
             // completion, unless background work is pending.
-            let waker = self.mesh.waker(self.idx);
-            let idle = !more_background && self.mesh.depth(self.idx) == 0;
+            let idle = !more_background && self.inbox.depth() == 0;
             if idle {
-                waker.park();
+                self.inbox.waker().park();
             }
-            let wait = if idle && self.mesh.depth(self.idx) == 0 {
+            let wait = if idle && self.inbox.depth() == 0 {
                 IDLE_WAIT
             } else {
                 Duration::ZERO
             };
             self.enter(wait)?;
-            waker.unpark();
+            self.inbox.waker().unpark();
             now_s = crate::unix_now_s();
 
             self.drain_completions(now_s);
@@ -311,7 +310,7 @@ impl<H: Handler> Shard<'_, H> {
     }
 
     fn arm_wake(&mut self) {
-        let fd = self.mesh.waker(self.idx).fd();
+        let fd = self.inbox.waker().fd();
         let buf: *mut u64 = &raw mut *self.wake_buf;
         let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
             .build()
@@ -346,7 +345,7 @@ impl<H: Handler> Shard<'_, H> {
         loop {
             // Mesh messages first: a revocation broadcast before a request's arrival is applied
             // before that request is answered.
-            while let Some(msg) = self.mesh.recv(self.idx) {
+            while let Some(msg) = self.inbox.recv() {
                 self.handler.on_message(msg, now_s, &mut self.ready);
             }
             let mut n = 0;
@@ -940,13 +939,14 @@ mod tests {
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&shutdown);
         let handle = std::thread::spawn(move || {
-            let mesh = Mesh::<u32>::new(1).unwrap();
+            let mesh = super::super::mesh::Mesh::<u32>::build(1).unwrap();
+            let (_outbox, inbox) = mesh.shards.into_iter().next().unwrap();
             let stats = Arc::new(RuntimeStats::default());
             run_shard(
                 0,
                 listener,
                 limits,
-                &mesh,
+                inbox,
                 stats,
                 &stop,
                 Echo { pending: vec![] },

@@ -1,0 +1,173 @@
+//! The messages between shards and the control plane: what crosses the mesh and the control
+//! channel, and nothing else.
+//!
+//! `api/` (the shards' application) and `control/` (the control plane) both depend on this
+//! module and not on each other. The control plane answers with typed [`ControlReply`] values;
+//! only `api/` turns them into HTTP.
+
+use std::sync::Arc;
+
+use ed25519_dalek::SigningKey;
+
+use crate::auth::{Claims, TokenError, Verifier};
+use crate::gate::BlockReason;
+use crate::shard::Ticket;
+
+/// Key material a shard needs; rebuilt by the control plane on rotation and retirement.
+pub struct KeySnapshot {
+    /// Current signing key.
+    pub signing_key: SigningKey,
+    /// Its kid.
+    pub kid: String,
+    /// `GET /.well-known/jwks.json` body.
+    pub jwks_json: String,
+    /// Verifier over every live key plus trusted issuers.
+    pub verifier: Verifier,
+    /// Kids that still verify.
+    pub kids: Vec<String>,
+}
+
+impl std::fmt::Debug for KeySnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySnapshot")
+            .field("kid", &self.kid)
+            .field("kids", &self.kids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a token was refused: the verifier's reason, or a revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// Format, signature or claims.
+    Token(TokenError),
+    /// The `jti` is on the denylist.
+    Revoked,
+}
+
+impl Denial {
+    /// OAuth `error_description`.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Denial::Token(e) => e.description(),
+            Denial::Revoked => "token has been revoked",
+        }
+    }
+}
+
+/// One token's verdict as it crosses the mesh.
+pub type Verdict = Result<Claims, Denial>;
+
+/// Longest accepted `jti`.
+pub const MAX_JTI_BYTES: usize = 256;
+
+/// Whether `jti` is an acceptable revocation key: 1 to `MAX_JTI_BYTES` printable ASCII
+/// characters (no spaces, so it fits one field of a log record).
+pub fn valid_jti(jti: &str) -> bool {
+    !jti.is_empty() && jti.len() <= MAX_JTI_BYTES && jti.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Where the control plane's answer goes: a deferred response on one shard. Opaque to the
+/// control plane, which hands it back unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyTo {
+    /// Asking shard.
+    pub shard_idx: usize,
+    /// Its deferred response.
+    pub ticket: Ticket,
+    /// Keep the connection open after the response.
+    pub keep_alive: bool,
+}
+
+/// Requests from shards to the control plane.
+#[derive(Debug)]
+pub enum ControlMsg {
+    /// Persist and broadcast a revocation, then reply.
+    Revoke {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// Token id.
+        jti: String,
+        /// Token expiry: the denylist entry lives until then.
+        exp_s: u64,
+    },
+    /// A source exceeded its request rate repeatedly: block it in the kernel for the gate's TTL.
+    Block {
+        /// The offender.
+        ip: std::net::IpAddr,
+        /// Why.
+        reason: BlockReason,
+    },
+    /// Rotate the signing key, then reply.
+    RotateKeys {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+    },
+}
+
+/// What the control plane did with a request that waits for an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlReply {
+    /// The revocation is durable and queued to every shard.
+    Revoked {
+        /// Token id.
+        jti: String,
+        /// Whether the denylist changed: `false` when the `jti` was already revoked at least
+        /// as long, or its expiry has passed (an expired token needs no entry).
+        stored: bool,
+    },
+    /// The revocation could not be made durable; nothing was acknowledged.
+    RevokeFailed,
+    /// A new signing key is durable and queued to every shard.
+    Rotated {
+        /// New current kid.
+        kid: String,
+        /// The kid it replaced, which verifies until `previous_retire_at_s`.
+        previous_kid: String,
+        /// Unix time the previous key stops verifying.
+        previous_retire_at_s: u64,
+    },
+    /// Rotation failed; the old key stays current.
+    RotateFailed,
+}
+
+/// Messages to a shard over the mesh.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// New key material.
+    Keys(Arc<KeySnapshot>),
+    /// A `jti` is revoked until `exp_s`.
+    Revoked {
+        /// Token id.
+        jti: String,
+        /// Until when.
+        exp_s: u64,
+    },
+    /// Part of a split batch to verify on this shard.
+    BatchPart {
+        /// Shard that owns the request.
+        origin: usize,
+        /// Its batch id.
+        batch_id: u64,
+        /// Index of the first token in the whole batch.
+        offset: usize,
+        /// The tokens.
+        tokens: Vec<String>,
+    },
+    /// Verdicts for a part, back to the origin.
+    BatchDone {
+        /// Batch id at the origin.
+        batch_id: u64,
+        /// Index of the first token.
+        offset: usize,
+        /// One per token.
+        verdicts: Vec<Verdict>,
+    },
+    /// The control plane's answer to a deferred request.
+    Reply {
+        /// The deferred response it completes.
+        to: ReplyTo,
+        /// What happened.
+        reply: ControlReply,
+    },
+}
