@@ -14,7 +14,7 @@ use crate::config::{allowed_cpus, Config};
 use crate::control::{
     ControlLinks, ControlPlane, ControlState, RevocationLog, CONTROL_QUEUE_DEPTH,
 };
-use crate::gate::{Gate, GateConfig};
+use crate::gate::Gate;
 use crate::monitor::Board;
 use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::shard::mesh::{Inbox, Mesh, Outbox};
@@ -85,10 +85,7 @@ pub fn run(
     let listeners = bind_all(config.server.listen, n_shards)?;
     let addr = shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?;
     let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-    let gate = Gate::start(
-        &GateConfig::from_section(&config.gate, &config.server.data_dir),
-        &listener_fds,
-    );
+    let gate = Gate::start(&config.gate, &listener_fds);
 
     let Mesh {
         shards: shard_ports,

@@ -18,7 +18,7 @@ pub const MAX_JWKS_BYTES: u64 = 1 << 20;
 /// Smallest RSA modulus accepted, in bits.
 pub const RSA_MODULUS_BITS_MIN: usize = 2048;
 /// Largest RSA modulus accepted, in bits.
-pub const RSA_MODULUS_BITS_MAX: usize = 8192;
+pub const MAX_RSA_MODULUS_BITS: usize = 8192;
 
 /// A parsed public key, ready to verify with: no per-request decoding.
 #[derive(Clone)]
@@ -221,9 +221,9 @@ fn parse_rsa(jwk: &RawJwk) -> Result<(PublicKey, String), String> {
     let n = strip_leading_zeros(&n);
     let e = strip_leading_zeros(&e);
     let n_bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
-    if !(RSA_MODULUS_BITS_MIN..=RSA_MODULUS_BITS_MAX).contains(&n_bits) {
+    if !(RSA_MODULUS_BITS_MIN..=MAX_RSA_MODULUS_BITS).contains(&n_bits) {
         return Err(format!(
-            "key {:?} RSA modulus has {n_bits} bits, outside {RSA_MODULUS_BITS_MIN}..={RSA_MODULUS_BITS_MAX}",
+            "key {:?} RSA modulus has {n_bits} bits, outside {RSA_MODULUS_BITS_MIN}..={MAX_RSA_MODULUS_BITS}",
             jwk.kid
         ));
     }

@@ -46,10 +46,11 @@ pub const SATURATED_KICKS: usize = 16;
 pub const SATURATED_LOAD_PCT: usize = 96;
 
 /// Largest capacity accepted by [`CuckooCache::new`], in entries (2^28 slots ≈ 9 GiB of slots).
-pub const CAPACITY_ENTRIES_MAX: usize = 1 << 28;
+pub const MAX_CAPACITY_ENTRIES: usize = 1 << 28;
 
-/// Longest token the cache stores; longer tokens are not cached ([`Insert::TooLong`]).
-pub const TOKEN_BYTES_MAX: usize = 16 * 1024;
+/// Longest token the cache stores: the longest token the verifier accepts, so every verified
+/// token can be cached; longer tokens are not stored ([`Insert::TooLong`]).
+pub use crate::auth::MAX_TOKEN_BYTES;
 
 /// Bytes each slot costs beyond the value and the token bytes (tag + hash + expiry + box).
 pub const SLOT_OVERHEAD_BYTES: usize = size_of::<Option<Entry<()>>>() + size_of::<u16>();
@@ -75,7 +76,7 @@ pub enum Insert {
     InsertedWithEviction,
     /// `expires_at_s <= now_s`: not stored (and any previous entry for the token was removed).
     Expired,
-    /// The token is longer than [`TOKEN_BYTES_MAX`]: not stored.
+    /// The token is longer than [`MAX_TOKEN_BYTES`]: not stored.
     TooLong,
 }
 
@@ -128,15 +129,15 @@ impl<V> CuckooCache<V> {
     /// number of buckets, at least 2), hashing with xxh3-64 under `seed`.
     ///
     /// Insertions start to evict above roughly 95% load; size with headroom. Allocates every
-    /// table now. Panics (at startup) if `capacity_entries` exceeds [`CAPACITY_ENTRIES_MAX`].
+    /// table now. Panics (at startup) if `capacity_entries` exceeds [`MAX_CAPACITY_ENTRIES`].
     pub fn new(capacity_entries: usize, seed: u64) -> Self {
         Self::with_hash_mask(capacity_entries, seed, u64::MAX)
     }
 
     fn with_hash_mask(capacity_entries: usize, seed: u64, hash_mask: u64) -> Self {
         assert!(
-            capacity_entries <= CAPACITY_ENTRIES_MAX,
-            "cache capacity {capacity_entries} exceeds {CAPACITY_ENTRIES_MAX}"
+            capacity_entries <= MAX_CAPACITY_ENTRIES,
+            "cache capacity {capacity_entries} exceeds {MAX_CAPACITY_ENTRIES}"
         );
         let n_buckets = capacity_entries
             .div_ceil(SLOTS_PER_BUCKET)
@@ -207,7 +208,7 @@ impl<V> CuckooCache<V> {
     /// times ([`SATURATED_KICKS`] once the table is [`SATURATED_LOAD_PCT`] full); then the last
     /// displaced entry is dropped and counted as an eviction.
     pub fn insert(&mut self, token: &[u8], value: V, expires_at_s: u64, now_s: u64) -> Insert {
-        if token.len() > TOKEN_BYTES_MAX {
+        if token.len() > MAX_TOKEN_BYTES {
             return Insert::TooLong;
         }
         let hash = self.hash(token);

@@ -125,7 +125,7 @@ fn ttl_expiry_is_a_miss_and_frees_the_slot() {
 #[test]
 fn too_long_tokens_are_not_cached() {
     let mut cache = CuckooCache::new(64, SEED);
-    let huge = vec![b'a'; super::TOKEN_BYTES_MAX + 1];
+    let huge = vec![b'a'; super::MAX_TOKEN_BYTES + 1];
     assert_eq!(cache.insert(&huge, 1_u8, 100, 0), Insert::TooLong);
     assert_eq!(cache.len(), 0);
 }

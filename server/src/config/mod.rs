@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
 /// A configuration error: one sentence saying what, where and what to do.
@@ -84,7 +85,7 @@ pub struct Config {
     /// Admin bearer token; `None` turns admin endpoints off.
     pub admin_token: Option<String>,
     /// The eBPF gate.
-    pub gate: GateSection,
+    pub gate: GateConfig,
     /// Token pool sizing.
     pub pool: PoolConfig,
     /// Per-source request rate limit in the shards.
@@ -162,27 +163,6 @@ impl std::fmt::Debug for ClientConfig {
     }
 }
 
-/// `[gate]`.
-#[derive(Debug, Clone, Default)]
-pub struct GateSection {
-    /// Interfaces to attach XDP to; empty turns XDP off (the socket filter may still run).
-    pub xdp: Vec<String>,
-    /// Raw TOML of the remaining gate keys, validated by the gate module.
-    pub syn_rate_per_s: Option<u32>,
-    /// SYN burst per source.
-    pub syn_burst: Option<u32>,
-    /// Packet rate per source.
-    pub pkt_rate_per_s: Option<u32>,
-    /// Packet burst per source.
-    pub pkt_burst: Option<u32>,
-    /// Default TTL of blocklist entries added by the server.
-    pub block_ttl_s: Option<u64>,
-    /// Keep the blocklist across restarts.
-    pub persist_blocklist: Option<bool>,
-    /// Attach the socket-filter fallback to the listeners.
-    pub socket_filter: Option<bool>,
-}
-
 /// `[pool]`.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -226,6 +206,7 @@ impl Default for Config {
                     max_output_bytes: 4 * 1024 * 1024,
                     idle_timeout_s: 60,
                     request_timeout_s: 10,
+                    deferred_timeout_s: 30,
                     ring_entries: 4096,
                     recv_buffer_bytes: 16 * 1024,
                     recv_buffer_count: 1024,
@@ -243,7 +224,7 @@ impl Default for Config {
             },
             clients: Vec::new(),
             admin_token: None,
-            gate: GateSection::default(),
+            gate: GateConfig::default(),
             pool: PoolConfig {
                 min_remaining_s: 600,
                 freshness_s: 120,
@@ -295,6 +276,7 @@ struct FileServer {
     max_output_bytes: Option<usize>,
     idle_timeout_s: Option<u64>,
     request_timeout_s: Option<u64>,
+    deferred_timeout_s: Option<u64>,
     ring_entries: Option<u32>,
     recv_buffer_bytes: Option<usize>,
     recv_buffer_count: Option<usize>,
@@ -413,11 +395,13 @@ impl Config {
         if let Some(dir) = &overrides.data_dir {
             config.server.data_dir.clone_from(dir);
         }
+        // The gate keeps `blocklist.json` in the data dir: one setting, copied once it is final.
+        config.gate.data_dir.clone_from(&config.server.data_dir);
         if let Some(shards) = overrides.shards {
             config.server.shards = shards;
         }
         if !overrides.xdp.is_empty() {
-            config.gate.xdp.clone_from(&overrides.xdp);
+            config.gate.xdp_ifaces.clone_from(&overrides.xdp);
         }
         config.validate()?;
         Ok(config)
@@ -475,17 +459,8 @@ impl Config {
         if let Some(path) = file.admin.token_file {
             c.admin_token = Some(read_secret(&base.join(path), "admin.token_file")?);
         }
-        let g = file.gate;
-        c.gate = GateSection {
-            xdp: g.xdp,
-            syn_rate_per_s: g.syn_rate_per_s,
-            syn_burst: g.syn_burst,
-            pkt_rate_per_s: g.pkt_rate_per_s,
-            pkt_burst: g.pkt_burst,
-            block_ttl_s: g.block_ttl_s,
-            persist_blocklist: g.persist_blocklist,
-            socket_filter: g.socket_filter,
-        };
+        apply_gate(&mut c.gate, file.gate);
+        c.gate.data_dir.clone_from(&c.server.data_dir);
         let p = file.pool;
         set(&mut c.pool.min_remaining_s, p.min_remaining_s);
         set(&mut c.pool.freshness_s, p.freshness_s);
@@ -506,6 +481,8 @@ impl Config {
     /// Checks every limit once, so the rest of the server can rely on them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_limits(&self.server.limits)?;
+        validate_gate(&self.gate)?;
+        debug_assert_eq!(self.gate.data_dir, self.server.data_dir);
         let a = &self.auth;
         if a.issuer.is_empty() {
             return Err(ConfigError::Invalid("auth.issuer must not be empty".into()));
@@ -587,6 +564,60 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// `[gate]` keys onto the gate's defaults. A rate given without its burst gets a burst of two
+/// seconds' worth, so setting a rate alone never leaves its bucket off.
+fn apply_gate(gate: &mut GateConfig, g: FileGate) {
+    gate.xdp_ifaces = g.xdp;
+    if let Some(rate) = g.syn_rate_per_s {
+        gate.syn_rate_per_s = rate;
+        gate.syn_burst = rate.saturating_mul(2);
+    }
+    set(&mut gate.syn_burst, g.syn_burst);
+    if let Some(rate) = g.pkt_rate_per_s {
+        gate.pkt_rate_per_s = rate;
+        gate.pkt_burst = rate.saturating_mul(2);
+    }
+    set(&mut gate.pkt_burst, g.pkt_burst);
+    set(&mut gate.block_ttl_s, g.block_ttl_s);
+    set(&mut gate.persist_blocklist, g.persist_blocklist);
+    set(&mut gate.socket_filter, g.socket_filter);
+}
+
+/// Ranges of the gate's settings.
+fn validate_gate(g: &GateConfig) -> Result<(), ConfigError> {
+    for iface in &g.xdp_ifaces {
+        // IFNAMSIZ is 16 bytes with the terminating NUL.
+        let ok = !iface.is_empty()
+            && iface.len() < 16
+            && !iface.contains(['/', ' ', '\0'])
+            && iface != "."
+            && iface != "..";
+        if !ok {
+            return Err(ConfigError::Invalid(format!(
+                "gate.xdp: {iface:?} is not an interface name (1-15 characters, no '/' or spaces)"
+            )));
+        }
+    }
+    check_range(
+        "gate.syn_rate_per_s",
+        g.syn_rate_per_s as usize,
+        1,
+        10_000_000,
+    )?;
+    check_range("gate.syn_burst", g.syn_burst as usize, 1, 100_000_000)?;
+    check_range(
+        "gate.pkt_rate_per_s",
+        g.pkt_rate_per_s as usize,
+        0,
+        100_000_000,
+    )?;
+    if g.pkt_rate_per_s > 0 {
+        check_range("gate.pkt_burst", g.pkt_burst as usize, 1, 1_000_000_000)?;
+    }
+    check_range("gate.block_ttl_s", g.block_ttl_s as usize, 1, 86_400 * 365)?;
+    Ok(())
+}
+
 fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result<(), ConfigError> {
     if let Some(listen) = s.listen {
         server.listen = listen.parse().map_err(|_| {
@@ -619,6 +650,7 @@ fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result
     set(&mut server.limits.max_output_bytes, s.max_output_bytes);
     set(&mut server.limits.idle_timeout_s, s.idle_timeout_s);
     set(&mut server.limits.request_timeout_s, s.request_timeout_s);
+    set(&mut server.limits.deferred_timeout_s, s.deferred_timeout_s);
     set(&mut server.limits.ring_entries, s.ring_entries);
     set(&mut server.limits.recv_buffer_bytes, s.recv_buffer_bytes);
     set(&mut server.limits.recv_buffer_count, s.recv_buffer_count);
@@ -645,7 +677,7 @@ fn validate_limits(l: &ShardLimits) -> Result<(), ConfigError> {
         "server.max_connections_per_shard",
         l.max_connections,
         1,
-        1 << 20,
+        crate::shard::MAX_CONNECTIONS_PER_SHARD,
     )?;
     check_range("server.max_header_bytes", l.max_header_bytes, 256, 1 << 20)?;
     check_range("server.max_body_bytes", l.max_body_bytes, 0, 64 << 20)?;
@@ -665,6 +697,12 @@ fn validate_limits(l: &ShardLimits) -> Result<(), ConfigError> {
     check_range(
         "server.request_timeout_s",
         l.request_timeout_s as usize,
+        1,
+        3600,
+    )?;
+    check_range(
+        "server.deferred_timeout_s",
+        l.deferred_timeout_s as usize,
         1,
         3600,
     )?;
@@ -767,5 +805,48 @@ scopes = ["read"]
             .contains("power of two"));
         assert!(Shards::parse("0").is_err());
         assert!(Shards::parse("many").is_err());
+    }
+
+    #[test]
+    fn gate_keys_land_on_the_gate_defaults_and_are_range_checked() {
+        let c = Config::from_toml("[gate]\npkt_rate_per_s = 5000\n", Path::new("/srv")).unwrap();
+        c.validate().unwrap();
+        let d = GateConfig::default();
+        assert_eq!(
+            (c.gate.pkt_rate_per_s, c.gate.pkt_burst),
+            (5000, 10_000),
+            "burst follows rate"
+        );
+        assert_eq!(
+            (c.gate.syn_rate_per_s, c.gate.syn_burst),
+            (d.syn_rate_per_s, d.syn_burst)
+        );
+        assert_eq!(c.gate.data_dir, c.server.data_dir);
+        let c = Config::from_toml(
+            "[gate]\nsyn_rate_per_s = 50\nsyn_burst = 7\n",
+            Path::new("."),
+        )
+        .unwrap();
+        assert_eq!((c.gate.syn_rate_per_s, c.gate.syn_burst), (50, 7));
+        for (text, key) in [
+            ("[gate]\nsyn_rate_per_s = 0\n", "gate.syn_rate_per_s"),
+            ("[gate]\nsyn_burst = 0\n", "gate.syn_burst"),
+            (
+                "[gate]\npkt_rate_per_s = 10\npkt_burst = 0\n",
+                "gate.pkt_burst",
+            ),
+            ("[gate]\nblock_ttl_s = 0\n", "gate.block_ttl_s"),
+            (
+                "[gate]\nxdp = [\"a-very-long-interface-name\"]\n",
+                "gate.xdp",
+            ),
+            ("[gate]\nxdp = [\"../eth0\"]\n", "gate.xdp"),
+        ] {
+            let err = Config::from_toml(text, Path::new("."))
+                .and_then(|c| c.validate().map(|()| c))
+                .err()
+                .unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert!(err.to_string().contains(key), "{text:?}: {err}");
+        }
     }
 }

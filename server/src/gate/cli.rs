@@ -13,7 +13,7 @@ use super::{boot_ns, parse_block_reason, until_ns, BlockReason, Cidr, GateError}
 /// Offenders listed by `subzero stats`.
 const TOP_N: usize = 10;
 /// Longest `--watch` interval accepted (a day).
-const WATCH_S_MAX: u64 = 86_400;
+const MAX_WATCH_S: u64 = 86_400;
 
 fn open() -> Result<GateMaps, GateError> {
     GateMaps::from_pins(Path::new(PIN_DIR))
@@ -165,7 +165,7 @@ pub fn cli_stats(json: bool, watch_s: Option<u64>) -> Result<(), GateError> {
     let Some(watch_s) = watch_s else {
         return Ok(());
     };
-    let watch_s = watch_s.clamp(1, WATCH_S_MAX);
+    let watch_s = watch_s.clamp(1, MAX_WATCH_S);
     let mut prev = totals_of(&maps)?;
     loop {
         std::thread::sleep(Duration::from_secs(watch_s));

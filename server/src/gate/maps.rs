@@ -12,7 +12,7 @@ use subzero_common::{
 use super::{Cidr, GateError};
 
 /// Upper bound on entries read back from one map in one call (the map sizes, rounded up).
-const ITER_MAX: usize = 1 << 18;
+const MAX_ITER: usize = 1 << 18;
 
 /// One blocklist entry as userspace sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,10 +178,10 @@ impl GateMaps {
         }
     }
 
-    /// Every blocklist entry, IPv4 first; at most `ITER_MAX` per family.
+    /// Every blocklist entry, IPv4 first; at most `MAX_ITER` per family.
     pub fn entries(&self) -> Result<Vec<BlockItem>, GateError> {
         let mut out = Vec::new();
-        for item in self.block_v4.iter().take(ITER_MAX) {
+        for item in self.block_v4.iter().take(MAX_ITER) {
             let (key, e) = item.map_err(map_err("read SZ_BLOCK_V4"))?;
             let cidr = Cidr::new(
                 IpAddr::V4(Ipv4Addr::from(key.data())),
@@ -195,7 +195,7 @@ impl GateMaps {
                 drops: e.drops,
             });
         }
-        for item in self.block_v6.iter().take(ITER_MAX) {
+        for item in self.block_v6.iter().take(MAX_ITER) {
             let (key, e) = item.map_err(map_err("read SZ_BLOCK_V6"))?;
             let cidr = Cidr::new(
                 IpAddr::V6(Ipv6Addr::from(key.data())),

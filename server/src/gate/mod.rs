@@ -25,7 +25,8 @@ pub use maps::{BlockItem, GateMaps, RateItem};
 pub use snapshot::GateSnapshot;
 pub use subzero_common::{Reason, N_REASONS, PIN_DIR};
 
-/// Gate settings; the lead's config maps `[gate]` onto this.
+/// Gate settings: the one home of the `[gate]` keys and their defaults. `config` parses
+/// `[gate]` onto this and validates the ranges once at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GateConfig {
     /// Interfaces to attach XDP to (driver mode, generic as fallback). Empty → gate off.
@@ -51,7 +52,7 @@ pub struct GateConfig {
     pub block_ttl_s: u64,
     /// Keep blocklist entries across restarts (old pins, else `<data_dir>/blocklist.json`).
     pub persist_blocklist: bool,
-    /// Where `blocklist.json` lives.
+    /// Where `blocklist.json` lives: `[server] data_dir`, copied by `config` once it is final.
     pub data_dir: PathBuf,
 }
 
@@ -68,28 +69,6 @@ impl Default for GateConfig {
             block_ttl_s: 300,
             persist_blocklist: true,
             data_dir: PathBuf::from("var/subzero"),
-        }
-    }
-}
-
-impl GateConfig {
-    /// The gate settings for a loaded `[gate]` section; unset keys keep their defaults.
-    pub fn from_section(
-        section: &crate::config::GateSection,
-        data_dir: &std::path::Path,
-    ) -> GateConfig {
-        let d = GateConfig::default();
-        GateConfig {
-            xdp_ifaces: section.xdp.clone(),
-            force_generic: d.force_generic,
-            socket_filter: section.socket_filter.unwrap_or(d.socket_filter),
-            syn_rate_per_s: section.syn_rate_per_s.unwrap_or(d.syn_rate_per_s),
-            syn_burst: section.syn_burst.unwrap_or(d.syn_burst),
-            pkt_rate_per_s: section.pkt_rate_per_s.unwrap_or(d.pkt_rate_per_s),
-            pkt_burst: section.pkt_burst.unwrap_or(d.pkt_burst),
-            block_ttl_s: section.block_ttl_s.unwrap_or(d.block_ttl_s),
-            persist_blocklist: section.persist_blocklist.unwrap_or(d.persist_blocklist),
-            data_dir: data_dir.to_path_buf(),
         }
     }
 }

@@ -10,7 +10,7 @@ use super::maps::BlockItem;
 use super::{parse_block_reason, until_ns, BlockReason, Cidr, GateError};
 
 /// Entries read from a file at most (the two tries' sizes).
-const FILE_ENTRIES_MAX: usize = 2 * 65_536;
+const MAX_FILE_ENTRIES: usize = 2 * 65_536;
 
 #[derive(Serialize, Deserialize)]
 struct File {
@@ -107,7 +107,7 @@ pub(crate) fn load(path: &Path, now_ns: u64) -> Result<Vec<BlockItem>, GateError
     }
     let now_s = unix_now_s();
     let mut out = Vec::new();
-    for e in file.entries.into_iter().take(FILE_ENTRIES_MAX) {
+    for e in file.entries.into_iter().take(MAX_FILE_ENTRIES) {
         let cidr: Cidr = e
             .cidr
             .parse()

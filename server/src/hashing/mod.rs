@@ -20,7 +20,7 @@ use ring::digest;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Largest digest any algorithm produces (`BLAKE2b`-512, SHA-512).
-pub const DIGEST_BYTES_MAX: usize = 64;
+pub const MAX_DIGEST_BYTES: usize = 64;
 
 /// Batches with more inputs than this are worth splitting across shards (see module docs).
 pub const BATCH_SPLIT_INPUTS: usize = 1024;
@@ -76,18 +76,18 @@ impl HashAlg {
     }
 }
 
-/// A digest of up to [`DIGEST_BYTES_MAX`] bytes, stored inline (no allocation).
+/// A digest of up to [`MAX_DIGEST_BYTES`] bytes, stored inline (no allocation).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest {
-    bytes: [u8; DIGEST_BYTES_MAX],
+    bytes: [u8; MAX_DIGEST_BYTES],
     len: u8,
 }
 
 impl Digest {
     fn from_slice(bytes: &[u8]) -> Digest {
-        debug_assert!(bytes.len() <= DIGEST_BYTES_MAX);
+        debug_assert!(bytes.len() <= MAX_DIGEST_BYTES);
         let mut digest = Digest {
-            bytes: [0; DIGEST_BYTES_MAX],
+            bytes: [0; MAX_DIGEST_BYTES],
             len: bytes.len() as u8,
         };
         digest.bytes[..bytes.len()].copy_from_slice(bytes);

@@ -32,7 +32,7 @@ pub const TARGET_HORIZON_S: f64 = 2.0;
 const DEMAND_ALPHA: f64 = 0.3;
 
 /// Seconds after which an idle key's demand counts as zero (0.7^64 < 1e-9).
-const DEMAND_DECAY_S_MAX: u64 = 64;
+const MAX_DEMAND_DECAY_S: u64 = 64;
 
 /// Demand (takes per second) below which a key is idle and may be replaced by a new key.
 const IDLE_RATE_PER_S: f64 = 0.01;
@@ -159,7 +159,7 @@ impl Demand {
         if now_s <= self.second_s {
             return;
         }
-        let n_idle_s = (now_s - self.second_s - 1).min(DEMAND_DECAY_S_MAX);
+        let n_idle_s = (now_s - self.second_s - 1).min(MAX_DEMAND_DECAY_S);
         let rate = self.rate_per_s * (1.0 - DEMAND_ALPHA) + DEMAND_ALPHA * f64::from(self.n_takes);
         self.rate_per_s = rate * (1.0 - DEMAND_ALPHA).powi(n_idle_s as i32);
         self.n_takes = 0;

@@ -18,7 +18,7 @@ pub const MESH_QUEUE_DEPTH: usize = 4096;
 const _: () = assert!(MESH_QUEUE_DEPTH.is_power_of_two());
 
 /// Largest mesh: the edges grow with the square of the shard count.
-pub const MESH_SHARDS_MAX: usize = 1024;
+pub const MAX_MESH_SHARDS: usize = 1024;
 
 /// Who sends on an [`Outbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,7 +155,7 @@ pub struct Mesh<M> {
 impl<M: Send> Mesh<M> {
     /// Builds the queues of an `n_shards` mesh and one eventfd per shard.
     pub fn build(n_shards: usize) -> std::io::Result<Mesh<M>> {
-        assert!((1..=MESH_SHARDS_MAX).contains(&n_shards));
+        assert!((1..=MAX_MESH_SHARDS).contains(&n_shards));
         let wakers: Arc<[Arc<Waker>]> = (0..n_shards)
             .map(|_| Waker::new())
             .collect::<std::io::Result<Vec<_>>>()?

@@ -4,8 +4,9 @@
 //! Each shard owns a ring (SINGLE_ISSUER + DEFER_TASKRUN where the kernel has them), its own
 //! SO_REUSEPORT listener with a multishot accept, multishot receives into a provided-buffer
 //! ring, and a slab of connections. Requests are parsed straight out of the receive buffer;
-//! every response produced by one pass is written with one send per connection; the loop makes
-//! one `submit_and_wait` per iteration. What a request *means* lives behind [`Handler`], so
+//! every response produced by one pass is written with one send per connection; the loop enters
+//! the kernel once per iteration (`submit_with_args`: submit, and wait with a timeout only when
+//! idle). What a request *means* lives behind [`Handler`], so
 //! nothing outside this module knows how the loop is built.
 
 mod bufring;
@@ -16,7 +17,7 @@ pub mod spsc;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 
-pub use runtime::{run_shard, RuntimeStats, ShardLimits};
+pub use runtime::{run_shard, RuntimeStats, ShardLimits, MAX_CONNECTIONS_PER_SHARD};
 
 use crate::http::Request;
 

@@ -45,6 +45,9 @@ pub struct ShardLimits {
     pub idle_timeout_s: u64,
     /// A started request must complete within this.
     pub request_timeout_s: u64,
+    /// A deferred response not answered within this is answered `503` and the connection
+    /// closed (the control plane or a peer shard never answered).
+    pub deferred_timeout_s: u64,
     /// SQ entries.
     pub ring_entries: u32,
     /// Provided buffer size.
@@ -117,15 +120,75 @@ struct Conn {
     last_send_s: u64,
 }
 
+/// The 64 bits of an SQE's user data: connection slot index, slot generation, operation.
+const IDX_BITS: u32 = 32;
+const GEN_BITS: u32 = 24;
+const OP_BITS: u32 = 8;
+const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+const _: () = assert!(IDX_BITS + GEN_BITS + OP_BITS == u64::BITS);
+const _: () = assert!(OP_CANCEL < 1 << OP_BITS);
+
+/// Most connections one shard may hold: every slot index must fit its user-data field.
+pub const MAX_CONNECTIONS_PER_SHARD: usize = 1 << 20;
+const _: () = assert!(MAX_CONNECTIONS_PER_SHARD <= 1 << IDX_BITS);
+
+impl Conn {
+    /// Where the next response goes: behind the last deferred response, or straight out.
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self.waiting.back_mut() {
+            Some(w) => &mut w.after,
+            None => &mut self.out,
+        }
+    }
+
+    /// Whether the connection holds more pipelined work or unsent output than allowed.
+    fn over_limits(&self, limits: &ShardLimits) -> bool {
+        let queued: usize = self.waiting.iter().map(|w| w.after.len()).sum();
+        self.waiting.len() > limits.max_pipeline_depth
+            || self.out.len() + self.sending.len() + queued > limits.max_output_bytes
+    }
+
+    /// Keeps the bytes after `at` (an unfinished request) for the next receive. `bytes` is
+    /// `inbuf` when `from_inbuf`, else the receive buffer `data`.
+    fn keep_unparsed(
+        &mut self,
+        mut inbuf: Vec<u8>,
+        data: &[u8],
+        at: usize,
+        from_inbuf: bool,
+        now_s: u64,
+    ) {
+        let n_bytes = if from_inbuf { inbuf.len() } else { data.len() };
+        debug_assert!(at <= n_bytes);
+        if self.closing || at >= n_bytes {
+            self.partial_since_s = 0;
+            inbuf.clear();
+        } else {
+            // The slow-request clock starts when a request starts, not when the connection
+            // first had a partial one: completed requests are progress.
+            if self.partial_since_s == 0 || at > 0 {
+                self.partial_since_s = now_s;
+            }
+            if from_inbuf {
+                inbuf.drain(..at);
+            } else {
+                inbuf.extend_from_slice(&data[at..]);
+            }
+        }
+        self.inbuf = inbuf;
+    }
+}
+
 fn user_data(op: u64, idx: usize, gen: u32) -> u64 {
-    ((idx as u64) << 32) | (u64::from(gen & 0x00ff_ffff) << 8) | op
+    debug_assert!(op < 1 << OP_BITS && idx < MAX_CONNECTIONS_PER_SHARD && gen <= GEN_MASK);
+    ((idx as u64) << (GEN_BITS + OP_BITS)) | (u64::from(gen & GEN_MASK) << OP_BITS) | op
 }
 
 fn split_user_data(ud: u64) -> (u64, usize, u32) {
     (
-        ud & 0xff,
-        (ud >> 32) as usize,
-        ((ud >> 8) & 0x00ff_ffff) as u32,
+        ud & ((1 << OP_BITS) - 1),
+        (ud >> (GEN_BITS + OP_BITS)) as usize,
+        ((ud >> OP_BITS) as u32) & GEN_MASK,
     )
 }
 
@@ -400,7 +463,7 @@ impl<H: Handler> Shard<H> {
         set_nodelay(fd.as_raw_fd());
         let peer = peer_ip(fd.as_raw_fd());
         let gen = self.next_gen;
-        self.next_gen = (self.next_gen + 1) & 0x00ff_ffff;
+        self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let conn = Conn {
             fd,
             gen,
@@ -428,6 +491,7 @@ impl<H: Handler> Shard<H> {
             self.conns.len() - 1
         };
         self.n_conns += 1;
+        assert!(self.n_conns <= self.limits.max_connections);
         RuntimeStats::bump(&self.stats.accepted);
         self.stats
             .open
@@ -509,10 +573,6 @@ impl<H: Handler> Shard<H> {
                 Ok(Parsed::Complete(req, used)) => {
                     at += used;
                     RuntimeStats::bump(&stats.requests);
-                    let out = match conn.waiting.back_mut() {
-                        Some(w) => &mut w.after,
-                        None => &mut conn.out,
-                    };
                     let mut cx = Cx {
                         peer: conn.peer,
                         now_s,
@@ -520,57 +580,32 @@ impl<H: Handler> Shard<H> {
                         runtime: stats,
                         next_ticket: &mut self.next_ticket,
                     };
-                    match self.handler.handle(&req, &mut cx, out) {
-                        Outcome::Done => {}
-                        Outcome::Deferred(ticket) => {
-                            self.tickets.insert(ticket, (idx, conn.gen));
-                            conn.waiting.push_back(Waiting {
-                                ticket,
-                                reply: None,
-                                after: Vec::new(),
-                                since_s: now_s,
-                            });
-                        }
+                    let outcome = self.handler.handle(&req, &mut cx, conn.output());
+                    if let Outcome::Deferred(ticket) = outcome {
+                        self.tickets.insert(ticket, (idx, conn.gen));
+                        conn.waiting.push_back(Waiting {
+                            ticket,
+                            reply: None,
+                            after: Vec::new(),
+                            since_s: now_s,
+                        });
                     }
                     if !req.keep_alive {
                         conn.closing = true;
                     }
-                    let queued: usize = conn.waiting.iter().map(|w| w.after.len()).sum();
-                    if conn.waiting.len() > limits.max_pipeline_depth
-                        || conn.out.len() + conn.sending.len() + queued > limits.max_output_bytes
-                    {
+                    if conn.over_limits(limits) {
                         RuntimeStats::bump(&stats.output_overflows);
                         conn.closing = true;
                     }
                 }
                 Err(err) => {
                     RuntimeStats::bump(&stats.bad_requests);
-                    let out = match conn.waiting.back_mut() {
-                        Some(w) => &mut w.after,
-                        None => &mut conn.out,
-                    };
-                    http::write_http_error(out, err);
+                    http::write_http_error(conn.output(), err);
                     conn.closing = true;
                 }
             }
         }
-        let consumed_all = at >= bytes.len();
-        if conn.closing || consumed_all {
-            conn.partial_since_s = 0;
-            inbuf.clear();
-        } else {
-            // The slow-request clock starts when a request starts, not when the connection
-            // first had a partial one: completed requests are progress.
-            if conn.partial_since_s == 0 || at > 0 {
-                conn.partial_since_s = now_s;
-            }
-            if from_inbuf {
-                inbuf.drain(..at);
-            } else {
-                inbuf.extend_from_slice(&data[at..]);
-            }
-        }
-        conn.inbuf = inbuf;
+        conn.keep_unparsed(inbuf, data, at, from_inbuf, now_s);
         self.mark_dirty(idx);
     }
 
@@ -661,6 +696,9 @@ impl<H: Handler> Shard<H> {
 
     fn free_conn(&mut self, idx: usize) {
         if let Some(conn) = self.conns[idx].take() {
+            // No SQE may still point at this connection's buffers or name its slot.
+            assert!(!conn.send_inflight && !conn.recv_armed);
+            assert!(self.n_conns > 0, "connection count would go negative");
             for w in &conn.waiting {
                 self.tickets.remove(&w.ticket);
             }
@@ -697,7 +735,8 @@ impl<H: Handler> Shard<H> {
             let Some(conn) = self.conns[idx].as_mut() else {
                 continue;
             };
-            let mut dirty = expire_deferred(conn, &mut self.tickets, now_s);
+            let mut dirty =
+                expire_deferred(conn, &mut self.tickets, now_s, limits.deferred_timeout_s);
             let stalled_send = conn.send_inflight
                 && now_s.saturating_sub(conn.last_send_s) >= limits.idle_timeout_s;
             if conn.closing || stalled_send {
@@ -721,12 +760,8 @@ impl<H: Handler> Shard<H> {
                     && !conn.send_inflight
                     && now_s.saturating_sub(conn.last_active_s) >= limits.idle_timeout_s;
                 if slow {
-                    let out = match conn.waiting.back_mut() {
-                        Some(w) => &mut w.after,
-                        None => &mut conn.out,
-                    };
                     http::write_oauth_error(
-                        out,
+                        conn.output(),
                         http::Status::RequestTimeout,
                         "invalid_request",
                         "request was not completed in time",
@@ -765,9 +800,6 @@ impl<H: Handler> Shard<H> {
     }
 }
 
-/// A deferred response not answered in this long is answered `503` and the connection closed.
-const DEFERRED_TIMEOUT_S: u64 = 30;
-
 /// Moves answered deferred responses, and the responses queued behind each, to the output in
 /// request order.
 fn release_answered(conn: &mut Conn) {
@@ -780,15 +812,16 @@ fn release_answered(conn: &mut Conn) {
     }
 }
 
-/// Answers deferred responses older than `DEFERRED_TIMEOUT_S` with 503; true if any was.
+/// Answers deferred responses older than `timeout_s` with 503; true if any was.
 fn expire_deferred(
     conn: &mut Conn,
     tickets: &mut HashMap<Ticket, (usize, u32)>,
     now_s: u64,
+    timeout_s: u64,
 ) -> bool {
     let mut expired = false;
     for w in &mut conn.waiting {
-        if w.reply.is_none() && now_s.saturating_sub(w.since_s) >= DEFERRED_TIMEOUT_S {
+        if w.reply.is_none() && now_s.saturating_sub(w.since_s) >= timeout_s {
             tickets.remove(&w.ticket);
             let mut out = Vec::new();
             http::write_oauth_error(
@@ -859,7 +892,8 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
-    /// Echoes the path; `/defer?L` answers `later-L` from background work.
+    /// Echoes the path; `/defer?L` answers `later-L` from background work, the deferred
+    /// requests of one pass in reverse order; `/never` is deferred and never answered.
     struct Echo {
         pending: Vec<(Ticket, String)>,
     }
@@ -882,6 +916,9 @@ mod tests {
                 self.pending.push((t, req.query.to_owned()));
                 return Outcome::Deferred(t);
             }
+            if req.path == "/never" {
+                return Outcome::Deferred(cx.defer());
+            }
             http::write_response(
                 out,
                 http::Status::Ok,
@@ -894,7 +931,8 @@ mod tests {
         }
         fn on_message(&mut self, _msg: u32, _now_s: u64, _ready: &mut Ready) {}
         fn background(&mut self, _now_s: u64, _budget: u32, ready: &mut Ready) -> bool {
-            for (t, label) in self.pending.drain(..) {
+            // Last deferred first: the runtime must still answer in request order.
+            for (t, label) in self.pending.drain(..).rev() {
                 let mut out = Vec::new();
                 let body = format!("later-{label}");
                 http::write_response(&mut out, http::Status::Ok, None, &[], body.as_bytes(), true);
@@ -913,35 +951,62 @@ mod tests {
             max_output_bytes: 1 << 20,
             idle_timeout_s: 2,
             request_timeout_s: 1,
+            deferred_timeout_s: 1,
             ring_entries: 64,
             recv_buffer_bytes: 4096,
             recv_buffer_count: 16,
         }
     }
 
-    fn start() -> (
-        std::net::SocketAddr,
-        Arc<AtomicBool>,
-        std::thread::JoinHandle<()>,
-    ) {
+    /// A running test shard.
+    struct Running {
+        addr: std::net::SocketAddr,
+        shutdown: Arc<AtomicBool>,
+        handle: std::thread::JoinHandle<()>,
+        stats: Arc<RuntimeStats>,
+    }
+
+    impl Running {
+        fn connect(&self) -> TcpStream {
+            let s = TcpStream::connect(self.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        }
+
+        /// Polls a runtime counter until `done` holds (10 s deadline).
+        fn wait_for(&self, what: &str, done: impl Fn(&RuntimeStats) -> bool) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !done(&self.stats) {
+                assert!(Instant::now() < deadline, "timed out waiting for {what}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+
+        fn open(&self) -> u64 {
+            self.stats.open.load(Ordering::Relaxed)
+        }
+
+        fn stop(self) {
+            self.shutdown.store(true, Ordering::Relaxed);
+            self.handle.join().unwrap();
+        }
+    }
+
+    fn start() -> Running {
         start_with(limits())
     }
 
-    fn start_with(
-        limits: ShardLimits,
-    ) -> (
-        std::net::SocketAddr,
-        Arc<AtomicBool>,
-        std::thread::JoinHandle<()>,
-    ) {
+    fn start_with(limits: ShardLimits) -> Running {
         let listener = super::super::bind_listener("127.0.0.1:0".parse().unwrap(), 64).unwrap();
         let addr = super::super::local_addr(&listener).unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&shutdown);
+        let stats = Arc::new(RuntimeStats::default());
+        let shard_stats = Arc::clone(&stats);
         let handle = std::thread::spawn(move || {
             let mesh = super::super::mesh::Mesh::<u32>::build(1).unwrap();
             let (_outbox, inbox) = mesh.shards.into_iter().next().unwrap();
-            let stats = Arc::new(RuntimeStats::default());
+            let stats = shard_stats;
             run_shard(
                 0,
                 listener,
@@ -953,19 +1018,40 @@ mod tests {
             )
             .unwrap();
         });
-        (addr, shutdown, handle)
+        Running {
+            addr,
+            shutdown,
+            handle,
+            stats,
+        }
     }
 
-    fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<String> {
+    /// True when the server closed the connection (EOF or reset); a read time-out is a
+    /// failure, never "closed".
+    fn closed_by_server(stream: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        match stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => panic!(
+                "expected a close, got {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("neither answered nor closed: {e}"),
+        }
+    }
+
+    /// Reads `n` whole responses: `(status code, body)` each.
+    fn read_statuses_and_bodies(stream: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
         let mut buf = Vec::new();
-        let mut bodies = Vec::new();
+        let mut responses = Vec::new();
         let mut chunk = vec![0u8; 65536];
-        while bodies.len() < n {
+        while responses.len() < n {
             let got = stream.read(&mut chunk).unwrap();
             assert!(
                 got > 0,
                 "server closed early after {} responses",
-                bodies.len()
+                responses.len()
             );
             buf.extend_from_slice(&chunk[..got]);
             while let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -979,23 +1065,38 @@ mod tests {
                 if buf.len() < head_end + 4 + len {
                     break;
                 }
-                bodies.push(
-                    String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + len]).to_string(),
-                );
+                let status: u16 = head[9..12].parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + len]);
+                responses.push((status, body.to_string()));
                 buf.drain(..head_end + 4 + len);
             }
         }
-        bodies
+        responses
+    }
+
+    fn read_responses(stream: &mut TcpStream, n: usize) -> Vec<String> {
+        let responses = read_statuses_and_bodies(stream, n);
+        responses.into_iter().map(|(_, body)| body).collect()
     }
 
     #[test]
-    fn pipelined_burst_answers_in_order_with_several_deferred_in_the_middle() {
-        let (addr, shutdown, handle) = start();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    fn user_data_round_trips_at_the_edges_of_its_fields() {
+        for (op, idx, gen) in [
+            (OP_ACCEPT, 0, 0),
+            (OP_CANCEL, MAX_CONNECTIONS_PER_SHARD - 1, GEN_MASK),
+            (OP_SEND, 12_345, 1),
+        ] {
+            assert_eq!(split_user_data(user_data(op, idx, gen)), (op, idx, gen));
+        }
+    }
+
+    #[test]
+    fn pipelined_burst_answers_in_order_with_deferred_answers_arriving_out_of_order() {
+        let shard = start();
+        let mut s = shard.connect();
         let mut burst = Vec::new();
         for i in 0..100 {
-            // Deferred at 50, 52 and 53, answered at once in between.
+            // Deferred at 50, 52 and 53 (answered 53, 52, 50), answered at once in between.
             let deferred = [50, 52, 53].contains(&i);
             let path = if deferred {
                 format!("/defer?{i}")
@@ -1017,106 +1118,124 @@ mod tests {
             };
             assert_eq!(body, &want);
         }
-        shutdown.store(true, Ordering::Relaxed);
         drop(s);
-        handle.join().unwrap();
+        shard.stop();
+    }
+
+    #[test]
+    fn a_deferred_answer_that_never_comes_is_a_503_then_a_close() {
+        let shard = start();
+        let mut s = shard.connect();
+        s.write_all(
+            b"GET /before HTTP/1.1\r\n\r\nGET /never HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n",
+        )
+        .unwrap();
+        let responses = read_statuses_and_bodies(&mut s, 3);
+        assert_eq!(responses[0], (200, "/before".to_owned()));
+        assert_eq!(responses[1].0, 503, "{responses:?}");
+        assert!(responses[1].1.contains("temporarily_unavailable"));
+        // The request queued behind the lost answer is still answered, in order.
+        assert_eq!(responses[2], (200, "/after".to_owned()));
+        assert!(closed_by_server(&mut s));
+        // Its slot comes back.
+        shard.wait_for("the connection to be freed", |st| {
+            st.open.load(Ordering::Relaxed) == 0
+        });
+        shard.stop();
     }
 
     #[test]
     fn bad_request_gets_400_and_close_and_others_keep_working() {
-        let (addr, shutdown, handle) = start();
-        let mut bad = TcpStream::connect(addr).unwrap();
-        bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let shard = start();
+        let mut bad = shard.connect();
         bad.write_all(b"\x01\x02 nonsense\r\n\r\n").unwrap();
         let mut text = String::new();
         bad.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("HTTP/1.1 400"), "{text}");
         assert!(text.contains("invalid_request"));
-        let mut good = TcpStream::connect(addr).unwrap();
-        good.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut good = shard.connect();
         good.write_all(b"GET /ok HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(read_responses(&mut good, 1), vec!["/ok".to_owned()]);
-        shutdown.store(true, Ordering::Relaxed);
         drop(good);
-        handle.join().unwrap();
+        shard.stop();
     }
 
     #[test]
     fn slow_client_gets_408_and_connection_limit_holds() {
-        let (addr, shutdown, handle) = start();
-        let mut slow = TcpStream::connect(addr).unwrap();
-        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let shard = start();
+        let mut slow = shard.connect();
         slow.write_all(b"GET /slow HTTP/1.1\r\nHost:").unwrap();
         let mut text = String::new();
         slow.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         // The slow connection's slot is freed when its last completion arrives, just after the
-        // client saw EOF: give it a moment before filling the shard.
+        // client saw EOF.
         drop(slow);
-        std::thread::sleep(Duration::from_millis(300));
+        shard.wait_for("the slow connection's slot", |st| {
+            st.open.load(Ordering::Relaxed) == 0
+        });
         // Four connections fit (each proves it by being served); the fifth is closed at once.
         let conns: Vec<TcpStream> = (0..4)
             .map(|i| {
-                let mut c = TcpStream::connect(addr).unwrap();
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut c = shard.connect();
                 c.write_all(format!("GET /c{i} HTTP/1.1\r\n\r\n").as_bytes())
                     .unwrap();
                 assert_eq!(read_responses(&mut c, 1), vec![format!("/c{i}")]);
                 c
             })
             .collect();
-        let mut fifth = TcpStream::connect(addr).unwrap();
-        fifth
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        let mut fifth = shard.connect();
         let _ = fifth.write_all(b"GET / HTTP/1.1\r\n\r\n");
-        let mut buf = [0u8; 16];
-        assert!(
-            matches!(fifth.read(&mut buf), Ok(0) | Err(_)),
-            "fifth connection was served"
-        );
+        assert!(closed_by_server(&mut fifth), "fifth connection was served");
+        assert_eq!(shard.open(), 4);
         drop(conns);
-        shutdown.store(true, Ordering::Relaxed);
-        handle.join().unwrap();
+        shard.stop();
+    }
+
+    #[test]
+    fn idle_keep_alive_connections_are_closed_after_the_idle_timeout() {
+        let shard = start();
+        let mut idle = shard.connect();
+        idle.write_all(b"GET /once HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_responses(&mut idle, 1), vec!["/once".to_owned()]);
+        // Nothing more is sent: the sweep closes it after idle_timeout_s (2 s, ±1 s sweep).
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert!(closed_by_server(&mut idle));
+        assert!(shard.stats.timeouts.load(Ordering::Relaxed) >= 1);
+        shard.stop();
     }
 
     #[test]
     fn clients_that_stop_reading_lose_their_slots() {
-        let (addr, shutdown, handle) = start_with(ShardLimits {
+        let shard = start_with(ShardLimits {
             max_output_bytes: 64 << 20,
             ..limits()
         });
         // Four clients fill the shard, each asking for 32 MiB and never reading it.
         let stuck: Vec<TcpStream> = (0..4)
             .map(|_| {
-                let mut c = TcpStream::connect(addr).unwrap();
+                let mut c = shard.connect();
                 c.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
                 c
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        let mut refused = TcpStream::connect(addr).unwrap();
-        refused
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        shard.wait_for("four open connections", |st| {
+            st.open.load(Ordering::Relaxed) == 4
+        });
+        let mut refused = shard.connect();
         let _ = refused.write_all(b"GET /x HTTP/1.1\r\n\r\n");
-        let mut buf = [0u8; 16];
-        assert!(
-            matches!(refused.read(&mut buf), Ok(0) | Err(_)),
-            "shard was not full"
-        );
+        assert!(closed_by_server(&mut refused), "shard was not full");
         // Their sends make no progress for the idle timeout (2 s): the sweep shuts them down
         // and the slots come back.
-        std::thread::sleep(Duration::from_millis(3500));
-        let mut fresh = TcpStream::connect(addr).unwrap();
-        fresh
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        shard.wait_for("the stalled connections to be closed", |st| {
+            st.open.load(Ordering::Relaxed) == 0
+        });
+        let mut fresh = shard.connect();
         fresh.write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(read_responses(&mut fresh, 1), vec!["/after".to_owned()]);
         drop(stuck);
-        shutdown.store(true, Ordering::Relaxed);
         drop(fresh);
-        handle.join().unwrap();
+        shard.stop();
     }
 }
