@@ -118,6 +118,11 @@ pub enum ControlReply {
     },
     /// The revocation could not be made durable; nothing was acknowledged.
     RevokeFailed,
+    /// The live revocation table is full; nothing was stored.
+    RevocationsFull {
+        /// The table's bound.
+        max_live: usize,
+    },
     /// A new signing key is durable and queued to every shard.
     Rotated {
         /// New current kid.

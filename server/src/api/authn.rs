@@ -5,7 +5,7 @@ use std::rc::Rc;
 use serde::Deserialize;
 
 use super::respond;
-use super::{Cached, Denial, ShardApp};
+use super::{is_revoked, Cached, Denial, ShardApp};
 use crate::auth::{Claims, TokenError};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
@@ -28,7 +28,14 @@ impl ShardApp {
         now_s: u64,
     ) -> (Result<Rc<Cached>, Denial>, Op) {
         if let Some(cached) = self.cache.get(token, now_s) {
-            return (Ok(Rc::clone(cached)), Op::AuthenticateHit);
+            if is_revoked(&self.revoked, &cached.claims) {
+                return (Err(Denial::Revoked), Op::AuthenticateHit);
+            }
+            if cached.strict {
+                return (Ok(Rc::clone(cached)), Op::AuthenticateHit);
+            }
+            // Admitted by a fast batch: single-token paths accept only what verify_strict
+            // accepts, so verify again (and replace the entry with a strict one).
         }
         self.counters.verifications += 1;
         let claims = match self.verifier.verify(token, now_s) {
@@ -45,25 +52,29 @@ impl ShardApp {
             },
             other => other,
         };
-        (self.admit(token, claims, now_s), Op::AuthenticateVerify)
+        (
+            self.admit(token, claims, true, now_s),
+            Op::AuthenticateVerify,
+        )
     }
 
-    /// Revocation check and cache insert for a freshly verified token.
+    /// Revocation check and cache insert for a freshly verified token; `strict` says whether
+    /// `verify_strict` (rather than a cofactored batch) accepted its signature.
     pub(super) fn admit(
         &mut self,
         token: &[u8],
         claims: Result<Claims, TokenError>,
+        strict: bool,
         now_s: u64,
     ) -> Result<Rc<Cached>, Denial> {
         let claims = claims.map_err(Denial::Token)?;
-        if let Some(jti) = &claims.jti {
-            if self.revoked.contains_key(jti.as_str()) {
-                return Err(Denial::Revoked);
-            }
+        if is_revoked(&self.revoked, &claims) {
+            return Err(Denial::Revoked);
         }
         let cached = Rc::new(Cached {
             headers: auth_headers(&claims),
             claims,
+            strict,
         });
         let exp_s = cached.claims.exp;
         self.cache.insert(token, Rc::clone(&cached), exp_s, now_s);

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use super::respond;
-use super::ShardApp;
+use super::{is_revoked, ShardApp};
 use crate::auth::Claims;
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
@@ -125,7 +125,14 @@ impl ShardApp {
     pub(super) fn verify_many(&mut self, tokens: &[&[u8]], now_s: u64) -> Vec<Verdict> {
         let mut verdicts: Vec<Option<Verdict>> = tokens
             .iter()
-            .map(|t| self.cache.get(t, now_s).map(|c| Ok(c.claims.clone())))
+            .map(|t| {
+                let cached = self.cache.get(t, now_s)?;
+                Some(if is_revoked(&self.revoked, &cached.claims) {
+                    Err(Denial::Revoked)
+                } else {
+                    Ok(cached.claims.clone())
+                })
+            })
             .collect();
         // Identical misses share one verification (first occurrence), like concurrent misses.
         let mut first_of: HashMap<&[u8], usize> = HashMap::new();
@@ -139,8 +146,9 @@ impl ShardApp {
         let unique: Vec<&[u8]> = unique_idx.iter().map(|&i| tokens[i]).collect();
         self.counters.verifications += unique.len() as u64;
         let verified = self.verifier.verify_batch(&unique, now_s);
+        let strict = self.verifier.batch_mode() == crate::auth::BatchMode::Strict;
         for (&i, claims) in unique_idx.iter().zip(verified) {
-            let admitted = self.admit(tokens[i], claims, now_s);
+            let admitted = self.admit(tokens[i], claims, strict, now_s);
             verdicts[i] = Some(admitted.map(|cached: Rc<super::Cached>| cached.claims.clone()));
         }
         for (i, token) in tokens.iter().enumerate() {
@@ -202,14 +210,7 @@ impl ShardApp {
         for (i, v) in verdicts.into_iter().enumerate() {
             // Check revocation here too: the origin's denylist is the one the client relies on.
             let v = match v {
-                Ok(claims)
-                    if claims
-                        .jti
-                        .as_deref()
-                        .is_some_and(|jti| self.revoked.contains_key(jti)) =>
-                {
-                    Err(Denial::Revoked)
-                }
+                Ok(claims) if is_revoked(&self.revoked, &claims) => Err(Denial::Revoked),
                 other => other,
             };
             if let Some(slot) = pending.verdicts.get_mut(offset + i) {

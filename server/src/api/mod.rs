@@ -56,6 +56,20 @@ pub struct Cached {
     claims: Claims,
     /// Pre-rendered `X-Auth-*` header lines for `GET /v1/authenticate`.
     headers: Box<[u8]>,
+    /// Verified by `verify_strict` (single-token paths, strict batches). A fast batch's
+    /// cofactored check accepts a torsion component in `R` that the strict check refuses, so
+    /// single-token paths treat a non-strict entry as a miss and verify again.
+    strict: bool,
+}
+
+/// Whether `claims` carries a `jti` on the denylist. Costs one branch while nothing is
+/// revoked.
+fn is_revoked(revoked: &HashMap<String, u64>, claims: &Claims) -> bool {
+    !revoked.is_empty()
+        && claims
+            .jti
+            .as_deref()
+            .is_some_and(|jti| revoked.contains_key(jti))
 }
 
 /// Per-shard counters that are not latency.
@@ -399,9 +413,9 @@ impl Handler for ShardApp {
                 }
             }
             ShardMsg::Revoked { jti, exp_s } => {
-                self.cache
-                    .retain(|cached| cached.claims.jti.as_deref() != Some(jti.as_str()));
-                // The control plane bounds the list; keep the longer expiry if re-revoked.
+                // O(1): every cache hit checks the denylist, so nothing is scanned here; the
+                // entry outlives the token (`exp_s` ≥ its `exp`), so no hit can miss it. The
+                // control plane bounds the list; keep the longer expiry if re-revoked.
                 let entry = self.revoked.entry(jti).or_insert(exp_s);
                 *entry = (*entry).max(exp_s);
             }

@@ -55,6 +55,16 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             &[b"retry-after: 1"],
             ka,
         ),
+        ControlReply::RevocationsFull { max_live } => error_with(
+            out,
+            Status::ServiceUnavailable,
+            "temporarily_unavailable",
+            &format!(
+                "the revocation table is full ({max_live} live entries); entries free up as their tokens expire, retry later"
+            ),
+            &[b"retry-after: 60"],
+            ka,
+        ),
         ControlReply::Rotated {
             kid,
             previous_kid,

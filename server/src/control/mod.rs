@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use revocations::{RevocationLog, MAX_REVOCATIONS};
+pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
 
 use crate::auth::{KeyRing, Verifier};
 use crate::config::Config;
@@ -24,6 +24,9 @@ use crate::gate::{boot_ns, Cidr, Gate};
 use crate::monitor::Board;
 use crate::plane::{ControlMsg, ControlReply, KeySnapshot, ReplyTo, ShardMsg};
 use crate::shard::mesh::Outbox;
+
+/// Most requests the control plane takes from its queue for one group commit.
+pub const MAX_CONTROL_BATCH: usize = 1024;
 
 /// Bound of the shard → control channel; a full channel makes shards answer 503.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
@@ -114,9 +117,15 @@ impl ControlPlane {
     /// Runs until `shutdown` is set.
     pub fn run(mut self, inbox: &Receiver<ControlMsg>) {
         let mut last_tick_s = 0;
+        let mut batch = Vec::with_capacity(MAX_CONTROL_BATCH);
         while !self.shutdown.load(Ordering::Relaxed) {
             match inbox.recv_timeout(Duration::from_millis(250)) {
-                Ok(msg) => self.handle(msg),
+                Ok(msg) => {
+                    // Group commit: everything already queued shares one fdatasync.
+                    batch.push(msg);
+                    batch.extend(inbox.try_iter().take(MAX_CONTROL_BATCH - 1));
+                    self.handle_batch(&mut batch);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -128,16 +137,43 @@ impl ControlPlane {
         }
     }
 
-    fn handle(&mut self, msg: ControlMsg) {
+    /// Handles a batch of requests, draining it: revocations first as one group commit, then
+    /// the rest in arrival order.
+    fn handle_batch(&mut self, batch: &mut Vec<ControlMsg>) {
         let now_s = (self.now_s)();
+        let mut revokes = Vec::new();
+        let mut others = Vec::new();
+        for msg in batch.drain(..) {
+            match msg {
+                ControlMsg::Revoke {
+                    reply_to,
+                    jti,
+                    exp_s,
+                } => revokes.push((reply_to, jti, exp_s)),
+                other => others.push(other),
+            }
+        }
+        if !revokes.is_empty() {
+            for (reply_to, reply) in self.revoke_batch(revokes, now_s) {
+                self.reply(reply_to, reply);
+            }
+        }
+        for msg in others {
+            self.handle(msg, now_s);
+        }
+    }
+
+    fn handle(&mut self, msg: ControlMsg, now_s: u64) {
         match msg {
             ControlMsg::Revoke {
                 reply_to,
                 jti,
                 exp_s,
             } => {
-                let reply = self.revoke(jti, exp_s, now_s);
-                self.reply(reply_to, reply);
+                let mut replies = self.revoke_batch(vec![(reply_to, jti, exp_s)], now_s);
+                if let Some((reply_to, reply)) = replies.pop() {
+                    self.reply(reply_to, reply);
+                }
             }
             ControlMsg::Block { ip, reason } => {
                 match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
@@ -152,26 +188,43 @@ impl ControlPlane {
         }
     }
 
-    /// Persists a revocation (fdatasync), then queues it to every shard ahead of the reply.
-    fn revoke(&mut self, jti: String, exp_s: u64, now_s: u64) -> ControlReply {
-        match self.revocations.append(&jti, exp_s, now_s) {
-            Ok(changed) => {
-                if let Some(exp_s) = changed {
+    /// Persists revocations with one fdatasync, then queues each change to every shard ahead
+    /// of the replies.
+    fn revoke_batch(
+        &mut self,
+        revokes: Vec<(ReplyTo, String, u64)>,
+        now_s: u64,
+    ) -> Vec<(ReplyTo, ControlReply)> {
+        let items: Vec<(&str, u64)> = revokes.iter().map(|(_, j, e)| (j.as_str(), *e)).collect();
+        let outcomes = match self.revocations.append_batch(&items, now_s) {
+            Ok(outcomes) => outcomes,
+            Err(e) => {
+                tracing::error!(error = %e, n = revokes.len(), "cannot persist revocations");
+                let failed = revokes
+                    .into_iter()
+                    .map(|(to, _, _)| (to, ControlReply::RevokeFailed));
+                return failed.collect();
+            }
+        };
+        debug_assert_eq!(outcomes.len(), revokes.len());
+        let mut replies = Vec::with_capacity(revokes.len());
+        for ((reply_to, jti, _), outcome) in revokes.into_iter().zip(outcomes) {
+            let reply = match outcome {
+                Appended::Stored(exp_s) => {
                     self.broadcast(|| ShardMsg::Revoked {
                         jti: jti.clone(),
                         exp_s,
                     });
+                    ControlReply::Revoked { jti, stored: true }
                 }
-                ControlReply::Revoked {
-                    jti,
-                    stored: changed.is_some(),
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist revocation");
-                ControlReply::RevokeFailed
-            }
+                Appended::Unchanged => ControlReply::Revoked { jti, stored: false },
+                Appended::Full => ControlReply::RevocationsFull {
+                    max_live: MAX_REVOCATIONS,
+                },
+            };
+            replies.push((reply_to, reply));
         }
+        replies
     }
 
     /// Rotates the signing key; the previous one verifies until every token it signed expired.

@@ -18,6 +18,17 @@ use crate::plane::valid_jti;
 /// Most live revocations held; beyond this new revocations are refused (503).
 pub const MAX_REVOCATIONS: usize = 1 << 20;
 
+/// What one revocation of a batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Written, synced and live until this time.
+    Stored(u64),
+    /// Already revoked at least as long, or already expired: nothing to store.
+    Unchanged,
+    /// The live table holds `MAX_REVOCATIONS` entries: refused.
+    Full,
+}
+
 /// The check field of a record: 8 lowercase hex digits.
 fn check_of(jti: &str, exp_s: u64) -> String {
     let check = xxhash_rust::xxh3::xxh3_64(format!("{jti} {exp_s}").as_bytes()) as u32;
@@ -99,22 +110,47 @@ impl RevocationLog {
     /// Appends and syncs one revocation. Returns the entry's new expiry when the denylist
     /// changed, `None` when the token had already expired or was already revoked as long.
     pub fn append(&mut self, jti: &str, exp_s: u64, now_s: u64) -> io::Result<Option<u64>> {
-        if !valid_jti(jti) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid jti"));
-        }
-        if exp_s <= now_s || self.live.get(jti).is_some_and(|&e| e >= exp_s) {
-            return Ok(None);
-        }
-        if self.live.len() >= MAX_REVOCATIONS {
-            return Err(io::Error::other(format!(
+        match self.append_batch(&[(jti, exp_s)], now_s)?[0] {
+            Appended::Stored(exp_s) => Ok(Some(exp_s)),
+            Appended::Unchanged => Ok(None),
+            Appended::Full => Err(io::Error::other(format!(
                 "revocation list is full ({MAX_REVOCATIONS} live entries) in {}",
                 self.path.display()
-            )));
+            ))),
         }
-        self.file.write_all(record(jti, exp_s).as_bytes())?;
-        self.file.sync_data()?;
-        self.live.insert(jti.to_owned(), exp_s);
-        Ok(Some(exp_s))
+    }
+
+    /// Appends many revocations with one write and one fdatasync (group commit): what each
+    /// one did, in order. Nothing is in the live table unless the sync succeeded.
+    pub fn append_batch(&mut self, items: &[(&str, u64)], now_s: u64) -> io::Result<Vec<Appended>> {
+        let mut text = String::new();
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut added: HashMap<&str, u64> = HashMap::new();
+        for &(jti, exp_s) in items {
+            if !valid_jti(jti) {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid jti"));
+            }
+            let held = added.get(jti).or(self.live.get(jti)).copied();
+            let outcome = if exp_s <= now_s || held.is_some_and(|e| e >= exp_s) {
+                Appended::Unchanged
+            } else if held.is_none() && self.live.len() + added.len() >= MAX_REVOCATIONS {
+                Appended::Full
+            } else {
+                text.push_str(&record(jti, exp_s));
+                added.insert(jti, exp_s);
+                Appended::Stored(exp_s)
+            };
+            outcomes.push(outcome);
+        }
+        if !text.is_empty() {
+            self.file.write_all(text.as_bytes())?;
+            self.file.sync_data()?;
+        }
+        for (jti, exp_s) in added {
+            self.live.insert(jti.to_owned(), exp_s);
+        }
+        debug_assert!(self.live.len() <= MAX_REVOCATIONS);
+        Ok(outcomes)
     }
 
     /// Live entries, for seeding shards at start.
@@ -183,6 +219,28 @@ mod tests {
         std::fs::write(&path, format!("{}{}", record("b", 300), flipped.trim_end())).unwrap();
         let log = RevocationLog::open(dir.path(), 100).unwrap();
         assert_eq!(log.entries().collect::<Vec<_>>(), vec![("b", 300)]);
+    }
+
+    #[test]
+    fn a_batch_is_one_write_and_keeps_the_longest_expiry() {
+        use Appended::{Stored, Unchanged};
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = RevocationLog::open(dir.path(), 100).unwrap();
+        let got = log
+            .append_batch(
+                &[("a", 200), ("a", 300), ("b", 90), ("a", 250), ("c", 400)],
+                100,
+            )
+            .unwrap();
+        assert_eq!(
+            got,
+            [Stored(200), Stored(300), Unchanged, Unchanged, Stored(400)]
+        );
+        drop(log);
+        let log = RevocationLog::open(dir.path(), 100).unwrap();
+        let mut entries: Vec<_> = log.entries().collect();
+        entries.sort_unstable();
+        assert_eq!(entries, vec![("a", 300), ("c", 400)]);
     }
 
     #[test]
