@@ -65,10 +65,12 @@ pub enum BatchMode {
     /// `ed25519_dalek::verify_batch` over chunks of `BATCH_CHUNK` (about 2.5 times cheaper per
     /// signature), after refusing non-canonical `S` and undecodable, non-canonical or
     /// small-order `R`. It differs from `verify` only on a signature whose `R` carries a
-    /// torsion component yet satisfies the cofactored equation: only the holder of the private
-    /// key can make one (it is a valid cofactored Ed25519 signature), and the batch may accept
-    /// it where `verify_strict` refuses it. Ruling that out exactly costs a scalar
-    /// multiplication per signature, which makes the batch slower than `Strict`.
+    /// torsion component `T`: dalek's batch equation weighs each signature by a random 128-bit
+    /// coefficient `z` and does not multiply by the cofactor, so such a signature passes when
+    /// `z·T` vanishes (probability 1/order(T), e.g. 1/2 for order 2), where `verify_strict`
+    /// always refuses it. Only the holder of the private key can make one. Ruling it out costs
+    /// a scalar multiplication per signature, which makes the batch slower than `Strict`; the
+    /// shards instead mark what a fast batch admitted, and single-token paths re-verify it.
     Fast,
 }
 
