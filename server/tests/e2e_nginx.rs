@@ -47,24 +47,16 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
-    let Some(nginx) = nginx_binary() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx is missing under CI=true: `cargo xtask test` installs it"
-        );
-        eprintln!("skipping: nginx is not installed (cargo xtask test installs it)");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &["--shards", "1"]);
-    let front = free_port();
-    let backend = free_port();
-    let prefix = dir.path().join("nginx");
+/// Writes the shipped example, with only its addresses changed, and a test-only `nginx.conf`
+/// that includes it where a distribution's nginx.conf includes conf.d/*.conf, under `prefix`.
+/// A broken shipped file fails the test.
+fn write_config(
+    prefix: &Path,
+    subzero: std::net::SocketAddr,
+    front: u16,
+    backend: u16,
+) -> std::path::PathBuf {
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    // The shipped example, with only its addresses changed, included where a distribution's
-    // nginx.conf includes conf.d/*.conf: a broken shipped file fails this test.
     let shipped = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nginx-auth-request.conf"),
     )
@@ -72,10 +64,7 @@ fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
     let site = substitute(
         &shipped,
         &[
-            (
-                "server 127.0.0.1:8080;",
-                &format!("server {};", server.addr),
-            ),
+            ("server 127.0.0.1:8080;", &format!("server {subzero};")),
             ("listen 80;", &format!("listen 127.0.0.1:{front};")),
             (
                 "proxy_pass http://127.0.0.1:9000;",
@@ -111,6 +100,25 @@ http {{
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
+    conf_path
+}
+
+#[test]
+fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
+    let Some(nginx) = nginx_binary() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nginx is missing under CI=true: `cargo xtask test` installs it"
+        );
+        eprintln!("skipping: nginx is not installed (cargo xtask test installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&dir.path().join("data"), &["--shards", "1"]);
+    let front = free_port();
+    let backend = free_port();
+    let prefix = dir.path().join("nginx");
+    let conf_path = write_config(&prefix, server.addr, front, backend);
     let child = Command::new(nginx)
         .arg("-p")
         .arg(&prefix)
