@@ -1,8 +1,12 @@
 //! End-to-end tests of `subzero::auth`: key ring on disk, own tokens, trusted ES256/RS256/EdDSA
 //! issuers with JWKS reload, attacks (alg none, HS256 key confusion, small-order R), batches.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+use common::b64;
 
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -18,11 +22,6 @@ use subzero::auth::{
 
 const NOW_S: u64 = 1_700_000_000;
 const IDP: &str = "https://idp.example";
-
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
 
 fn claims_for(iss: &str, aud: &str) -> Claims {
     Claims::new_for(

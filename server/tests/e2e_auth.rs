@@ -3,15 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use base64::Engine as _;
-use common::{bearer, issue, Server};
+use common::{b64, bearer, issue, metric, metric_sum, Server};
 use subzero::auth::{self, Claims, KeyRing};
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
 
 fn now_s() -> u64 {
     subzero::unix_now_s()
@@ -194,20 +187,17 @@ fn revocation_reaches_every_shard_and_survives_kill_9() {
         assert_eq!(resp.error_description(), "token has been revoked");
         assert_eq!(authenticate(&server, &other).status, 200);
     }
-    // Every shard refused it (metrics are published once a second).
-    std::thread::sleep(Duration::from_millis(1300));
-    let metrics = server.request("GET", "/metrics", &[], "").body;
-    for shard in 0..2 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("subzero_auth_denied_total{{shard=\"{shard}\"}}")))
-            .unwrap_or_else(|| panic!("no denied counter for shard {shard}:\n{metrics}"));
-        let n: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(
-            n > 0,
-            "shard {shard} never refused the revoked token:\n{metrics}"
-        );
-    }
+    // Every shard refused it (each publishes its /metrics section once a second).
+    let denied = |text: &str, shard: usize| {
+        metric(
+            text,
+            &format!("subzero_auth_denied_total{{shard=\"{shard}\"}}"),
+        )
+        .unwrap_or(0)
+    };
+    let metrics = server.wait_metrics("a denial on each of the 2 shards", |text| {
+        (0..2).all(|shard| denied(text, shard) > 0)
+    });
     // The runtime's own counters are exported per shard too.
     assert!(
         metrics.contains("subzero_connections_accepted_total{shard=\"0\"}"),
@@ -365,17 +355,10 @@ fn large_batch_is_split_across_shards_and_answered_in_order() {
             );
         }
     }
-    std::thread::sleep(Duration::from_millis(1300));
-    let metrics = server.request("GET", "/metrics", &[], "").body;
-    let parts: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("subzero_batch_parts_served_total"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert!(
-        parts >= 1,
-        "no part was verified on another shard:\n{metrics}"
-    );
+    // The other shard verified a part (counted when served, published once a second).
+    server.wait_metrics("a batch part served by another shard", |text| {
+        metric_sum(text, "subzero_batch_parts_served_total") >= 1
+    });
 }
 
 #[test]
@@ -402,15 +385,15 @@ fn identical_misses_share_one_verification() {
     for _ in 0..32 {
         assert_eq!(conn.read_response().status, 200);
     }
-    std::thread::sleep(Duration::from_millis(1300));
-    let metrics = server.request("GET", "/metrics", &[], "").body;
-    let line = metrics
-        .lines()
-        .find(|l| l.starts_with("subzero_verifications_total{shard=\"0\"}"))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(
-        line.ends_with(" 2"),
-        "96 requests for 2 tokens must verify twice: {line}"
+    // A section published after the 32 GETs were served also counts every verification
+    // before them (the batch came first on this one shard).
+    let metrics = server.wait_metrics("the 32 pipelined authentications", |text| {
+        metric(text, "subzero_auth_allowed_total{shard=\"0\"}") == Some(32)
+    });
+    assert_eq!(
+        metric(&metrics, "subzero_verifications_total{shard=\"0\"}"),
+        Some(2),
+        "96 requests for 2 tokens must verify twice:\n{metrics}"
     );
 }
 
@@ -427,4 +410,93 @@ fn issue_fast(data_dir: &std::path::Path, sub: &str) -> String {
         subzero::auth::new_jti(),
     );
     auth::sign(ring.signing_key(), ring.current_kid(), &claims)
+}
+
+/// Revokes `token` as its holder; the answer is a `200` with `revoked: true`.
+fn revoke(server: &Server, token: &str) {
+    let body = serde_json::json!({ "token": token }).to_string();
+    let resp = server.request(
+        "POST",
+        "/v1/revoke",
+        &[("Content-Type", "application/json")],
+        &body,
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["revoked"], true, "{}", resp.body);
+}
+
+#[test]
+fn revoked_token_is_refused_inside_a_local_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "1"]);
+    let tokens: Vec<String> = (0..3)
+        .map(|i| issue_fast(dir.path(), &format!("u{i}")))
+        .collect();
+    let batch = serde_json::json!({ "tokens": [&tokens[0], &tokens[1], &tokens[2], &tokens[1]] })
+        .to_string();
+    // Valid, and now cached, before the revocation.
+    let before = server.request("POST", "/v1/authenticate/batch", &[], &batch);
+    assert_eq!(before.json()["valid"], 4, "{}", before.body);
+    revoke(&server, &tokens[1]);
+    let after = server.request("POST", "/v1/authenticate/batch", &[], &batch);
+    assert_eq!(after.status, 200, "{}", after.body);
+    let json = after.json();
+    assert_eq!(json["valid"], 2, "{}", after.body);
+    for i in [1, 3] {
+        assert_eq!(
+            json["results"][i]["valid"], false,
+            "token {i}: {}",
+            after.body
+        );
+        assert_eq!(
+            json["results"][i]["error_description"], "token has been revoked",
+            "token {i}"
+        );
+    }
+    assert_eq!(json["results"][0]["claims"]["sub"], "u0");
+    assert_eq!(json["results"][2]["claims"]["sub"], "u2");
+}
+
+#[test]
+fn revoked_tokens_are_refused_inside_a_batch_split_across_shards() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let tokens: Vec<String> = (0..600)
+        .map(|i| issue_fast(dir.path(), &format!("u{i}")))
+        .collect();
+    // 600 tokens split in two parts of 300: index 5 is verified by the shard that took the
+    // connection, index 450 by the other one.
+    let revoked = [5, 450];
+    let body = serde_json::json!({ "tokens": tokens }).to_string();
+    let mut conn = server.connect();
+    conn.send("POST", "/v1/authenticate/batch", &[], &body);
+    let warm = conn.read_response();
+    assert_eq!(
+        warm.json()["valid"],
+        600,
+        "every token valid and cached first"
+    );
+    for i in revoked {
+        revoke(&server, &tokens[i]);
+    }
+    conn.send("POST", "/v1/authenticate/batch", &[], &body);
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200);
+    let json = resp.json();
+    assert_eq!(json["valid"], 598);
+    let results = json["results"].as_array().unwrap();
+    for (i, r) in results.iter().enumerate() {
+        if revoked.contains(&i) {
+            assert_eq!(r["valid"], false, "revoked token {i} accepted");
+            assert_eq!(
+                r["error_description"], "token has been revoked",
+                "token {i}"
+            );
+        } else {
+            assert_eq!(r["claims"]["sub"], format!("u{i}"), "token {i}");
+        }
+    }
+    server.wait_metrics("batch parts served by another shard", |text| {
+        metric_sum(text, "subzero_batch_parts_served_total") >= 2
+    });
 }

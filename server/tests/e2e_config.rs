@@ -7,24 +7,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::{bearer, Server};
+use common::{b64, bearer, metric_sum, token_part, EcKey, Server};
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
 
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// A JWKS with one fresh P-256 key, for tests that do not use the external issuer.
 fn some_jwks() -> serde_json::Value {
-    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let ec =
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-    let point = ec.public_key().as_ref();
-    serde_json::json!({ "keys": [{ "kty": "EC", "crv": "P-256", "kid": "ec-0",
-        "x": b64(&point[1..33]), "y": b64(&point[33..65]) }] })
+    serde_json::json!({ "keys": [EcKey::generate().jwk("ec-0")] })
 }
 
 fn write_config(dir: &Path, jwks: &serde_json::Value) -> std::path::PathBuf {
@@ -72,12 +61,7 @@ fn token_request(server: &Server, body: &str) -> common::Response {
 }
 
 fn kid_of(token: &str) -> String {
-    let header = token.split('.').next().unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-    json["kid"].as_str().unwrap().to_owned()
+    token_part(token, 0)["kid"].as_str().unwrap().to_owned()
 }
 
 #[test]
@@ -92,6 +76,8 @@ fn client_credentials_issue_tokens_that_authenticate_and_the_pool_serves_them() 
     assert_eq!(json["token_type"], "Bearer");
     assert!(json["expires_in"].as_u64().unwrap() > 600);
     let token = json["access_token"].as_str().unwrap();
+    // No audience asked for: the client's first one.
+    assert_eq!(token_part(token, 1)["aud"], "api", "{token}");
     let auth = server.request(
         "GET",
         "/v1/authenticate",
@@ -114,6 +100,16 @@ fn client_credentials_issue_tokens_that_authenticate_and_the_pool_serves_them() 
         r#"{"grant_type":"client_credentials","audience":"billing"}"#,
     );
     assert_eq!(resp.status, 200, "{}", resp.body);
+    let billing = resp.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(token_part(&billing, 1)["aud"], "billing", "{billing}");
+    let claims = server.request(
+        "POST",
+        "/v1/authenticate",
+        &[],
+        &serde_json::json!({ "token": billing }).to_string(),
+    );
+    assert_eq!(claims.status, 200, "{}", claims.body);
+    assert_eq!(claims.json()["claims"]["aud"], "billing");
 
     let refusals = [
         ("grant_type=client_credentials&client_id=svc-a&client_secret=wrong-wrong", 401, "invalid_client"),
@@ -147,14 +143,9 @@ fn client_credentials_issue_tokens_that_authenticate_and_the_pool_serves_them() 
         assert!(jtis.insert(t), "a pooled token was handed out twice");
         std::thread::sleep(Duration::from_millis(25));
     }
-    std::thread::sleep(Duration::from_millis(1200));
-    let metrics = server.request("GET", "/metrics", &[], "").body;
-    let hits: u64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("subzero_pool_hits_total"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
-    assert!(hits > 0, "no pool hits after sustained demand:\n{metrics}");
+    server.wait_metrics("pool hits after sustained demand", |text| {
+        metric_sum(text, "subzero_pool_hits_total") > 0
+    });
 }
 
 #[test]
@@ -317,11 +308,11 @@ fn per_source_rate_limit_answers_429_with_retry_after() {
         "burst of 5 plus {refilled} refilled expected: {statuses:?}"
     );
     assert!(statuses.contains(&429), "{statuses:?}");
-    std::thread::sleep(Duration::from_millis(1100));
-    assert_eq!(
-        server.request("GET", "/healthz", &[], "").status,
-        200,
-        "refilled after a second"
+    // 5/s refills a token within a second or so: poll rather than guess how long.
+    common::poll(
+        "a request admitted again after refill",
+        Duration::from_secs(5),
+        || (server.request("GET", "/healthz", &[], "").status == 200).then_some(()),
     );
 }
 
@@ -334,13 +325,7 @@ fn admin_revokes_by_jti_and_others_may_not() {
         "grant_type=client_credentials&client_id=svc-a&client_secret=s3cret-s3cret",
     );
     let token = resp.json()["access_token"].as_str().unwrap().to_owned();
-    let payload = token.split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(payload)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = token_part(&token, 1);
     let jti = claims["jti"].as_str().unwrap();
     let body = serde_json::json!({ "jti": jti }).to_string();
     let denied = server.request(

@@ -1,4 +1,5 @@
-//! subzero behind the real nginx (Debian package) as an `auth_request` target.
+//! subzero behind the real nginx (Debian package) as an `auth_request` target, configured by
+//! the shipped `scripts/nginx-auth-request.conf` with only its addresses changed.
 
 mod common;
 
@@ -23,12 +24,83 @@ fn nginx_binary() -> Option<&'static str> {
         .find(|p| Path::new(p).exists())
 }
 
+/// `text` with each `(from, to)` replaced; each `from` must occur exactly once, so a change
+/// to the shipped file's shape fails here rather than silently testing something else.
+fn substitute(text: &str, pairs: &[(&str, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (from, to) in pairs {
+        assert_eq!(
+            out.matches(from).count(),
+            1,
+            "scripts/nginx-auth-request.conf should contain {from:?} once"
+        );
+        out = out.replace(from, to);
+    }
+    out
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Writes the shipped example, with only its addresses changed, and a test-only `nginx.conf`
+/// that includes it where a distribution's nginx.conf includes conf.d/*.conf, under `prefix`.
+/// A broken shipped file fails the test.
+fn write_config(
+    prefix: &Path,
+    subzero: std::net::SocketAddr,
+    front: u16,
+    backend: u16,
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(prefix.join("logs")).unwrap();
+    let shipped = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nginx-auth-request.conf"),
+    )
+    .expect("read scripts/nginx-auth-request.conf");
+    let site = substitute(
+        &shipped,
+        &[
+            ("server 127.0.0.1:8080;", &format!("server {subzero};")),
+            ("listen 80;", &format!("listen 127.0.0.1:{front};")),
+            (
+                "proxy_pass http://127.0.0.1:9000;",
+                &format!("proxy_pass http://127.0.0.1:{backend};"),
+            ),
+        ],
+    );
+    std::fs::write(prefix.join("subzero-site.conf"), site).unwrap();
+    let conf = format!(
+        r#"
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    include {prefix}/subzero-site.conf;
+    # The API behind nginx: echoes the identity nginx passed on.
+    server {{
+        listen 127.0.0.1:{backend};
+        location / {{ return 200 "hello $http_x_auth_subject scopes=$http_x_auth_scopes"; }}
+    }}
+}}
+"#,
+        prefix = prefix.display(),
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    conf_path
 }
 
 #[test]
@@ -46,51 +118,7 @@ fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
     let front = free_port();
     let backend = free_port();
     let prefix = dir.path().join("nginx");
-    std::fs::create_dir_all(prefix.join("logs")).unwrap();
-    let conf = format!(
-        r#"
-daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    upstream subzero {{ server {subzero}; keepalive 8; }}
-    server {{
-        listen 127.0.0.1:{front};
-        location = /_auth {{
-            internal;
-            proxy_pass http://subzero/v1/authenticate;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-        }}
-        location /api/ {{
-            auth_request /_auth;
-            auth_request_set $sub $upstream_http_x_auth_subject;
-            proxy_set_header X-User $sub;
-            proxy_pass http://127.0.0.1:{backend};
-        }}
-    }}
-    server {{
-        listen 127.0.0.1:{backend};
-        location / {{ return 200 "hello $http_x_user"; }}
-    }}
-}}
-"#,
-        prefix = prefix.display(),
-        subzero = server.addr,
-    );
-    let conf_path = prefix.join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
+    let conf_path = write_config(&prefix, server.addr, front, backend);
     let child = Command::new(nginx)
         .arg("-p")
         .arg(&prefix)
@@ -100,11 +128,16 @@ http {{
         .stderr(Stdio::piped())
         .spawn()
         .expect("start nginx");
-    let _nginx = Nginx(child);
+    let mut nginx = Nginx(child);
     let front_addr: std::net::SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(front_addr).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
+        if let Ok(Some(status)) = nginx.0.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(nginx.0.stderr.as_mut().unwrap(), &mut err);
+            panic!("nginx exited ({status}) with the shipped config:\n{err}");
+        }
+        assert!(Instant::now() < deadline, "nginx did not start within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -118,7 +151,7 @@ http {{
     );
     let ok = conn.read_response();
     assert_eq!(ok.status, 200, "{ok:?}");
-    assert_eq!(ok.body, "hello alice");
+    assert_eq!(ok.body, "hello alice scopes=read");
 
     conn.send(
         "GET",
@@ -132,6 +165,6 @@ http {{
     // Many requests over nginx's keep-alive upstream pool.
     for _ in 0..50 {
         conn.send("GET", "/api/x", &[("Authorization", &bearer(&token))], "");
-        assert_eq!(conn.read_response().body, "hello alice");
+        assert_eq!(conn.read_response().body, "hello alice scopes=read");
     }
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::zombie_processes)] // reason: `Server::drop` kills and reaps the child.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,7 +18,10 @@ pub fn bin() -> &'static str {
 
 /// A running server; killed (SIGKILL) on drop if still running.
 pub struct Server {
+    /// The process started: the server, or its wrapper.
     pub child: Child,
+    /// The server's own pid (differs from `child` under a wrapper).
+    pub pid: u32,
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     log: mpsc::Receiver<String>,
@@ -28,7 +31,20 @@ impl Server {
     /// Starts `subzero serve --listen 127.0.0.1:0 --data-dir DIR` plus `extra` args and waits
     /// until it reports its address.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut cmd = Command::new(bin());
+        Server::start_wrapped(&[], data_dir, extra)
+    }
+
+    /// Like `start`, with the binary run under `wrapper` (e.g. `strace -f ... --`); `pid` is
+    /// then the server's own pid, a child of the wrapper.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str]) -> Server {
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(bin()),
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(bin());
+                cmd
+            }
+        };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -61,8 +77,14 @@ impl Server {
             seen.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr = rest.trim().parse().expect("address in log line");
+                let pid = if wrapper.is_empty() {
+                    child.id()
+                } else {
+                    only_child_of(child.id())
+                };
                 return Server {
                     child,
+                    pid,
                     addr,
                     data_dir: data_dir.to_owned(),
                     log: rx,
@@ -78,19 +100,55 @@ impl Server {
 
     /// SIGTERM, then wait (bounded) for a clean exit; returns whether it exited 0.
     pub fn terminate(mut self) -> bool {
-        unsafe_kill(self.child.id(), 15);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(10)) == Some(0)
+    }
+
+    /// Sends SIGTERM to the server (not its wrapper) and returns at once.
+    pub fn sigterm(&self) {
+        unsafe_kill(self.pid, 15);
+    }
+
+    /// Waits (bounded) for the process to exit; its exit code, or `None` if it is still
+    /// running at the deadline or was killed by a signal. Under strace this is the server's.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return status.success();
+                return status.code();
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        false
+        None
+    }
+
+    /// The `/metrics` text now.
+    pub fn metrics(&self) -> String {
+        let resp = self.request("GET", "/metrics", &[], "");
+        assert_eq!(resp.status, 200, "{resp:?}");
+        resp.body
+    }
+
+    /// Polls `/metrics` (each shard publishes its section once a second) until `done` holds,
+    /// for at most 10 s; returns that text. Panics naming `what` and showing the last text.
+    pub fn wait_metrics(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics();
+            if done(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/metrics did not show {what} within 10 s; last scrape:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGKILL and reap.
     pub fn kill9(mut self) {
+        unsafe_kill(self.pid, 9);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -116,14 +174,149 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.pid != self.child.id() && matches!(self.child.try_wait(), Ok(None)) {
+            unsafe_kill(self.pid, 9);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn unsafe_kill(pid: u32, signal: i32) {
-    // SAFETY: signals only the child this test started.
+    // SAFETY: signals only the server this test started (its child, or its wrapper's child).
     unsafe { libc::kill(pid as i32, signal) };
+}
+
+/// The one child process of `pid` (the server under a wrapper), read from /proc.
+fn only_child_of(pid: u32) -> u32 {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    let children: Vec<u32> = text
+        .split_ascii_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        children.len(),
+        1,
+        "expected one child of {pid}: {children:?}"
+    );
+    children[0]
+}
+
+/// Calls `f` every 100 ms until it gives a value, for at most `timeout`; panics naming `what`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    let mut n_tries = 0u32;
+    loop {
+        if let Some(value) = f() {
+            return value;
+        }
+        n_tries += 1;
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {timeout:?} ({n_tries} tries)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Values of every sample of the metric family `name` (exact name, any labels).
+pub fn metric_values(text: &str, name: &str) -> Vec<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Sum of every sample of the metric family `name` (counters are whole numbers).
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    metric_values(text, name).iter().sum::<f64>() as u64
+}
+
+/// The value of the one sample whose series (name and labels) is exactly `series`.
+pub fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse::<f64>().unwrap() as u64)
+}
+
+/// Unpadded base64url.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The JSON of a token's `index`-th segment (0: header, 1: claims), unverified.
+pub fn token_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = token.split('.').nth(index).expect("token segment");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url segment");
+    serde_json::from_slice(&bytes).expect("JSON segment")
+}
+
+/// An ES256 (P-256) key of an external issuer, made here.
+pub struct EcKey {
+    pair: ring::signature::EcdsaKeyPair,
+}
+
+impl EcKey {
+    pub fn generate() -> EcKey {
+        use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        EcKey { pair }
+    }
+
+    /// Its public JWK under `kid`.
+    pub fn jwk(&self, kid: &str) -> serde_json::Value {
+        use ring::signature::KeyPair as _;
+        let point = self.pair.public_key().as_ref();
+        serde_json::json!({ "kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]) })
+    }
+
+    /// An ES256 token with header kid `kid` over `claims`.
+    pub fn sign(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({ "alg": "ES256", "typ": "JWT", "kid": kid });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+/// Writes `{"keys": keys}` to `path` atomically (a reader never sees half a file).
+pub fn write_jwks(path: &Path, keys: &[serde_json::Value]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::json!({ "keys": keys }).to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// `strace` if installed. Under `CI=true` its absence is a failure (`cargo xtask test` must
+/// install it); elsewhere the caller skips.
+pub fn strace() -> Option<&'static str> {
+    let found = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "strace is missing under CI=true: `cargo xtask test` must install it"
+        );
+        eprintln!("skipping: strace is not installed");
+    }
+    found
 }
 
 /// A parsed response.
@@ -183,23 +376,77 @@ impl Conn {
         self.raw(&bytes);
     }
 
+    /// The next response; panics saying whether the server closed the connection or the
+    /// read timed out (10 s), which are different failures.
     pub fn read_response(&mut self) -> Response {
+        match self.try_read_response() {
+            Ok(resp) => resp,
+            Err(End::Closed) => panic!("server closed the connection before answering"),
+            Err(End::TimedOut) => panic!("no response within the read time-out (10 s)"),
+        }
+    }
+
+    /// The next response, or how the wait for it ended.
+    pub fn try_read_response(&mut self) -> Result<Response, End> {
         loop {
             if let Some((resp, used)) = parse_response(&self.buf) {
                 self.buf.drain(..used);
-                return resp;
+                return Ok(resp);
             }
             let mut chunk = vec![0u8; 65536];
-            let n = self.stream.read(&mut chunk).expect("read response");
-            assert!(n > 0, "server closed the connection");
+            let n = read_or_end(&mut self.stream, &mut chunk)?;
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
-    /// True when the server has closed the connection (reads EOF).
-    pub fn closed(&mut self) -> bool {
-        let mut chunk = [0u8; 256];
-        matches!(self.stream.read(&mut chunk), Ok(0) | Err(_))
+    /// Waits up to `timeout` for the server to close the connection (EOF or ECONNRESET).
+    /// Returns `End::TimedOut` if it is still open then; panics if the server sends bytes.
+    pub fn wait_closed(&mut self, timeout: Duration) -> End {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut chunk = [0u8; 4096];
+        let end = match read_or_end(&mut self.stream, &mut chunk) {
+            Ok(n) => panic!(
+                "expected the connection to close, got data: {}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(end) => end,
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        end
+    }
+
+    /// Sets the read time-out for the following reads.
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+    }
+}
+
+/// How a read that returned no data ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The peer closed the connection: EOF, ECONNRESET or EPIPE.
+    Closed,
+    /// The read time-out passed with the connection still open.
+    TimedOut,
+}
+
+/// Reads at least one byte, or says how the connection ended. A time-out is never a close.
+fn read_or_end(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, End> {
+    loop {
+        match stream.read(buf) {
+            Ok(0) => return Err(End::Closed),
+            Ok(n) => return Ok(n),
+            Err(e) => match e.kind() {
+                ErrorKind::Interrupted => {}
+                ErrorKind::WouldBlock | ErrorKind::TimedOut => return Err(End::TimedOut),
+                ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => return Err(End::Closed),
+                _ => panic!("read failed: {e}"),
+            },
+        }
     }
 }
 
@@ -259,6 +506,15 @@ pub fn cli(args: &[&str]) -> (i32, String, String) {
 
 /// `subzero token issue` for `sub`/`aud`.
 pub fn issue(data_dir: &Path, sub: &str, aud: &str, scopes: &[&str]) -> String {
+    issue_with(data_dir, sub, aud, scopes, &[])
+}
+
+/// `subzero token issue` with a lifetime of `ttl_s`.
+pub fn issue_ttl(data_dir: &Path, sub: &str, aud: &str, ttl_s: u64) -> String {
+    issue_with(data_dir, sub, aud, &[], &["--ttl-s", &ttl_s.to_string()])
+}
+
+fn issue_with(data_dir: &Path, sub: &str, aud: &str, scopes: &[&str], extra: &[&str]) -> String {
     let dir = data_dir.to_str().unwrap();
     let mut args = vec![
         "token",
@@ -273,6 +529,7 @@ pub fn issue(data_dir: &Path, sub: &str, aud: &str, scopes: &[&str]) -> String {
     for s in scopes {
         args.extend_from_slice(&["--scope", s]);
     }
+    args.extend_from_slice(extra);
     let (code, out, err) = cli(&args);
     assert_eq!(code, 0, "token issue failed: {err}");
     out.trim().to_owned()
