@@ -689,3 +689,24 @@ fn is_bpffs(path: &str) -> bool {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(c.as_ptr(), &raw mut st) }) == 0 && st.f_type == 0xcafe_4a11
 }
+
+/// The pin lock is a file lock: while a test holds it, another process (`flock(1)` here, a
+/// second `cargo test` run in practice) cannot take it.
+#[test]
+fn pin_lock_excludes_other_processes() {
+    if !privileged("pin lock test") {
+        return;
+    }
+    let _g = lock();
+    let status = Command::new("flock")
+        .args(["--nonblock", "--conflict-exit-code", "75"])
+        .arg(support::LOCK_PATH)
+        .arg("true")
+        .status()
+        .expect("run flock(1)");
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "another process got the pin lock while a test held it"
+    );
+}
