@@ -5,6 +5,7 @@
 //! privilege fails the test; otherwise it is skipped with a printed reason.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
 use subzero::gate::harness::{GateHarness, XDP_DROP, XDP_PASS};
 use subzero::gate::{boot_ns, BlockReason, Cidr, Reason};
@@ -126,6 +127,30 @@ fn expect(h: &mut GateHarness, frame: &[u8], action: u32, reason: Reason, what: 
             r.as_str()
         );
     }
+}
+
+/// Runs `frame` once and returns the reason it was counted under, after checking that exactly
+/// one counter moved, by one, and that the XDP action agrees with it.
+fn run(h: &mut GateHarness, frame: &[u8], what: &str) -> Reason {
+    let before = h.counters().unwrap();
+    let got = h.run_xdp(frame).unwrap();
+    let after = h.counters().unwrap();
+    let moved: Vec<(Reason, u64)> = Reason::ALL
+        .iter()
+        .map(|&r| (r, after[r as usize] - before[r as usize]))
+        .filter(|&(_, delta)| delta != 0)
+        .collect();
+    let [(reason, 1)] = moved[..] else {
+        panic!("{what}: expected one counter to move by one, got {moved:?}");
+    };
+    let action = if reason.is_drop() { XDP_DROP } else { XDP_PASS };
+    assert_eq!(
+        got,
+        action,
+        "{what}: XDP action {got} for {}",
+        reason.as_str()
+    );
+    reason
 }
 
 fn block(h: &mut GateHarness, cidr: &str) {
@@ -397,8 +422,9 @@ fn expired_entries_pass_and_live_ttls_block() {
 #[test]
 fn syn_bucket_drops_the_burst_plus_one_and_refills() {
     let Some(mut h) = harness() else { return };
-    // 10 SYN/s (100 ms per token), burst 3; packet bucket off.
-    h.set_rates(10, 3, 0, 0).unwrap();
+    // 2 SYN/s (500 ms per token), burst 3; packet bucket off. The steps that must happen
+    // "before the next token" get a whole token interval of scheduling slack.
+    h.set_rates(2, 3, 0, 0).unwrap();
     let src = "100.64.0.9";
     for i in 0..3 {
         expect(
@@ -439,15 +465,19 @@ fn syn_bucket_drops_the_burst_plus_one_and_refills() {
         Reason::Pass,
         "other source",
     );
-    // One token comes back after 100 ms; wait a little more, then exactly one more passes.
-    std::thread::sleep(std::time::Duration::from_millis(150));
-    expect(
-        &mut h,
-        &syn_v4(src),
-        XDP_PASS,
-        Reason::Pass,
-        "SYN after refill",
-    );
+    // One token comes back 500 ms after the first SYN. Retry until it has (each refused try
+    // is one more counted drop), with a deadline far beyond the interval; then exactly one
+    // SYN passes and the next is refused again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut n_refused = 0u64;
+    while run(&mut h, &syn_v4(src), "SYN waiting for the refill") == Reason::DropRate {
+        n_refused += 1;
+        assert!(
+            Instant::now() < deadline,
+            "no SYN token came back within 10 s at 2 SYN/s ({n_refused} refused)"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     expect(
         &mut h,
         &syn_v4(src),
@@ -458,7 +488,11 @@ fn syn_bucket_drops_the_burst_plus_one_and_refills() {
     let offenders = h.maps.rate_offenders(10).unwrap();
     assert_eq!(offenders.len(), 1);
     assert_eq!(offenders[0].addr.to_string(), src);
-    assert_eq!(offenders[0].drops, 2);
+    assert_eq!(
+        offenders[0].drops,
+        1 + n_refused + 1,
+        "every refusal counted"
+    );
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! Privileged loader tests: the real XDP attach on a veth pair and on a namespace's `lo`, pins, persistence, SIGKILL, floods.
 //!
-//! These drive `Gate::start` directly (no server binary), with a tiny TCP responder standing in
-//! for the shards' listener. They share `/sys/fs/bpf/subzero`, so they take a lock and run one
-//! at a time. Root is required; with `CI=true` its absence fails the tests.
+//! These drive `Gate::start` directly, with a tiny TCP responder standing in for the shards'
+//! listener; the `subzero` binary is used only as the CLI on the pins. They share
+//! `/sys/fs/bpf/subzero` with each other and with `gate_e2e`, so they take the cross-process pin
+//! lock (`support::PinLock`) and run one at a time. Root is required; with `CI=true` its absence
+//! fails the tests.
 
 #[path = "gate_support.rs"]
 mod support;
@@ -10,28 +12,46 @@ mod support;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use subzero::gate::{
-    boot_ns, cli_block_add, cli_block_del, cli_block_list, cli_stats, BlockReason, Cidr, Gate,
-    GateConfig, GateMode, Reason, PIN_DIR,
+    boot_ns, cli_block_add, cli_block_del, BlockItem, BlockReason, Cidr, Gate, GateConfig,
+    GateMode, Reason, PIN_DIR,
 };
-use support::{healthz_from, privileged, raw_flood, NetNs};
+use support::{healthz_from, privileged, raw_flood, wait_for, NetNs, PinLock};
 
-static PINS: Mutex<()> = Mutex::new(());
+/// Longest wait for counters to show packets that were already sent.
+const COUNT_WAIT: Duration = Duration::from_secs(10);
 
-/// Serialises the tests that use the global pin directory and clears what an earlier test left.
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    let guard = PINS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Ok(rd) = std::fs::read_dir(PIN_DIR) {
-        for e in rd.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-    guard
+/// Serialises the tests that use the global pin directory (across processes) and clears what
+/// an earlier test left.
+fn lock() -> PinLock {
+    assert_eq!(PIN_DIR, support::PIN_DIR);
+    PinLock::take_and_clear_pins()
+}
+
+/// `subzero ARGS --json` as a second process (the CLI users run), parsed.
+fn cli_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run subzero");
+    assert!(
+        out.status.success(),
+        "subzero {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json prints JSON")
+}
+
+/// The entry for exactly `cidr` in the gate's map, if any.
+fn entry(gate: &Gate, cidr: &str) -> Option<BlockItem> {
+    gate.blocklist()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.cidr.to_string() == cidr)
 }
 
 /// A minimal HTTP responder: answers every connection with `200 ok`.
@@ -110,25 +130,7 @@ fn native_xdp_on_veth_blocks_one_source_serves_the_other_and_persists() {
         "{text}"
     );
 
-    // The CLI functions work on the pins, live.
-    cli_block_del(&bad.to_string()).unwrap();
-    let r_bad = ns.run(move || healthz_from(bad, addr, T));
-    assert!(
-        r_bad.as_ref().is_ok_and(|l| l.contains("200")),
-        "unblocked by the CLI: {r_bad:?}"
-    );
-    cli_block_add(&format!("{bad}/32"), None, "threat").unwrap();
-    let r_bad = ns.run(move || healthz_from(bad, addr, T));
-    assert!(r_bad.is_err(), "blocked again by the CLI: {r_bad:?}");
-    assert!(
-        cli_block_del("10.255.255.255/32").is_err(),
-        "deleting a missing entry is an error"
-    );
-    assert!(cli_block_add("10.0.0.0/33", None, "manual")
-        .unwrap_err()
-        .is_usage());
-    cli_block_list(true).unwrap();
-    cli_stats(true, None).unwrap();
+    cli_changes_show_in_the_maps_and_the_list(&gate, &ns, addr, bad);
 
     // expire() notices the CLI's change and writes blocklist.json.
     assert_eq!(gate.expire(), 0);
@@ -175,6 +177,102 @@ fn native_xdp_on_veth_blocks_one_source_serves_the_other_and_persists() {
     assert_eq!(
         list.iter().map(|b| b.cidr.to_string()).collect::<Vec<_>>(),
         vec![format!("{bad}/32")]
+    );
+}
+
+/// `subzero block add|del` (the CLI functions, on the pins) while `gate` runs: each change is
+/// in the map the gate reads, in `subzero block list --json`, and in what the kernel drops.
+/// Leaves `bad` blocked with reason `threat` and no TTL.
+fn cli_changes_show_in_the_maps_and_the_list(
+    gate: &Gate,
+    ns: &NetNs,
+    addr: SocketAddr,
+    bad: Ipv4Addr,
+) {
+    // The CLI functions work on the pins, live: each change is in the map the running gate
+    // reads, in `subzero block list --json`, and in what the kernel drops.
+    let bad_cidr = format!("{bad}/32");
+    cli_block_del(&bad.to_string()).unwrap();
+    assert_eq!(entry(gate, &bad_cidr), None, "deleted from the map");
+    assert_eq!(cli_json(&["block", "list"]), serde_json::json!([]));
+    let r_bad = ns.run(move || healthz_from(bad, addr, T));
+    assert!(
+        r_bad.as_ref().is_ok_and(|l| l.contains("200")),
+        "unblocked by the CLI: {r_bad:?}"
+    );
+    cli_block_add(&bad_cidr, None, "threat").unwrap();
+    let e = entry(gate, &bad_cidr).expect("added to the map");
+    assert_eq!((e.reason, e.until_ns), (BlockReason::Threat, 0), "{e:?}");
+    let r_bad = ns.run(move || healthz_from(bad, addr, T));
+    assert!(r_bad.is_err(), "blocked again by the CLI: {r_bad:?}");
+
+    // With a TTL: the map holds `now + ttl` on CLOCK_BOOTTIME, the list shows the seconds left.
+    let ttl_s = 600;
+    let net = "198.51.100.0/24";
+    let t0 = boot_ns();
+    cli_block_add(net, Some(ttl_s), "manual").unwrap();
+    let t1 = boot_ns();
+    let e = entry(gate, net).expect("TTL entry in the map");
+    assert_eq!(e.reason, BlockReason::Manual);
+    let ttl_ns = ttl_s * 1_000_000_000;
+    assert!(
+        (t0 + ttl_ns..=t1 + ttl_ns).contains(&e.until_ns),
+        "until_ns {} not within [{}, {}]",
+        e.until_ns,
+        t0 + ttl_ns,
+        t1 + ttl_ns
+    );
+    let t_list = Instant::now();
+    let list = cli_json(&["block", "list"]);
+    let waited_s = t_list.elapsed().as_secs() + 1;
+    let listed: Vec<(String, String, Option<u64>)> = list
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|v| {
+            (
+                v["cidr"].as_str().unwrap().to_owned(),
+                v["reason"].as_str().unwrap().to_owned(),
+                v["expires_in_s"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2, "{list}");
+    assert_eq!(
+        listed[0],
+        (bad_cidr.clone(), "threat".to_owned(), None),
+        "{list}"
+    );
+    assert_eq!((&listed[1].0[..], &listed[1].1[..]), (net, "manual"));
+    let left_s = listed[1].2.expect("a TTL entry lists its expiry");
+    assert!(
+        (ttl_s - waited_s..=ttl_s).contains(&left_s),
+        "expires_in_s {left_s} for a {ttl_s} s TTL"
+    );
+    cli_block_del(net).unwrap();
+    assert_eq!(entry(gate, net), None, "TTL entry deleted from the map");
+    assert_eq!(
+        cli_json(&["block", "list"])
+            .as_array()
+            .map(|v| v.iter().map(|e| e["cidr"].clone()).collect::<Vec<_>>()),
+        Some(vec![serde_json::json!(bad_cidr)]),
+        "only the other entry is left"
+    );
+
+    assert!(
+        cli_block_del("10.255.255.255/32").is_err(),
+        "deleting a missing entry is an error"
+    );
+    assert!(cli_block_add("10.0.0.0/33", None, "manual")
+        .unwrap_err()
+        .is_usage());
+    assert_eq!(entry(gate, "10.255.255.255/32"), None);
+    let stats = cli_json(&["stats"]);
+    assert_eq!(stats["blocklist_entries"], 1, "{stats}");
+    assert_eq!(
+        stats["counters"]["drop_block"].as_u64(),
+        Some(gate.snapshot().total(Reason::DropBlock)),
+        "the CLI reads the counters the gate reads: {stats}"
     );
 }
 
@@ -312,10 +410,18 @@ fn syn_flood_is_cut_to_the_configured_rate_while_another_source_is_served() {
     // While the flood runs, the other source still gets answers.
     let (sent, served) = support::flood_while_probing(&ns, flooder, good, addr, n_syn);
     let elapsed_s = started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(100));
-    let after = gate.snapshot();
-    let dropped = after.total(Reason::DropRate) - before.total(Reason::DropRate);
+    // At most the burst, the rate over the flood's duration and a few packets of slack for the
+    // clock reads around it pass; every other SYN must be counted as drop_rate.
     let admitted_max = f64::from(burst) + f64::from(rate) * elapsed_s + 10.0;
+    let dropped_min = (sent as f64 - admitted_max).max(0.0) as u64;
+    let dropped = wait_for("drop_rate counts the flood", COUNT_WAIT, || {
+        let d = gate.snapshot().total(Reason::DropRate) - before.total(Reason::DropRate);
+        if d >= dropped_min {
+            Ok(d)
+        } else {
+            Err(d)
+        }
+    });
     eprintln!("SYN flood: sent {sent} in {elapsed_s:.2} s, drop_rate {dropped}, admitted at most {admitted_max:.0}");
     assert_eq!(served, 3, "the other source is served during the flood");
     assert!(sent > 1_000);
@@ -366,8 +472,14 @@ fn flood_drop_rate_native_vs_generic() {
         let sent = ns.run(move || raw_flood(flooder, host_ip, 9, 1_000_000, false));
         let secs = t0.elapsed().as_secs_f64();
         let cpu1 = cpu_jiffies();
-        std::thread::sleep(Duration::from_millis(100));
-        let dropped = gate.snapshot().total(Reason::DropBlock) - before;
+        let dropped = wait_for("drop_block counts the flood", COUNT_WAIT, || {
+            let d = gate.snapshot().total(Reason::DropBlock) - before;
+            if d >= sent as u64 * 99 / 100 {
+                Ok(d)
+            } else {
+                Err(d)
+            }
+        });
         let softirq_s = (cpu1.1 - cpu0.1) as f64 / 100.0;
         let busy_s = (cpu1.0 - cpu0.0) as f64 / 100.0;
         eprintln!(
@@ -397,9 +509,26 @@ fn cpu_jiffies() -> (u64, u64) {
     (v[0] + v[1] + v[2] + v[5] + v[6] + v[7], v[6])
 }
 
-/// SIGKILL the process holding the gate: the kernel detaches XDP (the link dies with the fd).
+/// The source the holder process blocks in `sigkill_leaves_no_program_attached`.
+const HELD_CIDR: &str = "192.0.2.99/32";
+/// Longest the holder waits to be killed before it gives up (and fails its parent's test).
+const HOLD_MAX: Duration = Duration::from_mins(2);
+
+/// SIGKILL the process holding the gate: the kernel detaches XDP (the link dies with the fd),
+/// the pins and the blocklist outlive it.
+///
+/// The holder is this same test, re-run in a child process with `SZ_GATE_HOLD_IFACE` and
+/// `SZ_GATE_HOLD_DIR` set ([`hold_gate_until_killed`]); a normal run has no helper test that
+/// passes without checking anything.
 #[test]
 fn sigkill_leaves_no_program_attached() {
+    if let (Ok(iface), Ok(dir)) = (
+        std::env::var("SZ_GATE_HOLD_IFACE"),
+        std::env::var("SZ_GATE_HOLD_DIR"),
+    ) {
+        // The child role: the parent holds the pin lock for us.
+        hold_gate_until_killed(&iface, Path::new(&dir));
+    }
     if !privileged("SIGKILL test") {
         return;
     }
@@ -409,7 +538,7 @@ fn sigkill_leaves_no_program_attached() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "hold_gate_until_killed",
+            "sigkill_leaves_no_program_attached",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -418,22 +547,44 @@ fn sigkill_leaves_no_program_attached() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !String::from_utf8_lossy(&seen).contains("GATE-HELD") {
-        let mut b = [0u8; 256];
-        let n = out.read(&mut b).unwrap();
-        assert!(
-            n > 0 && Instant::now() < deadline,
-            "helper exited early: {}",
-            String::from_utf8_lossy(&seen)
+    // Read the helper's output on a thread, so the wait below has a deadline even when the
+    // helper hangs without printing.
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(out)) {
+            let Ok(line) = line else { break };
+            if line.ends_with("GATE-HELD") {
+                let _ = tx.send(());
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    let held = rx.recv_timeout(Duration::from_secs(30));
+    if held.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "the helper did not report GATE-HELD: {held:?}; its output:\n{}",
+            reader.join().unwrap()
         );
-        seen.extend_from_slice(&b[..n]);
     }
     assert!(ns.host_has_xdp(), "the helper attached XDP");
+    let listed = cli_json(&["block", "list"]);
+    assert_eq!(
+        listed[0]["cidr"], HELD_CIDR,
+        "the helper's entry is pinned: {listed}"
+    );
     child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL),
+        "the helper was still holding the gate when killed: {status}"
+    );
     assert!(
         !ns.host_has_xdp(),
         "XDP detached when its holder was SIGKILLed"
@@ -443,32 +594,47 @@ fn sigkill_leaves_no_program_attached() {
     assert_eq!(gate.mode(), GateMode::Native);
     let list = gate.blocklist().unwrap();
     assert_eq!(list.len(), 1, "{list:?}");
-    assert_eq!(list[0].cidr.to_string(), "192.0.2.99/32");
+    assert_eq!(list[0].cidr.to_string(), HELD_CIDR);
+    assert_eq!(list[0].reason, BlockReason::Manual);
+    let _ = reader.join();
 }
 
-/// Helper for `sigkill_leaves_no_program_attached`, run in a child process: holds a gate until
-/// killed. Without its environment variables (a normal test run) it checks nothing and returns.
-#[test]
-fn hold_gate_until_killed() {
-    let (Ok(iface), Ok(dir)) = (
-        std::env::var("SZ_GATE_HOLD_IFACE"),
-        std::env::var("SZ_GATE_HOLD_DIR"),
-    ) else {
-        return;
-    };
-    let mut gate = Gate::start(&config(&[&iface], Path::new(&dir)), &[]);
+/// The child role of `sigkill_leaves_no_program_attached`: attaches a gate in driver mode to
+/// `iface`, blocks [`HELD_CIDR`], checks that both happened, says `GATE-HELD`, then waits to be
+/// SIGKILLed. Never returns: not being killed within [`HOLD_MAX`] is a failure.
+fn hold_gate_until_killed(iface: &str, dir: &Path) -> ! {
+    let mut gate = Gate::start(&config(&[iface], dir), &[]);
+    assert_eq!(
+        gate.mode(),
+        GateMode::Native,
+        "the holder attached in driver mode"
+    );
     gate.block(
-        "192.0.2.99".parse().unwrap(),
+        HELD_CIDR.parse().unwrap(),
         Some(0),
         BlockReason::Manual,
         boot_ns(),
     )
     .unwrap();
+    for name in ["SZ_BLOCK_V4", "SZ_BLOCK_V6", "SZ_RATE", "SZ_COUNTERS"] {
+        assert!(
+            Path::new(PIN_DIR).join(name).exists(),
+            "the holder pinned {name}"
+        );
+    }
+    let link = support::ip(&["link", "show", "dev", iface]);
+    assert!(
+        link.contains("xdp"),
+        "the holder's program is attached: {link}"
+    );
+    assert!(
+        entry(&gate, HELD_CIDR).is_some_and(|e| e.until_ns == 0),
+        "the holder's entry is in the map, without expiry"
+    );
     println!("GATE-HELD");
     std::io::stdout().flush().unwrap();
-    loop {
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    std::thread::sleep(HOLD_MAX);
+    panic!("the holder was not killed within {HOLD_MAX:?}");
 }
 
 /// With no bpffs at /sys/fs/bpf (a private mount namespace with it unmounted), the loader
@@ -522,4 +688,25 @@ fn is_bpffs(path: &str) -> bool {
     // SAFETY: zeroed statfs is a valid out-buffer.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     (unsafe { libc::statfs(c.as_ptr(), &raw mut st) }) == 0 && st.f_type == 0xcafe_4a11
+}
+
+/// The pin lock is a file lock: while a test holds it, another process (`flock(1)` here, a
+/// second `cargo test` run in practice) cannot take it.
+#[test]
+fn pin_lock_excludes_other_processes() {
+    if !privileged("pin lock test") {
+        return;
+    }
+    let _g = lock();
+    let status = Command::new("flock")
+        .args(["--nonblock", "--conflict-exit-code", "75"])
+        .arg(support::LOCK_PATH)
+        .arg("true")
+        .status()
+        .expect("run flock(1)");
+    assert_eq!(
+        status.code(),
+        Some(75),
+        "another process got the pin lock while a test held it"
+    );
 }

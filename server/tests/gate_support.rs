@@ -3,6 +3,9 @@
 //! Included by the gate test files with `#[path = "gate_support.rs"] mod support;`. Everything a
 //! test creates (namespaces, links) carries the test process id in its name and is removed on
 //! drop, also when the test fails.
+//!
+//! Waiting is always a poll against a deadline ([`wait_for`]): a sleep never stands in for
+//! "the thing has happened".
 #![allow(dead_code)]
 
 use std::fs::File;
@@ -10,7 +13,86 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The lock every gate test binary takes before touching `/sys/fs/bpf/subzero`.
+pub const LOCK_PATH: &str = "/run/subzero-gate-tests.lock";
+/// The gate's pin directory (`subzero_common::PIN_DIR`, repeated so this file needs no crate).
+pub const PIN_DIR: &str = "/sys/fs/bpf/subzero";
+/// Longest wait for another test run to release [`LOCK_PATH`]: longer than any gate test binary
+/// takes, short enough that a hung holder fails the run instead of stalling it.
+const LOCK_WAIT_MAX: Duration = Duration::from_mins(10);
+/// Pause between two polls in [`wait_for`] and while waiting for the lock.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Exclusive use of the pinned gate maps, across threads and processes: an `flock` on
+/// [`LOCK_PATH`], released when dropped (or when the process dies, however it dies).
+///
+/// Every taker opens the file itself, so two threads of one test binary exclude each other as
+/// well as two concurrent `cargo test` runs. The descriptor is close-on-exec: a helper process
+/// spawned while it is held neither inherits nor keeps the lock.
+pub struct PinLock {
+    file: File,
+}
+
+impl PinLock {
+    /// Takes the lock (polling, at most [`LOCK_WAIT_MAX`]) and removes every pin an earlier
+    /// test left, so each test starts from "no gate maps pinned".
+    pub fn take_and_clear_pins() -> PinLock {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(LOCK_PATH)
+            .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
+        let deadline = Instant::now() + LOCK_WAIT_MAX;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            let err = std::io::Error::last_os_error();
+            assert_eq!(
+                err.raw_os_error(),
+                Some(libc::EWOULDBLOCK),
+                "flock {LOCK_PATH}: {err}"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{LOCK_PATH} still held by another gate test run after {LOCK_WAIT_MAX:?}"
+            );
+            std::thread::sleep(POLL_INTERVAL);
+        }
+        if let Ok(rd) = std::fs::read_dir(PIN_DIR) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        PinLock { file }
+    }
+}
+
+/// Polls `probe` every few milliseconds until it returns `Some`, and returns that; panics with
+/// `what` and the last observation when `timeout` passes first. The poll count is bounded by
+/// the timeout.
+pub fn wait_for<T, O: std::fmt::Debug>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, O>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "not within {timeout:?}: {what}; last seen: {last:?}"
+            ),
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
 
 /// True when the test may run; false (after printing why) when it should skip. Panics under
 /// `CI=true` when privileges are missing, so CI never silently skips.
@@ -123,8 +205,18 @@ impl NetNs {
         }
         ip(&["-n", &ns.name, "link", "set", &ns.peer_if, "up"]);
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        // Let duplicate address detection and the link settle.
-        std::thread::sleep(Duration::from_millis(200));
+        // The pair carries traffic once both ends report carrier (operational state UP); IPv4
+        // addresses have no duplicate address detection to wait for.
+        let (host_if, peer_if, name) = (ns.host_if.clone(), ns.peer_if.clone(), ns.name.clone());
+        wait_for("both veth ends up", Duration::from_secs(10), || {
+            let host = ip(&["-o", "link", "show", "dev", &host_if]);
+            let peer = ip(&["-n", &name, "-o", "link", "show", "dev", &peer_if]);
+            if host.contains("state UP") && peer.contains("state UP") {
+                Ok(())
+            } else {
+                Err((host, peer))
+            }
+        });
         ns
     }
 
