@@ -523,8 +523,10 @@ impl Config {
                 p.min_remaining_s, self.auth.token_ttl_s
             )));
         }
-        check_range("pool.max_per_key", p.max_per_key, 0, 1 << 16)?;
-        check_range("pool.max_total", p.max_total, 0, 1 << 20)?;
+        // The pool asserts these at start: refuse them here, with the key's name.
+        check_range("pool.max_per_key", p.max_per_key, 1, 1 << 16)?;
+        check_range("pool.max_total", p.max_total, p.max_per_key, 1 << 20)?;
+        check_range("pool.freshness_s", p.freshness_s as usize, 1, 86_400)?;
         check_range("pool.refill_budget", p.refill_budget, 1, 1024)?;
         check_range(
             "ratelimit.max_tracked_ips",
@@ -846,6 +848,22 @@ scopes = ["read"]
                 .and_then(|c| c.validate().map(|()| c))
                 .err()
                 .unwrap_or_else(|| panic!("{text:?} was accepted"));
+            assert!(err.to_string().contains(key), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn pool_settings_the_pool_would_refuse_are_config_errors() {
+        for (text, key) in [
+            ("[pool]\nfreshness_s = 0\n", "pool.freshness_s"),
+            ("[pool]\nmax_per_key = 0\n", "pool.max_per_key"),
+            (
+                "[pool]\nmax_per_key = 300\nmax_total = 200\n",
+                "pool.max_total",
+            ),
+        ] {
+            let config = Config::from_toml(text, Path::new(".")).unwrap();
+            let err = config.validate().unwrap_err();
             assert!(err.to_string().contains(key), "{text:?}: {err}");
         }
     }
