@@ -210,6 +210,7 @@ impl Default for Config {
                     ring_entries: 4096,
                     recv_buffer_bytes: 16 * 1024,
                     recv_buffer_count: 1024,
+                    max_buffered_bytes: 0,
                 },
             },
             auth: AuthConfig {
@@ -277,6 +278,7 @@ struct FileServer {
     idle_timeout_s: Option<u64>,
     request_timeout_s: Option<u64>,
     deferred_timeout_s: Option<u64>,
+    max_buffered_bytes_per_shard: Option<usize>,
     ring_entries: Option<u32>,
     recv_buffer_bytes: Option<usize>,
     recv_buffer_count: Option<usize>,
@@ -653,6 +655,10 @@ fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result
     set(&mut server.limits.idle_timeout_s, s.idle_timeout_s);
     set(&mut server.limits.request_timeout_s, s.request_timeout_s);
     set(&mut server.limits.deferred_timeout_s, s.deferred_timeout_s);
+    set(
+        &mut server.limits.max_buffered_bytes,
+        s.max_buffered_bytes_per_shard,
+    );
     set(&mut server.limits.ring_entries, s.ring_entries);
     set(&mut server.limits.recv_buffer_bytes, s.recv_buffer_bytes);
     set(&mut server.limits.recv_buffer_count, s.recv_buffer_count);
@@ -708,6 +714,14 @@ fn validate_limits(l: &ShardLimits) -> Result<(), ConfigError> {
         1,
         3600,
     )?;
+    if l.max_buffered_bytes != 0 {
+        check_range(
+            "server.max_buffered_bytes_per_shard",
+            l.max_buffered_bytes,
+            1 << 20,
+            1 << 40,
+        )?;
+    }
     check_range("server.ring_entries", l.ring_entries as usize, 64, 32_768)?;
     check_range(
         "server.recv_buffer_bytes",

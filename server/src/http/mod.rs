@@ -120,6 +120,9 @@ pub enum Parsed<'a> {
     Complete(Request<'a>, usize),
     /// More bytes are needed.
     Partial,
+    /// The head is complete, it asks `Expect: 100-continue`, and no body byte has arrived:
+    /// the client waits for `100 Continue` before sending the body (RFC 9110 §10.1.1).
+    BodyExpected,
 }
 
 /// Parses one request from the front of `buf`.
@@ -163,6 +166,7 @@ pub fn parse(
     let mut forwarded_for = None;
     let mut content_length: Option<usize> = None;
     let mut keep_alive = minor == 1;
+    let mut expects_continue = false;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         match name.len() {
@@ -186,6 +190,9 @@ pub fn parse(
                     keep_alive = true;
                 }
             }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                expects_continue = minor == 1 && contains_token(h.value, b"100-continue");
+            }
             15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
                 let first = h.value.split(|&b| b == b',').next().unwrap_or(b"");
                 forwarded_for = Some(first.trim_ascii());
@@ -199,7 +206,11 @@ pub fn parse(
     }
     let total = head_len + body_len;
     if buf.len() < total {
-        return Ok(Parsed::Partial);
+        return Ok(if expects_continue && buf.len() == head_len {
+            Parsed::BodyExpected
+        } else {
+            Parsed::Partial
+        });
     }
     Ok(Parsed::Complete(
         Request {
@@ -396,7 +407,7 @@ mod tests {
     fn complete(buf: &[u8]) -> (Request<'_>, usize) {
         match parse(buf, 8192, 1024).unwrap() {
             Parsed::Complete(r, n) => (r, n),
-            Parsed::Partial => panic!("partial"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -505,5 +516,23 @@ mod tests {
         assert!(text.contains("x-a: 1\r\n"));
         assert!(text.contains("connection: close\r\n"));
         assert!(text.ends_with("content-length: 2\r\n\r\nok"));
+    }
+
+    #[test]
+    fn expect_100_continue_is_reported_until_the_body_starts() {
+        let head = b"POST /v1/token HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+        assert!(matches!(parse(head, 8192, 1024), Ok(Parsed::BodyExpected)));
+        let mut started = head.to_vec();
+        started.extend_from_slice(b"ab");
+        assert!(matches!(parse(&started, 8192, 1024), Ok(Parsed::Partial)));
+        started.extend_from_slice(b"cd");
+        assert!(matches!(
+            parse(&started, 8192, 1024),
+            Ok(Parsed::Complete(_, _))
+        ));
+        // Too large: refused before the body is sent (the point of asking).
+        assert_eq!(parse(head, 8192, 3).unwrap_err(), HttpError::BodyTooLarge);
+        let no_expect = b"POST /v1/token HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\n";
+        assert!(matches!(parse(no_expect, 8192, 1024), Ok(Parsed::Partial)));
     }
 }

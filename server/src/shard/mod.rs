@@ -32,6 +32,10 @@ pub enum Outcome {
     Done,
     /// The response comes later under this ticket (from [`Cx::defer`]).
     Deferred(Ticket),
+    /// Not handled: the request needs costly work and this pass's budget for it is spent.
+    /// Nothing may have been written; the runtime offers the same request again at the
+    /// connection's next turn, after the other connections had theirs.
+    Later,
 }
 
 /// Per-request context the runtime hands to the handler.
@@ -42,6 +46,8 @@ pub struct Cx<'a> {
     pub now_s: u64,
     /// Shard index.
     pub shard_idx: usize,
+    /// Loop pass number: per-pass budgets reset when it changes.
+    pub pass: u64,
     /// Runtime counters of this shard (for `/metrics`).
     pub runtime: &'a RuntimeStats,
     next_ticket: &'a mut Ticket,

@@ -23,6 +23,19 @@ const OP_CANCEL: u64 = 5;
 
 /// Background work units granted per loop iteration: request handling always comes first.
 const BACKGROUND_BUDGET: u32 = 16;
+/// Requests one connection may have dispatched per loop pass; then it waits for the next pass
+/// (the backlog), so a pipelined flood on one connection cannot hold the shard.
+const MAX_REQUESTS_PER_CONN_PASS: u32 = 32;
+/// Above this much unsent output a connection's requests are not parsed until it drains: a
+/// client that does not read stops costing work and memory.
+const OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
+/// A connection waiting for its turn or its output with this much unparsed input has its
+/// receive cancelled until it catches up (TCP flow control then holds the client back).
+const INBUF_PAUSE_BYTES: usize = 64 * 1024;
+/// Emptied buffers larger than this are released rather than kept for reuse.
+const KEEP_BUFFER_BYTES: usize = 64 * 1024;
+/// The interim response for `Expect: 100-continue`.
+const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// Longest sleep when idle; bounds how late timers fire.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How long shutdown waits for in-flight responses before closing connections.
@@ -54,6 +67,24 @@ pub struct ShardLimits {
     pub recv_buffer_bytes: usize,
     /// Provided buffer count (power of two).
     pub recv_buffer_count: usize,
+    /// Bytes all connections of the shard may hold in buffers (input, output, deferred
+    /// answers); above it the connections holding the most are closed. 0: derived from the
+    /// connection limit (`buffered_bytes_budget`).
+    pub max_buffered_bytes: usize,
+}
+
+impl ShardLimits {
+    /// The shard's buffer budget: `max_buffered_bytes`, or 128 KiB per allowed connection
+    /// capped at 256 MiB.
+    pub fn buffered_bytes_budget(&self) -> usize {
+        if self.max_buffered_bytes > 0 {
+            self.max_buffered_bytes
+        } else {
+            self.max_connections
+                .saturating_mul(128 * 1024)
+                .min(256 << 20)
+        }
+    }
 }
 
 /// Counters of one shard's runtime, readable from other threads.
@@ -81,6 +112,14 @@ pub struct RuntimeStats {
     pub accept_errors: AtomicU64,
     /// Connections open now.
     pub open: AtomicU64,
+    /// Times a connection used its turn and was put back behind the others.
+    pub turns_yielded: AtomicU64,
+    /// Receives cancelled because a connection had too much unparsed input.
+    pub recv_paused: AtomicU64,
+    /// Connections closed because the shard's buffers were over budget.
+    pub shed_for_memory: AtomicU64,
+    /// Bytes held in connection buffers at the last sweep.
+    pub buffered_bytes: AtomicU64,
 }
 
 impl RuntimeStats {
@@ -118,6 +157,18 @@ struct Conn {
     closing_since_s: u64,
     /// Last time a send was issued or completed.
     last_send_s: u64,
+    /// Loop pass `n_served` counts for.
+    served_pass: u64,
+    /// Requests dispatched in `served_pass`.
+    n_served: u32,
+    /// Queued in the shard's backlog: it has complete requests waiting for its next turn.
+    backlogged: bool,
+    /// Its output is above `OUTPUT_PAUSE_BYTES`: nothing is parsed until it drains.
+    output_paused: bool,
+    /// A cancel of its multishot receive is in flight.
+    recv_cancel_sent: bool,
+    /// `100 Continue` was sent for the request now being received.
+    continue_sent: bool,
 }
 
 /// The 64 bits of an SQE's user data: connection slot index, slot generation, operation.
@@ -133,6 +184,33 @@ pub const MAX_CONNECTIONS_PER_SHARD: usize = 1 << 20;
 const _: () = assert!(MAX_CONNECTIONS_PER_SHARD <= 1 << IDX_BITS);
 
 impl Conn {
+    /// Unsent output, including responses queued behind deferred ones.
+    fn output_bytes(&self) -> usize {
+        let queued: usize = self.waiting.iter().map(|w| w.after.len()).sum();
+        self.out.len() + (self.sending.len() - self.sent) + queued
+    }
+
+    /// Memory this connection's buffers hold (capacities: what the allocator gave out).
+    fn held_bytes(&self) -> usize {
+        let waiting: usize = self
+            .waiting
+            .iter()
+            .map(|w| w.after.capacity() + w.reply.as_ref().map_or(0, Vec::capacity))
+            .sum();
+        self.inbuf.capacity() + self.out.capacity() + self.sending.capacity() + waiting
+    }
+
+    /// Whether it is waiting (its turn, or its output to drain) with much input unparsed:
+    /// then receiving more only grows memory.
+    fn input_saturated(&self) -> bool {
+        (self.backlogged || self.output_paused) && self.inbuf.len() >= INBUF_PAUSE_BYTES
+    }
+
+    /// Whether a receive should be armed now.
+    fn wants_recv(&self) -> bool {
+        !self.recv_armed && !self.closing && !self.input_saturated()
+    }
+
     /// Where the next response goes: behind the last deferred response, or straight out.
     fn output(&mut self) -> &mut Vec<u8> {
         match self.waiting.back_mut() {
@@ -143,19 +221,20 @@ impl Conn {
 
     /// Whether the connection holds more pipelined work or unsent output than allowed.
     fn over_limits(&self, limits: &ShardLimits) -> bool {
-        let queued: usize = self.waiting.iter().map(|w| w.after.len()).sum();
         self.waiting.len() > limits.max_pipeline_depth
-            || self.out.len() + self.sending.len() + queued > limits.max_output_bytes
+            || self.output_bytes() > limits.max_output_bytes
     }
 
-    /// Keeps the bytes after `at` (an unfinished request) for the next receive. `bytes` is
-    /// `inbuf` when `from_inbuf`, else the receive buffer `data`.
+    /// Keeps the bytes after `at` for later: an unfinished request, or (`waiting`) requests
+    /// left for the connection's next turn. `bytes` is `inbuf` when `from_inbuf`, else the
+    /// receive buffer `data`.
     fn keep_unparsed(
         &mut self,
         mut inbuf: Vec<u8>,
         data: &[u8],
         at: usize,
         from_inbuf: bool,
+        waiting: bool,
         now_s: u64,
     ) {
         let n_bytes = if from_inbuf { inbuf.len() } else { data.len() };
@@ -163,6 +242,17 @@ impl Conn {
         if self.closing || at >= n_bytes {
             self.partial_since_s = 0;
             inbuf.clear();
+            if inbuf.capacity() > KEEP_BUFFER_BYTES {
+                inbuf = Vec::new();
+            }
+        } else if waiting {
+            // Whole requests wait for the next turn: the server is slow, not the client.
+            self.partial_since_s = 0;
+            if from_inbuf {
+                inbuf.drain(..at);
+            } else {
+                inbuf.extend_from_slice(&data[at..]);
+            }
         } else {
             // The slow-request clock starts when a request starts, not when the connection
             // first had a partial one: completed requests are progress.
@@ -205,6 +295,10 @@ struct Shard<H: Handler> {
     dirty: Vec<usize>,
     tickets: HashMap<Ticket, (usize, u32)>,
     next_ticket: Ticket,
+    /// Loop passes so far; fairness budgets are per pass.
+    pass: u64,
+    /// Connections with whole requests left over, in turn order.
+    backlog: VecDeque<(usize, u32)>,
     handler: H,
     inbox: Inbox<H::Msg>,
     stats: Arc<RuntimeStats>,
@@ -267,6 +361,8 @@ pub fn run_shard<H: Handler>(
         dirty: Vec::with_capacity(256),
         tickets: HashMap::new(),
         next_ticket: 0,
+        pass: 0,
+        backlog: VecDeque::new(),
         handler,
         inbox,
         stats,
@@ -291,9 +387,10 @@ impl<H: Handler> Shard<H> {
         let mut more_background = false;
         loop {
             RuntimeStats::bump(&self.stats.loops);
+            self.pass += 1;
             // One enter per iteration: submit everything queued and wait for at least one
-            // completion, unless background work is pending.
-            let idle = !more_background && self.inbox.depth() == 0;
+            // completion, unless background work or a connection's next turn is pending.
+            let idle = !more_background && self.backlog.is_empty() && self.inbox.depth() == 0;
             if idle {
                 self.inbox.waker().park();
             }
@@ -307,6 +404,7 @@ impl<H: Handler> Shard<H> {
             now_s = crate::unix_now_s();
 
             self.drain_completions(now_s);
+            self.run_backlog(now_s);
             more_background = self
                 .handler
                 .background(now_s, BACKGROUND_BUDGET, &mut self.ready);
@@ -314,6 +412,7 @@ impl<H: Handler> Shard<H> {
             if now_s != last_sweep_s {
                 last_sweep_s = now_s;
                 self.sweep_timeouts(now_s);
+                self.shed_memory();
                 if std::mem::take(&mut self.accept_rearm_due) && self.accepting {
                     self.arm_accept();
                 }
@@ -335,14 +434,12 @@ impl<H: Handler> Shard<H> {
     }
 
     fn enter(&mut self, wait: Duration) -> io::Result<()> {
-        let submitter = self.ring.submitter();
-        let result = if wait.is_zero() {
-            submitter.submit()
-        } else {
-            let ts = types::Timespec::from(wait);
-            let args = types::SubmitArgs::new().timespec(&ts);
-            submitter.submit_with_args(1, &args)
-        };
+        // Always enter with GETEVENTS (a zero timeout when there is work to go on with): with
+        // DEFER_TASKRUN, completions are only posted while the task enters to get events, so a
+        // plain submit while busy (backlog, background) would never see new completions.
+        let ts = types::Timespec::from(wait);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let result = self.ring.submitter().submit_with_args(1, &args);
         match result {
             Ok(_) => Ok(()),
             Err(e) => match e.raw_os_error() {
@@ -482,6 +579,12 @@ impl<H: Handler> Shard<H> {
             partial_since_s: 0,
             closing_since_s: 0,
             last_send_s: now_s,
+            served_pass: 0,
+            n_served: 0,
+            backlogged: false,
+            output_paused: false,
+            recv_cancel_sent: false,
+            continue_sent: false,
         };
         let idx = if let Some(idx) = self.free.pop() {
             self.conns[idx] = Some(conn);
@@ -518,8 +621,14 @@ impl<H: Handler> Shard<H> {
         };
         if !more {
             conn.recv_armed = false;
+            conn.recv_cancel_sent = false;
         }
         if res <= 0 {
+            if res == -libc::ECANCELED && !more {
+                // Our own pause (`input_saturated`): resumed when the input is parsed.
+                self.mark_dirty(idx);
+                return;
+            }
             if res == -libc::ENOBUFS {
                 RuntimeStats::bump(&stats.no_buffers);
                 if !more && !conn.closing {
@@ -540,47 +649,104 @@ impl<H: Handler> Shard<H> {
             return;
         };
         if !conn.closing {
-            self.process(idx, bid, res as usize, now_s);
+            self.process(idx, Some((bid, res as usize)), now_s);
         }
         self.bufs.recycle(bid);
-        if let Some(conn) = self.conns[idx].as_mut() {
-            if !conn.recv_armed && !conn.closing {
-                self.arm_recv(idx);
-            }
-        }
+        self.rearm_recv_if_wanted(idx);
         self.mark_dirty(idx);
     }
 
-    /// Parses and dispatches every complete request in the new bytes.
-    fn process(&mut self, idx: usize, bid: u16, len: usize, now_s: u64) {
+    fn rearm_recv_if_wanted(&mut self, idx: usize) {
+        if self.conns[idx].as_ref().is_some_and(Conn::wants_recv) {
+            self.arm_recv(idx);
+        }
+    }
+
+    /// Gives every backlogged connection its next turn (each at most once per pass).
+    fn run_backlog(&mut self, now_s: u64) {
+        for _ in 0..self.backlog.len() {
+            let Some((idx, gen)) = self.backlog.pop_front() else {
+                break;
+            };
+            let Some(conn) = self.conn_mut(idx, gen) else {
+                continue; // closed meanwhile
+            };
+            conn.backlogged = false;
+            if !conn.closing {
+                self.process(idx, None, now_s);
+                self.rearm_recv_if_wanted(idx);
+            }
+        }
+    }
+
+    /// Parses and dispatches the complete requests in the connection's unparsed input plus
+    /// `new` bytes (a receive buffer), until the input runs out, the connection's turn ends
+    /// (`MAX_REQUESTS_PER_CONN_PASS`, or the handler answers `Later`), or its output is over
+    /// `OUTPUT_PAUSE_BYTES`.
+    fn process(&mut self, idx: usize, new: Option<(u16, usize)>, now_s: u64) {
+        let pass = self.pass;
         let Some(conn) = self.conns[idx].as_mut() else {
             return;
         };
-        conn.last_active_s = now_s;
-        let data = self.bufs.data(bid, len);
+        let data: &[u8] = match new {
+            Some((bid, len)) => {
+                conn.last_active_s = now_s;
+                self.bufs.data(bid, len)
+            }
+            None => &[],
+        };
         let mut inbuf = std::mem::take(&mut conn.inbuf);
         let from_inbuf = !inbuf.is_empty();
         if from_inbuf {
             inbuf.extend_from_slice(data);
         }
         let bytes: &[u8] = if from_inbuf { &inbuf } else { data };
+        if conn.served_pass != pass {
+            conn.served_pass = pass;
+            conn.n_served = 0;
+        }
         let mut at = 0;
+        let mut turn_over = false;
         let limits = &self.limits;
         let stats = &*self.stats;
         while at < bytes.len() && !conn.closing {
+            if conn.output_bytes() > OUTPUT_PAUSE_BYTES {
+                conn.output_paused = true;
+                break;
+            }
+            if conn.n_served >= MAX_REQUESTS_PER_CONN_PASS {
+                turn_over = true;
+                break;
+            }
             match http::parse(&bytes[at..], limits.max_header_bytes, limits.max_body_bytes) {
                 Ok(Parsed::Partial) => break,
+                Ok(Parsed::BodyExpected) => {
+                    if !conn.continue_sent {
+                        conn.continue_sent = true;
+                        conn.output().extend_from_slice(CONTINUE_100);
+                    }
+                    break;
+                }
                 Ok(Parsed::Complete(req, used)) => {
-                    at += used;
-                    RuntimeStats::bump(&stats.requests);
                     let mut cx = Cx {
                         peer: conn.peer,
                         now_s,
                         shard_idx: self.idx,
+                        pass,
                         runtime: stats,
                         next_ticket: &mut self.next_ticket,
                     };
                     let outcome = self.handler.handle(&req, &mut cx, conn.output());
+                    if outcome == Outcome::Later {
+                        // Over this pass's budget for costly work: the request stays in the
+                        // input and is offered again at the connection's next turn.
+                        turn_over = true;
+                        break;
+                    }
+                    at += used;
+                    conn.n_served += 1;
+                    conn.continue_sent = false;
+                    RuntimeStats::bump(&stats.requests);
                     if let Outcome::Deferred(ticket) = outcome {
                         self.tickets.insert(ticket, (idx, conn.gen));
                         conn.waiting.push_back(Waiting {
@@ -605,7 +771,30 @@ impl<H: Handler> Shard<H> {
                 }
             }
         }
-        conn.keep_unparsed(inbuf, data, at, from_inbuf, now_s);
+        let waiting = turn_over || conn.output_paused;
+        conn.keep_unparsed(inbuf, data, at, from_inbuf, waiting, now_s);
+        self.end_turn(idx, turn_over);
+    }
+
+    /// After parsing: a connection whose turn ended goes to the back of the backlog, and one
+    /// with too much unparsed input stops receiving until it catches up.
+    fn end_turn(&mut self, idx: usize, turn_over: bool) {
+        let Some(conn) = self.conns[idx].as_mut() else {
+            return;
+        };
+        if turn_over && !conn.closing && !conn.backlogged {
+            conn.backlogged = true;
+            self.backlog.push_back((idx, conn.gen));
+            RuntimeStats::bump(&self.stats.turns_yielded);
+        }
+        if conn.recv_armed && !conn.recv_cancel_sent && conn.input_saturated() {
+            conn.recv_cancel_sent = true;
+            RuntimeStats::bump(&self.stats.recv_paused);
+            let entry = opcode::AsyncCancel::new(user_data(OP_RECV, idx, conn.gen))
+                .build()
+                .user_data(user_data(OP_CANCEL, 0, 0));
+            self.push_sqe(&entry);
+        }
         self.mark_dirty(idx);
     }
 
@@ -619,15 +808,20 @@ impl<H: Handler> Shard<H> {
     }
 
     fn on_send(&mut self, idx: usize, gen: u32, res: i32) {
-        let Some(conn) = self.conn_mut(idx, gen) else {
+        let Some(conn) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
             return;
         };
+        if conn.gen != gen {
+            return;
+        }
         conn.send_inflight = false;
         conn.last_send_s = crate::unix_now_s();
         if res < 0 {
             conn.closing = true;
-            conn.out.clear();
-            conn.waiting.clear();
+            conn.out = Vec::new();
+            for w in conn.waiting.drain(..) {
+                self.tickets.remove(&w.ticket);
+            }
         } else {
             conn.sent += res as usize;
             if conn.sent < conn.sending.len() {
@@ -635,7 +829,19 @@ impl<H: Handler> Shard<H> {
                 return;
             }
             conn.sending.clear();
+            if conn.sending.capacity() > KEEP_BUFFER_BYTES {
+                conn.sending = Vec::new();
+            }
             conn.sent = 0;
+            if conn.output_paused && conn.output_bytes() <= OUTPUT_PAUSE_BYTES / 2 {
+                // Drained: parse what waited, and receive again.
+                conn.output_paused = false;
+                if !conn.inbuf.is_empty() && !conn.backlogged && !conn.closing {
+                    conn.backlogged = true;
+                    self.backlog.push_back((idx, gen));
+                }
+                self.rearm_recv_if_wanted(idx);
+            }
         }
         self.mark_dirty(idx);
     }
@@ -757,6 +963,8 @@ impl<H: Handler> Shard<H> {
                     && now_s.saturating_sub(conn.partial_since_s) >= limits.request_timeout_s;
                 let idle = conn.partial_since_s == 0
                     && conn.waiting.is_empty()
+                    && !conn.backlogged
+                    && conn.inbuf.is_empty()
                     && !conn.send_inflight
                     && now_s.saturating_sub(conn.last_active_s) >= limits.idle_timeout_s;
                 if slow {
@@ -779,6 +987,42 @@ impl<H: Handler> Shard<H> {
             if dirty {
                 self.mark_dirty(idx);
             }
+        }
+    }
+
+    /// Keeps the shard's buffers within budget: measures what every connection holds and, when
+    /// the total is over `buffered_bytes_budget`, closes the connections holding the most.
+    fn shed_memory(&mut self) {
+        let budget = self.limits.buffered_bytes_budget();
+        let mut held: Vec<(usize, usize)> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(idx, c)| c.as_ref().map(|c| (c.held_bytes(), idx)))
+            .collect();
+        let mut total: usize = held.iter().map(|&(bytes, _)| bytes).sum();
+        self.stats
+            .buffered_bytes
+            .store(total as u64, Ordering::Relaxed);
+        if total <= budget {
+            return;
+        }
+        held.sort_unstable_by(|a, b| b.cmp(a));
+        for (bytes, idx) in held {
+            if total <= budget {
+                break;
+            }
+            let Some(conn) = self.conns[idx].as_mut() else {
+                continue;
+            };
+            if conn.shut {
+                continue; // already closing; its completions free it
+            }
+            tracing::warn!(shard = self.idx, bytes, peer = %conn.peer, "closing a connection: shard buffers over budget");
+            force_close(conn, &mut self.tickets);
+            RuntimeStats::bump(&self.stats.shed_for_memory);
+            total = total.saturating_sub(bytes);
+            self.mark_dirty(idx);
         }
     }
 
@@ -846,7 +1090,8 @@ fn expire_deferred(
 /// Shuts the socket down and drops unsent output; completions then free the slot.
 fn force_close(conn: &mut Conn, tickets: &mut HashMap<Ticket, (usize, u32)>) {
     conn.closing = true;
-    conn.out.clear();
+    conn.out = Vec::new();
+    conn.inbuf = Vec::new();
     for w in conn.waiting.drain(..) {
         tickets.remove(&w.ticket);
     }
@@ -889,6 +1134,7 @@ fn peer_ip(fd: RawFd) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write as _;
     use std::io::{Read, Write};
     use std::net::TcpStream;
 
@@ -896,6 +1142,10 @@ mod tests {
     /// requests of one pass in reverse order; `/never` is deferred and never answered.
     struct Echo {
         pending: Vec<(Ticket, String)>,
+        /// Paths of the requests handled, in order (shared with the test).
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+        /// Pass in which a `/costly` request last ran: one per pass.
+        costly_pass: u64,
     }
 
     impl Handler for Echo {
@@ -919,6 +1169,27 @@ mod tests {
             if req.path == "/never" {
                 return Outcome::Deferred(cx.defer());
             }
+            if req.path == "/costly" {
+                // Two milliseconds of "verification", at most one per pass.
+                if self.costly_pass == cx.pass {
+                    return Outcome::Later;
+                }
+                self.costly_pass = cx.pass;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if req.path == "/64k" {
+                self.log
+                    .lock()
+                    .unwrap()
+                    .push(format!("{}?{}", req.path, req.query));
+                let body = vec![b'y'; 64 * 1024];
+                http::write_response(out, http::Status::Ok, None, &[], &body, true);
+                return Outcome::Done;
+            }
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("{}?{}", req.path, req.query));
             http::write_response(
                 out,
                 http::Status::Ok,
@@ -955,6 +1226,7 @@ mod tests {
             ring_entries: 64,
             recv_buffer_bytes: 4096,
             recv_buffer_count: 16,
+            max_buffered_bytes: 0,
         }
     }
 
@@ -964,6 +1236,7 @@ mod tests {
         shutdown: Arc<AtomicBool>,
         handle: std::thread::JoinHandle<()>,
         stats: Arc<RuntimeStats>,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Running {
@@ -1003,26 +1276,24 @@ mod tests {
         let stop = Arc::clone(&shutdown);
         let stats = Arc::new(RuntimeStats::default());
         let shard_stats = Arc::clone(&stats);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let echo = Echo {
+            pending: vec![],
+            log: Arc::clone(&log),
+            costly_pass: 0,
+        };
         let handle = std::thread::spawn(move || {
             let mesh = super::super::mesh::Mesh::<u32>::build(1).unwrap();
             let (_outbox, inbox) = mesh.shards.into_iter().next().unwrap();
             let stats = shard_stats;
-            run_shard(
-                0,
-                listener,
-                limits,
-                inbox,
-                stats,
-                &stop,
-                Echo { pending: vec![] },
-            )
-            .unwrap();
+            run_shard(0, listener, limits, inbox, stats, &stop, echo).unwrap();
         });
         Running {
             addr,
             shutdown,
             handle,
             stats,
+            log,
         }
     }
 
@@ -1141,6 +1412,121 @@ mod tests {
         shard.wait_for("the connection to be freed", |st| {
             st.open.load(Ordering::Relaxed) == 0
         });
+        shard.stop();
+    }
+
+    /// A connection pipelining costly requests gets one per pass (`Outcome::Later` for the
+    /// rest); a cheap request on another connection is served in between, not after the burst.
+    #[test]
+    fn costly_requests_of_one_connection_take_turns_with_the_others() {
+        let shard = start();
+        let mut flood = shard.connect();
+        let burst = (0..50).fold(String::new(), |mut b, i| {
+            let _ = write!(b, "GET /costly?{i} HTTP/1.1\r\n\r\n");
+            b
+        });
+        flood.write_all(burst.as_bytes()).unwrap();
+        // Once the flood is being served, a second client asks for something cheap.
+        assert_eq!(read_responses(&mut flood, 1), vec!["/costly".to_owned()]);
+        let mut good = shard.connect();
+        good.write_all(b"GET /cheap?good HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_responses(&mut good, 1), vec!["/cheap".to_owned()]);
+        assert_eq!(read_responses(&mut flood, 49).len(), 49);
+        let log = shard.log.lock().unwrap().clone();
+        let good_at = log.iter().position(|p| p == "/cheap?good").unwrap();
+        // The good request arrived after one costly request (2 ms each, one per pass): it must
+        // be served long before the 50 are done.
+        assert!(
+            good_at < 10,
+            "good request served after {good_at} costly ones: {log:?}"
+        );
+        assert!(shard.stats.turns_yielded.load(Ordering::Relaxed) >= 40);
+        drop((flood, good));
+        shard.stop();
+    }
+
+    /// A client that pipelines large responses and does not read stops being served once its
+    /// unsent output passes the pause threshold; reading resumes it and nothing is lost.
+    #[test]
+    fn a_client_that_does_not_read_stops_costing_work_until_it_does() {
+        const N_REQUESTS: usize = 400;
+        let shard = start_with(ShardLimits {
+            max_output_bytes: 64 << 20,
+            idle_timeout_s: 3600,
+            ..limits()
+        });
+        let mut slow = shard.connect();
+        let burst = (0..N_REQUESTS).fold(String::new(), |mut b, i| {
+            let _ = write!(b, "GET /64k?{i} HTTP/1.1\r\n\r\n");
+            b
+        });
+        slow.write_all(burst.as_bytes()).unwrap();
+        shard.wait_for("the burst to start", |st| {
+            st.requests.load(Ordering::Relaxed) >= 1
+        });
+        // Wait until the shard stops answering (its count holds for 300 ms; 10 s deadline).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (mut last, mut since) = (0, Instant::now());
+        while since.elapsed() < Duration::from_millis(300) {
+            assert!(
+                Instant::now() < deadline,
+                "the shard never stopped answering"
+            );
+            let now = shard.log.lock().unwrap().len();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let served = shard.log.lock().unwrap().len();
+        // Loopback socket buffers take up to about 10 MB (150 responses); the shard holds one
+        // pause threshold more. Without the pause it would answer all 400 (26 MB) at once.
+        assert!(
+            served < N_REQUESTS * 3 / 4,
+            "served {served} of {N_REQUESTS} to a client that does not read"
+        );
+        let responses = read_statuses_and_bodies(&mut slow, N_REQUESTS);
+        assert!(responses
+            .iter()
+            .all(|(code, body)| *code == 200 && body.len() == 64 * 1024));
+        assert_eq!(shard.log.lock().unwrap().len(), N_REQUESTS);
+        drop(slow);
+        shard.stop();
+    }
+
+    #[test]
+    fn expect_100_continue_gets_an_interim_response_before_the_body() {
+        let shard = start();
+        let mut s = shard.connect();
+        s.write_all(b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+            .unwrap();
+        let mut interim = [0u8; CONTINUE_100.len()];
+        s.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim[..], CONTINUE_100);
+        s.write_all(b"hello").unwrap();
+        assert_eq!(read_responses(&mut s, 1), vec!["/echo".to_owned()]);
+        drop(s);
+        shard.stop();
+    }
+
+    #[test]
+    fn connections_holding_the_most_are_closed_when_the_shard_is_over_its_buffer_budget() {
+        let shard = start_with(ShardLimits {
+            max_output_bytes: 64 << 20,
+            idle_timeout_s: 3600,
+            max_buffered_bytes: 1 << 20,
+            ..limits()
+        });
+        // 32 MiB responses that nobody reads: one connection is far over the 1 MiB budget.
+        let mut hog = shard.connect();
+        hog.write_all(b"GET /big HTTP/1.1\r\n\r\n").unwrap();
+        shard.wait_for("the hog to be shed", |st| {
+            st.shed_for_memory.load(Ordering::Relaxed) >= 1 && st.open.load(Ordering::Relaxed) == 0
+        });
+        let mut fresh = shard.connect();
+        fresh.write_all(b"GET /after HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_responses(&mut fresh, 1), vec!["/after".to_owned()]);
+        drop((hog, fresh));
         shard.stop();
     }
 
