@@ -202,6 +202,12 @@ fn head_answers_every_get_route_like_get_without_the_body() {
         conn.send("HEAD", path, headers, "");
         conn.send("GET", "/healthz", &[], "");
         let head = conn.read_head_response();
+        let after = conn.peek(9);
+        assert_eq!(
+            String::from_utf8_lossy(&after),
+            "HTTP/1.1 ",
+            "HEAD {path} sent a body"
+        );
         let next = conn.read_response();
         assert_eq!(
             (next.status, next.body.as_str()),
@@ -360,7 +366,7 @@ fn an_admin_revocation_with_an_exp_in_the_past_says_nothing_was_stored() {
         again["reason"]
             .as_str()
             .unwrap()
-            .contains("already revoked"),
+            .contains("already holds this jti"),
         "{again}"
     );
     let log = std::fs::read_to_string(dir.path().join("data/revocations.log")).unwrap();

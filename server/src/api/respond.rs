@@ -39,7 +39,7 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
 }
 
 /// `reason` of a revocation the denylist already covered.
-const REVOKED_ALREADY: &str = "already revoked at least until this exp; nothing new was stored";
+const REVOKED_ALREADY: &str = "the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored";
 
 /// Renders the control plane's answer to a deferred request.
 pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
@@ -164,7 +164,7 @@ mod tests {
                     stored: false,
                 },
                 200,
-                r#"{"jti":"j1","reason":"already revoked at least until this exp; nothing new was stored","revoked":true,"stored":false}"#,
+                r#"{"jti":"j1","reason":"the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored","revoked":true,"stored":false}"#,
             ),
             (
                 ControlReply::Revoked {

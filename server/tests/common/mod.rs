@@ -575,6 +575,21 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// The next `n` bytes the server sends, left unread (waits for them): after a `HEAD`
+    /// response, the next response's status line, or the body it should not have had.
+    pub fn peek(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            let mut chunk = vec![0u8; 65536];
+            match read_or_end(&mut self.stream, &mut chunk) {
+                Ok(got) => self.buf.extend_from_slice(&chunk[..got]),
+                Err(end) => panic!("connection ended ({end:?}) before {n} more bytes"),
+            }
+        }
+        self.buf[..n].to_vec()
+    }
+}
+
 /// Runs the CLI for at most `timeout`; `Some((exit code, stderr))`, or `None` if it was still
 /// running then (it is killed), so a command that should fail at once cannot hang a test.
 pub fn cli_within(args: &[&str], timeout: Duration) -> Option<(i32, String)> {
