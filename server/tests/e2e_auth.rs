@@ -259,27 +259,27 @@ fn hostile_requests_get_specific_errors_and_server_keeps_serving() {
     let token = issue(dir.path(), "alice", "subzero", &[]);
     let huge_header = "x".repeat(20_000);
     let cases: Vec<(Vec<u8>, u16)> = vec![
-        (b"BLAH\x01 / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"BLAH\x01 / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         (
-            format!("GET / HTTP/1.1\r\nX-Big: {huge_header}\r\n\r\n").into_bytes(),
+            format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {huge_header}\r\n\r\n").into_bytes(),
             431,
         ),
         (
-            b"POST /v1/authenticate HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
+            b"POST /v1/authenticate HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n".to_vec(),
             413,
         ),
         (
-            b"POST /v1/authenticate HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            b"POST /v1/authenticate HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
             411,
         ),
         (
-            b"POST /v1/authenticate HTTP/1.1\r\nContent-Length: 5\r\n\r\n{bad}".to_vec(),
+            b"POST /v1/authenticate HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\n{bad}".to_vec(),
             400,
         ),
-        (b"GET /nope HTTP/1.1\r\n\r\n".to_vec(), 404),
-        (b"DELETE /v1/token HTTP/1.1\r\n\r\n".to_vec(), 405),
+        (b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 404),
+        (b"DELETE /v1/token HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 405),
         (
-            b"POST /v1/authenticate/batch HTTP/1.1\r\nContent-Length: 13\r\n\r\n{\"tokens\":[]}"
+            b"POST /v1/authenticate/batch HTTP/1.1\r\nHost: t\r\nContent-Length: 13\r\n\r\n{\"tokens\":[]}"
                 .to_vec(),
             400,
         ),

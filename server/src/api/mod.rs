@@ -29,7 +29,7 @@ pub use crate::plane::Denial;
 use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::pool::{PoolLimits, TokenPool};
 use crate::shard::mesh::{MeshGauges, Outbox};
-use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats};
+use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats, Ticket};
 
 /// What every shard shares read-only.
 pub struct AppShared {
@@ -127,6 +127,10 @@ pub struct ShardApp {
     pool_refill_due: bool,
     /// The runtime's connection counters, for `/metrics`.
     runtime: Arc<RuntimeStats>,
+    /// Deferred responses to HTTP/1.0 keep-alive requests (ticket → when deferred), which
+    /// must echo `connection: keep-alive` once ready. Entries leave when answered, or after
+    /// the runtime's deferred timeout (it answers those itself and closes).
+    echo_tickets: HashMap<Ticket, u64>,
 }
 
 impl ShardApp {
@@ -180,6 +184,7 @@ impl ShardApp {
             sweep_slots_left: 0,
             pool_refill_due: false,
             runtime,
+            echo_tickets: HashMap::new(),
             shared,
         }
     }
@@ -191,10 +196,20 @@ impl ShardApp {
     fn route(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> (Outcome, Op) {
         let ka = req.keep_alive;
         let done = |op| (Outcome::Done, op);
-        match (req.method, req.path) {
-            (Method::Get | Method::Head, "/v1/authenticate") => {
-                done(self.authenticate_get(req, cx.now_s, out))
-            }
+        if let Some(err) = req.header_error {
+            // Well delimited but not servable (no Host in HTTP/1.1, a repeated Host,
+            // Authorization or Content-Type): refuse it rather than guess which value counts.
+            respond::error(out, err.status(), "invalid_request", &err.to_string(), ka);
+            return done(Op::Other);
+        }
+        // HEAD is GET without the body (RFC 9110 §9.3.2): every GET route answers it, and
+        // `handle` strips the body after routing, keeping GET's `content-length`.
+        let method = match req.method {
+            Method::Head => Method::Get,
+            other => other,
+        };
+        match (method, req.path) {
+            (Method::Get, "/v1/authenticate") => done(self.authenticate_get(req, cx.now_s, out)),
             (Method::Post, "/v1/authenticate") => done(self.authenticate_post(req, cx.now_s, out)),
             (Method::Post, "/v1/authenticate/batch") => self.authenticate_batch(req, cx, out),
             (Method::Post, "/v1/token") => done(self.issue_token(req, cx.now_s, out)),
@@ -379,8 +394,23 @@ impl Handler for ShardApp {
         } else {
             self.route(req, cx, out)
         };
+        if outcome == Outcome::Later {
+            // Offered again at the connection's next turn: charge it then, not twice.
+            debug_assert_eq!(out.len(), out_start, "Later writes nothing");
+            self.limiter.refund(cx.peer);
+            return outcome;
+        }
         if req.method == Method::Head {
             respond::strip_body(out, out_start);
+        }
+        if req.echoes_keep_alive() {
+            match outcome {
+                Outcome::Done => http::echo_keep_alive(out, out_start),
+                Outcome::Deferred(ticket) => {
+                    self.echo_tickets.insert(ticket, cx.now_s);
+                }
+                Outcome::Later => {}
+            }
         }
         if outcome == Outcome::Done {
             let code = respond::status_of(&out[out_start..]);
@@ -391,6 +421,56 @@ impl Handler for ShardApp {
     }
 
     fn on_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
+        let n_ready = ready.len();
+        self.apply_message(msg, now_s, ready);
+        self.echo_deferred(ready, n_ready);
+    }
+
+    fn background(&mut self, now_s: u64, budget: u32, ready: &mut Ready) -> bool {
+        if now_s != self.last_tick_s {
+            self.last_tick_s = now_s;
+            self.revoked.retain(|_, &mut exp_s| exp_s > now_s);
+            let deferred_timeout_s = self.config().server.limits.deferred_timeout_s;
+            self.echo_tickets
+                .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
+            self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
+            self.pool_refill_due = true;
+            self.publish_metrics();
+        }
+        let n_ready = ready.len();
+        let mut more = false;
+        if self.sweep_slots_left > 0 {
+            let n_slots = self.sweep_slots_left.min(budget as usize * 64);
+            self.cache.sweep_expired(now_s, n_slots);
+            self.sweep_slots_left -= n_slots;
+            more |= self.sweep_slots_left > 0;
+        }
+        if self.pool_refill_due {
+            // Still due while each pass uses its whole budget.
+            self.pool_refill_due = self.refill_pool(now_s, budget as usize);
+            more |= self.pool_refill_due;
+        }
+        // Nothing here answers a deferred response today; work that will gets the echo too.
+        self.echo_deferred(ready, n_ready);
+        more
+    }
+}
+
+impl ShardApp {
+    /// Adds `connection: keep-alive` to the deferred responses from `ready[from..]` whose
+    /// requests were HTTP/1.0 keep-alive.
+    fn echo_deferred(&mut self, ready: &mut Ready, from: usize) {
+        if self.echo_tickets.is_empty() {
+            return;
+        }
+        for (ticket, response) in ready.iter_mut().skip(from) {
+            if self.echo_tickets.remove(ticket).is_some() {
+                http::echo_keep_alive(response, 0);
+            }
+        }
+    }
+
+    fn apply_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
         match msg {
             ShardMsg::BatchPart {
                 origin,
@@ -427,28 +507,5 @@ impl Handler for ShardApp {
                 ready.push((to.ticket, response));
             }
         }
-    }
-
-    fn background(&mut self, now_s: u64, budget: u32, _ready: &mut Ready) -> bool {
-        if now_s != self.last_tick_s {
-            self.last_tick_s = now_s;
-            self.revoked.retain(|_, &mut exp_s| exp_s > now_s);
-            self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
-            self.pool_refill_due = true;
-            self.publish_metrics();
-        }
-        let mut more = false;
-        if self.sweep_slots_left > 0 {
-            let n_slots = self.sweep_slots_left.min(budget as usize * 64);
-            self.cache.sweep_expired(now_s, n_slots);
-            self.sweep_slots_left -= n_slots;
-            more |= self.sweep_slots_left > 0;
-        }
-        if self.pool_refill_due {
-            // Still due while each pass uses its whole budget.
-            self.pool_refill_due = self.refill_pool(now_s, budget as usize);
-            more |= self.pool_refill_due;
-        }
-        more
     }
 }

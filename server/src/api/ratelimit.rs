@@ -61,6 +61,14 @@ impl IpLimiter {
         self.rps > 0
     }
 
+    /// Gives back the token `check` took for a request that was not served after all (it is
+    /// offered again later and will be checked again).
+    pub fn refund(&mut self, ip: IpAddr) {
+        if let Some(bucket) = self.buckets.get_mut(&ip) {
+            bucket.milli_tokens = (bucket.milli_tokens + 1000).min(self.burst * 1000);
+        }
+    }
+
     /// Takes one token for `ip`.
     pub fn check(&mut self, ip: IpAddr, now_ms: u64) -> Verdict {
         if self.rps == 0 {

@@ -38,13 +38,26 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
     );
 }
 
+/// `reason` of a revocation the denylist already covered.
+const REVOKED_ALREADY: &str = "the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored";
+
 /// Renders the control plane's answer to a deferred request.
 pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
     match reply {
-        ControlReply::Revoked { jti, stored } => {
-            // `stored: false`: already revoked at least as long, or past its expiry, so the
-            // denylist needed no new entry; the token is refused either way.
-            let body = serde_json::json!({ "revoked": true, "jti": jti, "stored": stored });
+        ControlReply::Revoked { jti, stored: true } => {
+            let body = serde_json::json!({ "revoked": true, "jti": jti, "stored": true });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::Revoked { jti, stored: false } => {
+            // The shard answers an expiry already past itself (token.rs), so here the jti is
+            // on the denylist at least as long already (or its expiry passed while queued);
+            // the token is refused either way.
+            let body = serde_json::json!({
+                "revoked": true,
+                "jti": jti,
+                "stored": false,
+                "reason": REVOKED_ALREADY,
+            });
             http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
         }
         ControlReply::RevokeFailed => error_with(
@@ -151,7 +164,15 @@ mod tests {
                     stored: false,
                 },
                 200,
-                r#"{"jti":"j1","revoked":true,"stored":false}"#,
+                r#"{"jti":"j1","reason":"the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored","revoked":true,"stored":false}"#,
+            ),
+            (
+                ControlReply::Revoked {
+                    jti: "j1".into(),
+                    stored: true,
+                },
+                200,
+                r#"{"jti":"j1","revoked":true,"stored":true}"#,
             ),
             (
                 ControlReply::RevokeFailed,

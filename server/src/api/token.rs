@@ -281,9 +281,21 @@ enum RevokeTarget {
         /// The denylist entry's expiry.
         exp_s: u64,
     },
-    /// The holder's token has expired already: nothing to revoke.
-    AlreadyExpired,
+    /// The token has expired already (beyond the leeway, so no verifier accepts it): nothing
+    /// to revoke, nothing stored, and the control plane is not asked.
+    AlreadyExpired {
+        /// Why, for the answer's `reason`.
+        reason: &'static str,
+        /// The `jti` when the request named one (admin).
+        jti: Option<String>,
+    },
 }
+
+/// `reason` of a holder's revocation of a token that has expired.
+const HOLDER_TOKEN_EXPIRED: &str = "token already expired";
+/// `reason` of an admin revocation whose `exp` (plus the leeway) has passed.
+const ADMIN_EXP_PASSED: &str =
+    "token already expired: exp plus the leeway is in the past, so nothing was stored";
 
 /// The facts a revocation decision needs besides the request.
 struct RevokeRules {
@@ -291,6 +303,10 @@ struct RevokeRules {
     now_s: u64,
     token_ttl_s: u64,
     leeway_s: u64,
+}
+
+fn bad_jti() -> Refusal {
+    Refusal::bad_request("jti must be 1-256 printable ASCII characters")
 }
 
 /// Who may revoke what (RFC 7009 for holders; by `jti` for the admin). `verify` checks a
@@ -316,7 +332,12 @@ fn revoke_target(
                     "token has no jti, so it cannot be revoked",
                 ))
             }
-            Err(auth::TokenError::Expired) => return Ok(RevokeTarget::AlreadyExpired),
+            Err(auth::TokenError::Expired) => {
+                return Ok(RevokeTarget::AlreadyExpired {
+                    reason: HOLDER_TOKEN_EXPIRED,
+                    jti: None,
+                })
+            }
             Err(e) => {
                 return Err(Refusal::new(
                     Status::BadRequest,
@@ -331,11 +352,25 @@ fn revoke_target(
                 "give a token, or (admin) a jti and exp",
             ));
         };
-        // Without an `exp`, the entry outlives any token we could have issued.
-        let max_exp_s = rules.now_s + rules.token_ttl_s + rules.leeway_s;
+        // The entry lives as long as a verifier accepts the token: its `exp` plus the leeway,
+        // like a holder's. Without an `exp`, it outlives any token we could have issued.
+        let exp_s = match params.exp {
+            Some(exp) => exp.saturating_add(rules.leeway_s),
+            None => rules.now_s + rules.token_ttl_s + rules.leeway_s,
+        };
+        if !valid_jti(jti) {
+            return Err(bad_jti());
+        }
+        if exp_s <= rules.now_s {
+            // Answered here, without the control plane: there is nothing to persist.
+            return Ok(RevokeTarget::AlreadyExpired {
+                reason: ADMIN_EXP_PASSED,
+                jti: Some(jti.to_owned()),
+            });
+        }
         RevokeTarget::Jti {
             jti: jti.to_owned(),
-            exp_s: params.exp.unwrap_or(max_exp_s),
+            exp_s,
         }
     } else if params.jti.is_some() {
         return Err(Refusal::new(
@@ -347,9 +382,7 @@ fn revoke_target(
         return Err(Refusal::bad_request("give the token to revoke"));
     };
     match &target {
-        RevokeTarget::Jti { jti, .. } if !valid_jti(jti) => Err(Refusal::bad_request(
-            "jti must be 1-256 printable ASCII characters",
-        )),
+        RevokeTarget::Jti { jti, .. } if !valid_jti(jti) => Err(bad_jti()),
         _ => Ok(target),
     }
 }
@@ -455,11 +488,17 @@ impl ShardApp {
         let target = revoke_target(&params, &rules, |token| verifier.verify(token, cx.now_s));
         let (jti, exp_s) = match target {
             Ok(RevokeTarget::Jti { jti, exp_s }) => (jti, exp_s),
-            Ok(RevokeTarget::AlreadyExpired) => {
-                let body =
-                    serde_json::json!({ "revoked": false, "reason": "token already expired" })
-                        .to_string();
-                http::write_json(out, Status::Ok, body.as_bytes(), ka);
+            Ok(RevokeTarget::AlreadyExpired { reason, jti }) => {
+                // RFC 7009 §2.2: 200 either way; say plainly that nothing was revoked.
+                let mut body = serde_json::json!({
+                    "revoked": false,
+                    "stored": false,
+                    "reason": reason,
+                });
+                if let (Some(jti), Some(fields)) = (jti, body.as_object_mut()) {
+                    fields.insert("jti".to_owned(), serde_json::Value::String(jti));
+                }
+                http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
                 return done;
             }
             Err(refusal) => {
@@ -616,7 +655,11 @@ mod tests {
         let jti = "j1".to_owned();
         assert_eq!(got, Ok(RevokeTarget::Jti { jti, exp_s: 1360 }));
         let expired = revoke_target(&p, &rules(false), |_| Err(auth::TokenError::Expired));
-        assert_eq!(expired, Ok(RevokeTarget::AlreadyExpired));
+        let reason = HOLDER_TOKEN_EXPIRED;
+        assert_eq!(
+            expired,
+            Ok(RevokeTarget::AlreadyExpired { reason, jti: None })
+        );
         let forged = revoke_target(&p, &rules(true), |_| Err(auth::TokenError::BadSignature));
         assert_eq!(forged.unwrap_err().code, "invalid_token");
         let no_jti = revoke_target(&p, &rules(false), |_| Ok(claims_with(None)));
@@ -646,7 +689,8 @@ mod tests {
         let mut with_exp = params(&[("jti", "j2")]);
         with_exp.exp = Some(1234);
         let admin = revoke_target(&with_exp, &rules(true), never_verify);
-        assert_eq!(admin, Ok(RevokeTarget::Jti { jti, exp_s: 1234 }));
+        // Until `exp` + leeway, as long as a verifier accepts the token.
+        assert_eq!(admin, Ok(RevokeTarget::Jti { jti, exp_s: 1294 }));
         let too_long = "x".repeat(257);
         let p = params(&[("jti", &too_long)]);
         assert_eq!(
@@ -657,6 +701,34 @@ mod tests {
         );
         let nothing = revoke_target(&params(&[]), &rules(true), never_verify).unwrap_err();
         assert_eq!(nothing.status, Status::BadRequest);
+    }
+
+    #[test]
+    fn an_admin_exp_in_the_past_is_answered_here_and_stores_nothing() {
+        let with_exp = |exp: u64, jti: &'static str| {
+            let mut p = params(&[("jti", jti)]);
+            p.exp = Some(exp);
+            revoke_target(&p, &rules(true), never_verify)
+        };
+        // now = 1000, leeway = 60: a token with exp = 940 is refused from 1000 on.
+        let expired = RevokeTarget::AlreadyExpired {
+            reason: ADMIN_EXP_PASSED,
+            jti: Some("j3".to_owned()),
+        };
+        assert_eq!(with_exp(940, "j3"), Ok(expired.clone()));
+        assert_eq!(with_exp(0, "j3"), Ok(expired));
+        // exp has passed but the leeway has not: verifiers still accept it, so store it.
+        let jti = "j3".to_owned();
+        assert_eq!(
+            with_exp(941, "j3"),
+            Ok(RevokeTarget::Jti { jti, exp_s: 1001 })
+        );
+        // A bad jti is refused whatever its exp.
+        assert_eq!(with_exp(0, "a b").unwrap_err().code, "invalid_request");
+        assert_eq!(
+            with_exp(u64::MAX, "a b").unwrap_err().code,
+            "invalid_request"
+        );
     }
 
     #[test]

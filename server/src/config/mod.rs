@@ -73,6 +73,37 @@ impl Shards {
 /// Upper bound on shards; also bounds the cross-shard mesh (`n_shards²` queues).
 pub const MAX_SHARDS: usize = 256;
 
+/// `server.max_body_bytes` by default.
+const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Ceiling of the derived `auth.max_batch_tokens` (a larger body limit does not raise it).
+pub const MAX_BATCH_TOKENS_DEFAULT: usize = 4096;
+
+/// No token this server signs is shorter: the header alone is 104 characters (its `kid` is a
+/// 43-character RFC 7638 thumbprint) and the signature 86; with one-character `iss`, `sub` and
+/// `aud`, no scope, and the 22-character `jti`, a whole token is 345 bytes. Typical ones are
+/// 360-400. A unit test signs the shortest to keep this bound true and tight.
+pub const MIN_BATCH_TOKEN_BYTES: usize = 344;
+
+/// The most tokens a `POST /v1/authenticate/batch` body of `max_body_bytes` can hold, at
+/// [`MIN_BATCH_TOKEN_BYTES`] each: `{"tokens":[` + n × (token + 2 quotes + comma) − 1 + `]}`.
+pub const fn batch_tokens_fitting(max_body_bytes: usize) -> usize {
+    max_body_bytes.saturating_sub(12) / (MIN_BATCH_TOKEN_BYTES + 3)
+}
+
+/// `auth.max_batch_tokens` when the file does not set it: as many as fit in the body limit
+/// (at least 1), at most [`MAX_BATCH_TOKENS_DEFAULT`].
+pub const fn default_max_batch_tokens(max_body_bytes: usize) -> usize {
+    let fitting = batch_tokens_fitting(max_body_bytes);
+    if fitting < 1 {
+        1
+    } else if fitting > MAX_BATCH_TOKENS_DEFAULT {
+        MAX_BATCH_TOKENS_DEFAULT
+    } else {
+        fitting
+    }
+}
+
 /// The whole configuration after validation.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -201,7 +232,7 @@ impl Default for Config {
                 limits: ShardLimits {
                     max_connections: 16_384,
                     max_header_bytes: 16 * 1024,
-                    max_body_bytes: 1024 * 1024,
+                    max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                     max_pipeline_depth: 1024,
                     max_output_bytes: 4 * 1024 * 1024,
                     idle_timeout_s: 60,
@@ -219,7 +250,7 @@ impl Default for Config {
                 leeway_s: 60,
                 token_ttl_s: 900,
                 trusted_issuers: Vec::new(),
-                max_batch_tokens: 4096,
+                max_batch_tokens: default_max_batch_tokens(DEFAULT_MAX_BODY_BYTES),
                 cache_entries_per_shard: 1 << 16,
                 strict_batch: false,
             },
@@ -422,7 +453,10 @@ impl Config {
         set(&mut c.auth.issuer, a.issuer);
         set(&mut c.auth.leeway_s, a.leeway_s);
         set(&mut c.auth.token_ttl_s, a.token_ttl_s);
-        set(&mut c.auth.max_batch_tokens, a.max_batch_tokens);
+        // Unset, it follows the body limit, so the default batch always fits in a body.
+        c.auth.max_batch_tokens = a
+            .max_batch_tokens
+            .unwrap_or(default_max_batch_tokens(c.server.limits.max_body_bytes));
         set(
             &mut c.auth.cache_entries_per_shard,
             a.cache_entries_per_shard,
@@ -492,6 +526,7 @@ impl Config {
         check_range("auth.token_ttl_s", a.token_ttl_s as usize, 10, 86_400 * 30)?;
         check_range("auth.leeway_s", a.leeway_s as usize, 0, 3600)?;
         check_range("auth.max_batch_tokens", a.max_batch_tokens, 1, 65_536)?;
+        check_batch_fits(a.max_batch_tokens, self.server.limits.max_body_bytes)?;
         check_range(
             "auth.cache_entries_per_shard",
             a.cache_entries_per_shard,
@@ -745,6 +780,23 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     }
 }
 
+/// The body limit wins over the batch limit (a larger body is a `413` before it is read), so
+/// a `max_batch_tokens` that no body within `max_body_bytes` can reach, even of our shortest
+/// tokens, is a setting that does nothing but mislead: refuse it, saying both ways out.
+fn check_batch_fits(max_batch_tokens: usize, max_body_bytes: usize) -> Result<(), ConfigError> {
+    let fitting = batch_tokens_fitting(max_body_bytes).max(1);
+    if max_batch_tokens <= fitting {
+        return Ok(());
+    }
+    let needed = 12 + max_batch_tokens * (MIN_BATCH_TOKEN_BYTES + 3);
+    Err(ConfigError::Invalid(format!(
+        "auth.max_batch_tokens = {max_batch_tokens} cannot be reached: that many tokens (at \
+         least {MIN_BATCH_TOKEN_BYTES} bytes each) need a body of {needed} bytes, above \
+         server.max_body_bytes = {max_body_bytes}; set auth.max_batch_tokens to at most \
+         {fitting} (or leave it unset to derive it), or raise server.max_body_bytes"
+    )))
+}
+
 fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if (min..=max).contains(&value) {
         Ok(())
@@ -809,6 +861,69 @@ scopes = ["read"]
             c.auth.trusted_issuers[0].jwks_file,
             PathBuf::from("/etc/subzero/idp.json")
         );
+    }
+
+    #[test]
+    fn min_batch_token_bytes_is_our_shortest_token() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let kid = "k".repeat(43); // an RFC 7638 thumbprint: SHA-256, base64url
+        let now_s = crate::unix_now_s();
+        let claims = crate::auth::Claims::new_for(
+            "i",
+            "s",
+            vec!["a".to_owned()],
+            &[],
+            1,
+            now_s,
+            crate::auth::new_jti(),
+        );
+        let shortest = crate::auth::sign(&key, &kid, &claims).len();
+        assert!(shortest >= MIN_BATCH_TOKEN_BYTES, "{shortest}");
+        assert!(
+            shortest < MIN_BATCH_TOKEN_BYTES + 8,
+            "stale bound: {shortest}"
+        );
+    }
+
+    #[test]
+    fn max_batch_tokens_follows_max_body_bytes_and_must_fit_in_it() {
+        // Default: as many of our shortest tokens as fit in 1 MiB, and that batch does fit.
+        let d = Config::default();
+        assert_eq!(d.auth.max_batch_tokens, 3021);
+        let body = 12 + d.auth.max_batch_tokens * (MIN_BATCH_TOKEN_BYTES + 3);
+        assert!(body <= d.server.limits.max_body_bytes, "{body}");
+        assert!(body + MIN_BATCH_TOKEN_BYTES + 3 > d.server.limits.max_body_bytes);
+        d.validate().unwrap();
+        // Unset, it is derived from the body limit: smaller, larger (capped), tiny.
+        let derived = |body: usize| {
+            let text = format!("[server]\nmax_body_bytes = {body}\n");
+            let c = Config::from_toml(&text, Path::new(".")).unwrap();
+            c.validate().unwrap();
+            c.auth.max_batch_tokens
+        };
+        assert_eq!(derived(4096), 11);
+        assert_eq!(derived(64 << 20), MAX_BATCH_TOKENS_DEFAULT);
+        assert_eq!(derived(0), 1);
+        // Set above what fits: refused, naming both keys and the largest that fits.
+        let c = Config::from_toml("[auth]\nmax_batch_tokens = 4096\n", Path::new(".")).unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("auth.max_batch_tokens = 4096 cannot be reached"),
+            "{err}"
+        );
+        assert!(err.contains("server.max_body_bytes = 1048576"), "{err}");
+        assert!(err.contains("at most 3021"), "{err}");
+        // Raising the body limit makes room for it; a smaller batch always fits.
+        let text = "[server]\nmax_body_bytes = 2097152\n[auth]\nmax_batch_tokens = 4096\n";
+        Config::from_toml(text, Path::new("."))
+            .unwrap()
+            .validate()
+            .unwrap();
+        let text = "[auth]\nmax_batch_tokens = 3021\n";
+        Config::from_toml(text, Path::new("."))
+            .unwrap()
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -41,6 +41,13 @@ pub struct Request<'a> {
     pub forwarded_for: Option<&'a [u8]>,
     /// Whether the connection stays open after the response.
     pub keep_alive: bool,
+    /// Minor HTTP version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// A header problem that leaves the message framing intact (no `Host` in HTTP/1.1, a
+    /// repeated `Host`, `Authorization` or `Content-Type`): the request is well delimited, so
+    /// the handler answers it `400` with this error instead of serving it, and the next
+    /// request on the connection is read where this one ends.
+    pub header_error: Option<HttpError>,
     /// The body (Content-Length bytes).
     pub body: &'a [u8],
 }
@@ -56,6 +63,12 @@ impl Request<'_> {
         } else {
             None
         }
+    }
+
+    /// Whether the response must say `connection: keep-alive`: an HTTP/1.0 client closes after
+    /// the response unless told otherwise, even when it asked to keep the connection.
+    pub fn echoes_keep_alive(&self) -> bool {
+        self.minor_version == 0 && self.keep_alive
     }
 
     /// Value of query parameter `name` (first occurrence; not percent-decoded).
@@ -85,9 +98,19 @@ pub enum HttpError {
     /// Content-Length missing where a body is sent, or Transfer-Encoding used.
     #[error("request body needs a Content-Length (chunked bodies are not accepted)")]
     LengthRequired,
-    /// Content-Length is not a number, or appears twice with different values.
+    /// Content-Length is not a number.
     #[error("invalid Content-Length header")]
     BadContentLength,
+    /// A header that must appear at most once appears again (`Content-Length` here closes the
+    /// connection; `Host`, `Authorization`, `Content-Type` are a `header_error`).
+    #[error("the {0} header appears more than once")]
+    Repeated(&'static str),
+    /// An HTTP/1.1 request without `Host` (RFC 9112 §3.2).
+    #[error("HTTP/1.1 request has no Host header")]
+    MissingHost,
+    /// `Host` holds characters no `host[:port]` can contain.
+    #[error("Host header is not a valid host[:port]")]
+    BadHost,
     /// HTTP version other than 1.0/1.1.
     #[error("HTTP version not supported")]
     Version,
@@ -100,9 +123,12 @@ impl HttpError {
     /// The status this error is answered with.
     pub fn status(self) -> Status {
         match self {
-            HttpError::Malformed | HttpError::BadContentLength | HttpError::BadPath => {
-                Status::BadRequest
-            }
+            HttpError::Malformed
+            | HttpError::BadContentLength
+            | HttpError::Repeated(_)
+            | HttpError::MissingHost
+            | HttpError::BadHost
+            | HttpError::BadPath => Status::BadRequest,
             HttpError::HeadersTooLarge | HttpError::TooManyHeaders => {
                 Status::RequestHeaderFieldsTooLarge
             }
@@ -161,52 +187,14 @@ pub fn parse(
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
 
-    let mut authorization = None;
-    let mut content_type = None;
-    let mut forwarded_for = None;
-    let mut content_length: Option<usize> = None;
-    let mut keep_alive = minor == 1;
-    let mut expects_continue = false;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        match name.len() {
-            13 if name.eq_ignore_ascii_case(b"authorization") => authorization = Some(h.value),
-            12 if name.eq_ignore_ascii_case(b"content-type") => content_type = Some(h.value),
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
-                let n = parse_usize(h.value).ok_or(HttpError::BadContentLength)?;
-                if content_length.is_some_and(|prev| prev != n) {
-                    return Err(HttpError::BadContentLength);
-                }
-                content_length = Some(n);
-            }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                return Err(HttpError::LengthRequired);
-            }
-            10 if name.eq_ignore_ascii_case(b"connection") => {
-                let v = h.value;
-                if contains_token(v, b"close") {
-                    keep_alive = false;
-                } else if contains_token(v, b"keep-alive") {
-                    keep_alive = true;
-                }
-            }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                expects_continue = minor == 1 && contains_token(h.value, b"100-continue");
-            }
-            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
-                let first = h.value.split(|&b| b == b',').next().unwrap_or(b"");
-                forwarded_for = Some(first.trim_ascii());
-            }
-            _ => {}
-        }
-    }
-    let body_len = content_length.unwrap_or(0);
+    let fields = read_fields(req.headers, minor)?;
+    let body_len = fields.content_length.unwrap_or(0);
     if body_len > max_body_bytes {
         return Err(HttpError::BodyTooLarge);
     }
     let total = head_len + body_len;
     if buf.len() < total {
-        return Ok(if expects_continue && buf.len() == head_len {
+        return Ok(if fields.expects_continue && buf.len() == head_len {
             Parsed::BodyExpected
         } else {
             Parsed::Partial
@@ -217,14 +205,126 @@ pub fn parse(
             method,
             path,
             query,
-            authorization,
-            content_type,
-            forwarded_for,
-            keep_alive,
+            authorization: fields.authorization,
+            content_type: fields.content_type,
+            forwarded_for: fields.forwarded_for,
+            keep_alive: fields.keep_alive,
+            minor_version: minor,
+            header_error: fields.header_error,
             body: &buf[head_len..total],
         },
         total,
     ))
+}
+
+/// The header fields a request's handling depends on.
+struct Fields<'a> {
+    authorization: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
+    forwarded_for: Option<&'a [u8]>,
+    content_length: Option<usize>,
+    keep_alive: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    expects_continue: bool,
+    header_error: Option<HttpError>,
+}
+
+/// Reads the fields we act on. Framing problems (`Content-Length`, `Transfer-Encoding`) are
+/// errors that end the connection; the rest become `header_error`.
+fn read_fields<'a>(headers: &[httparse::Header<'a>], minor: u8) -> Result<Fields<'a>, HttpError> {
+    let mut f = Fields {
+        authorization: None,
+        content_type: None,
+        forwarded_for: None,
+        content_length: None,
+        keep_alive: minor == 1,
+        expects_continue: false,
+        header_error: None,
+    };
+    let mut host = None;
+    for h in headers {
+        let name = h.name.as_bytes();
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => {
+                once(&mut host, h.value, "Host", &mut f.header_error);
+            }
+            13 if name.eq_ignore_ascii_case(b"authorization") => {
+                once(
+                    &mut f.authorization,
+                    h.value,
+                    "Authorization",
+                    &mut f.header_error,
+                );
+            }
+            12 if name.eq_ignore_ascii_case(b"content-type") => {
+                once(
+                    &mut f.content_type,
+                    h.value,
+                    "Content-Type",
+                    &mut f.header_error,
+                );
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                // Framing: one value, one way to delimit the body (a proxy in front may have
+                // picked another of several), so any repeat ends the connection.
+                if f.content_length.is_some() {
+                    return Err(HttpError::Repeated("Content-Length"));
+                }
+                f.content_length = Some(parse_usize(h.value).ok_or(HttpError::BadContentLength)?);
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                return Err(HttpError::LengthRequired);
+            }
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                let v = h.value;
+                if contains_token(v, b"close") {
+                    f.keep_alive = false;
+                } else if contains_token(v, b"keep-alive") {
+                    f.keep_alive = true;
+                }
+            }
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                f.expects_continue = minor == 1 && contains_token(h.value, b"100-continue");
+            }
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
+                let first = h.value.split(|&b| b == b',').next().unwrap_or(b"");
+                f.forwarded_for = Some(first.trim_ascii());
+            }
+            _ => {}
+        }
+    }
+    if f.header_error.is_none() {
+        f.header_error = match host {
+            None if minor == 1 => Some(HttpError::MissingHost),
+            Some(value) if !valid_host(value) => Some(HttpError::BadHost),
+            _ => None,
+        };
+    }
+    Ok(f)
+}
+
+/// Keeps the first value of a header that must appear once; a repeat becomes the request's
+/// `header_error` (the first problem found is the one reported).
+fn once<'a>(
+    slot: &mut Option<&'a [u8]>,
+    value: &'a [u8],
+    name: &'static str,
+    header_error: &mut Option<HttpError>,
+) {
+    if slot.is_some() {
+        header_error.get_or_insert(HttpError::Repeated(name));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Whether `value` can be a `uri-host [ ":" port ]` (RFC 9110 §7.2): reg-name, IPv4 or
+/// IP-literal characters only. Empty is allowed (a target without an authority).
+fn valid_host(value: &[u8]) -> bool {
+    value
+        .trim_ascii()
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
 }
 
 fn parse_usize(text: &[u8]) -> Option<usize> {
@@ -347,6 +447,22 @@ pub fn write_response(
     out.extend_from_slice(body);
 }
 
+/// Adds `connection: keep-alive` to the response starting at `start` in `out`, right after
+/// its status line. For HTTP/1.0 clients that asked to keep the connection
+/// ([`Request::echoes_keep_alive`]); those are rare, so the hot path's responses never pay for
+/// it and the few that need it pay one move of their bytes.
+pub fn echo_keep_alive(out: &mut Vec<u8>, start: usize) {
+    const HEADER: &[u8] = b"connection: keep-alive\r\n";
+    let Some(line_len) = out
+        .get(start..)
+        .and_then(|resp| resp.windows(2).position(|w| w == b"\r\n"))
+    else {
+        return;
+    };
+    let at = start + line_len + 2;
+    out.splice(at..at, HEADER.iter().copied());
+}
+
 /// Appends `n` in decimal without allocating.
 pub fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
     let mut digits = [0u8; 20];
@@ -466,7 +582,7 @@ mod tests {
                 1024
             )
             .unwrap_err(),
-            HttpError::BadContentLength
+            HttpError::Repeated("Content-Length")
         );
         let big = [b'a'; 300];
         let mut long = b"GET /".to_vec();
@@ -494,10 +610,108 @@ mod tests {
     fn http10_closes_unless_asked() {
         let (r, _) = complete(b"GET / HTTP/1.0\r\n\r\n");
         assert!(!r.keep_alive);
+        assert!(!r.echoes_keep_alive());
         let (r, _) = complete(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
         assert!(r.keep_alive);
-        let (r, _) = complete(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert!(r.echoes_keep_alive(), "1.0 needs the header to stay open");
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         assert!(!r.keep_alive);
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n");
+        assert!(r.keep_alive);
+        assert!(
+            !r.echoes_keep_alive(),
+            "1.1 keeps the connection by default"
+        );
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_valid_host() {
+        let header_error = |buf: &[u8]| complete(buf).0.header_error;
+        assert_eq!(
+            header_error(b"GET / HTTP/1.1\r\n\r\n"),
+            Some(HttpError::MissingHost)
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.0\r\n\r\n"),
+            None,
+            "1.0 may omit it"
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+            None,
+            "empty is valid"
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"),
+            Some(HttpError::Repeated("Host"))
+        );
+        assert_eq!(
+            header_error(b"GET / HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n"),
+            Some(HttpError::Repeated("Host")),
+            "a repeat is refused in 1.0 too"
+        );
+        for bad in [&b"a b"[..], b"a/b", b"user@a", b"a?b", b"a\"b"] {
+            let mut buf = b"GET / HTTP/1.1\r\nHost: ".to_vec();
+            buf.extend_from_slice(bad);
+            buf.extend_from_slice(b"\r\n\r\n");
+            assert_eq!(header_error(&buf), Some(HttpError::BadHost), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn repeated_singleton_headers_are_refused() {
+        let buf = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer one\r\nauthorization: Bearer two\r\n\r\n";
+        let (r, n) = complete(buf);
+        assert_eq!(
+            n,
+            buf.len(),
+            "framing is intact: the next request starts after it"
+        );
+        assert_eq!(r.header_error, Some(HttpError::Repeated("Authorization")));
+        assert_eq!(r.bearer(), Some(&b"one"[..]));
+        let buf = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            complete(buf).0.header_error,
+            Some(HttpError::Repeated("Content-Type"))
+        );
+        // The first problem is the one reported.
+        let buf = b"GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n";
+        assert_eq!(
+            complete(buf).0.header_error,
+            Some(HttpError::Repeated("Authorization"))
+        );
+        // Content-Length delimits the body: even an identical repeat ends the connection.
+        assert_eq!(
+            parse(
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nhi",
+                8192,
+                1024
+            )
+            .unwrap_err(),
+            HttpError::Repeated("Content-Length")
+        );
+        let (r, _) = complete(b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer x\r\n\r\n");
+        assert_eq!(r.header_error, None);
+    }
+
+    #[test]
+    fn keep_alive_echo_goes_after_the_status_line() {
+        let mut out = b"earlier".to_vec();
+        write_response(&mut out, Status::Ok, Some("text/plain"), &[], b"ok", true);
+        echo_keep_alive(&mut out, 7);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "earlierHTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok"
+        );
     }
 
     #[test]

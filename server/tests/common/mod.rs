@@ -538,3 +538,81 @@ fn issue_with(data_dir: &Path, sub: &str, aud: &str, scopes: &[&str], extra: &[&
 pub fn bearer(token: &str) -> String {
     format!("Bearer {token}")
 }
+
+impl Conn {
+    /// The next response to a `HEAD`: status line and headers only. Its `content-length`
+    /// describes the body a GET would get, so no body is read; bytes after the head stay
+    /// buffered for the next response (a body sent by mistake shows up there).
+    pub fn read_head_response(&mut self) -> Response {
+        loop {
+            if let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..head_end]).into_owned();
+                self.buf.drain(..head_end + 4);
+                let mut lines = head.split("\r\n");
+                let status_line = lines.next().unwrap_or("");
+                let status = status_line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("bad status line: {status_line:?}"));
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                    .collect();
+                return Response {
+                    status,
+                    headers,
+                    body: String::new(),
+                };
+            }
+            let mut chunk = vec![0u8; 65536];
+            match read_or_end(&mut self.stream, &mut chunk) {
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(End::Closed) => panic!("server closed the connection before answering"),
+                Err(End::TimedOut) => panic!("no response within the read time-out"),
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// The next `n` bytes the server sends, left unread (waits for them): after a `HEAD`
+    /// response, the next response's status line, or the body it should not have had.
+    pub fn peek(&mut self, n: usize) -> Vec<u8> {
+        while self.buf.len() < n {
+            let mut chunk = vec![0u8; 65536];
+            match read_or_end(&mut self.stream, &mut chunk) {
+                Ok(got) => self.buf.extend_from_slice(&chunk[..got]),
+                Err(end) => panic!("connection ended ({end:?}) before {n} more bytes"),
+            }
+        }
+        self.buf[..n].to_vec()
+    }
+}
+
+/// Runs the CLI for at most `timeout`; `Some((exit code, stderr))`, or `None` if it was still
+/// running then (it is killed), so a command that should fail at once cannot hang a test.
+pub fn cli_within(args: &[&str], timeout: Duration) -> Option<(i32, String)> {
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run subzero");
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                let _ = stderr.read_to_string(&mut err);
+            }
+            return Some((status.code().unwrap_or(-1), err));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
