@@ -264,11 +264,14 @@ pub const fn gcra_admit(tat_ns: u64, now_ns: u64, interval_ns: u64, limit_ns: u6
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
-    // explicit padding, so every bit pattern is a valid value.
+    // SAFETY: `#[repr(C)]`, `Copy`, two u64 and two u32 with no implicit padding (the `pad`
+    // field is explicit), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::BlockEntry {}
+    // SAFETY: `#[repr(C)]`, `Copy`, one byte array: every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: `#[repr(C)]`, `Copy`, four u64 and no padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::RateEntry {}
+    // SAFETY: `#[repr(C)]`, `Copy`, four u64 and no padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::GateParams {}
 }
 

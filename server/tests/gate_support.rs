@@ -3,7 +3,10 @@
 //! Included by the gate test files with `#[path = "gate_support.rs"] mod support;`. Everything a
 //! test creates (namespaces, links) carries the test process id in its name and is removed on
 //! drop, also when the test fails.
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "included by several test files, each using a different subset"
+)]
 
 use std::fs::File;
 use std::io::{Read, Write};

@@ -94,7 +94,10 @@ struct Waiting {
     since_s: u64,
 }
 
-#[allow(clippy::struct_excessive_bools)] // reason: independent state flags of one connection.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent state flags of one connection"
+)]
 struct Conn {
     fd: OwnedFd,
     gen: u32,
