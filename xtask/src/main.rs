@@ -8,6 +8,8 @@ mod netns;
 mod procstat;
 mod report;
 mod svg;
+#[cfg(test)]
+mod tidy;
 mod util;
 mod wrk;
 
