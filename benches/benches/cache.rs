@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion};
 use subzero::cache::{CuckooCache, Insert};
+use subzero_benches::thread_cpu_time;
 
 /// A claims-sized value stand-in.
 type Value = [u64; 4];
@@ -39,19 +39,6 @@ fn token(rng: &mut Rng) -> Vec<u8> {
     token.push(b'.');
     token.extend((0..86).map(|_| BASE64URL[rng.below(64)]));
     token
-}
-
-/// CPU time of the calling thread. The machine is shared (several builds at once on 2 cores),
-/// so wall time mostly measures the scheduler; thread CPU time measures the code.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Like `Bencher::iter`, timed in thread CPU time.

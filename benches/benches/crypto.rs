@@ -65,6 +65,7 @@ fn jwt(c: &mut Criterion) {
         &["read"],
         3600,
         now_s,
+        "jti-bench".into(),
     );
     let token = auth::sign(ring.signing_key(), ring.current_kid(), &claims);
     let strict = Verifier::own(&ring, "subzero", vec!["subzero".into()], 60);
@@ -91,6 +92,7 @@ fn jwt(c: &mut Criterion) {
                     &[],
                     3600,
                     now_s,
+                    format!("jti-{i}"),
                 );
                 auth::sign(ring.signing_key(), ring.current_kid(), &claims)
             })

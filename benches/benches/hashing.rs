@@ -1,23 +1,10 @@
 //! Batch hashing throughput per algorithm, batch size and input size.
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use subzero::hashing::{hash_batch, HashAlg};
-
-/// CPU time of the calling thread. The machine is shared (several builds at once on 2 cores),
-/// so wall time mostly measures the scheduler; thread CPU time measures the code.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
+use subzero_benches::thread_cpu_time;
 
 fn hashing(c: &mut Criterion) {
     for input_bytes in [64_usize, 1024, 4096] {

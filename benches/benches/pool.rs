@@ -5,21 +5,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use subzero::pool::{PoolKey, PoolLimits, PooledToken, TokenPool};
+use subzero_benches::thread_cpu_time;
 
 const TTL_S: u64 = 3600;
-
-/// CPU time of the calling thread. The machine is shared (several builds at once on 2 cores),
-/// so wall time mostly measures the scheduler; thread CPU time measures the code.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 fn limits() -> PoolLimits {
     PoolLimits {

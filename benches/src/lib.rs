@@ -2,10 +2,13 @@
 //! `cargo xtask bench`; this library holds what the `src/bin/*` programs share.
 //!
 //! Everything here is pure (no sockets, no clocks read): request framing for the hello floors,
-//! HTTP response parsing and the open-loop schedule for `loadgen`, plus the signal flag and CPU
-//! affinity helpers the bins call once at start.
+//! HTTP response parsing and the open-loop schedule for `loadgen`, plus the signal flag and
+//! socket helpers the bins call once at start and the thread CPU clock the benches time with.
+//! CPU affinity comes from the server crate (`subzero::config::allowed_cpus`), so the peers pin
+//! exactly as subzero does.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The response every hand-rolled hello peer writes (glommio and the bare `io_uring` loop):
 /// the same bytes for each, so they compare like for like.
@@ -45,21 +48,18 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
-/// The CPUs this process may run on (what `taskset` set), lowest first.
-pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
-    // SAFETY: `cpu_set_t` is plain data; `sched_getaffinity` fills it for the calling thread.
-    let set = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &raw mut set) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        set
+/// CPU time the calling thread has used. The machine is shared (several builds at once on 2
+/// cores), so wall time mostly measures the scheduler; the benches and the crypto ceiling divide
+/// by thread CPU time, which measures the code.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
     };
-    let n_cpus_max = 8 * std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: `CPU_ISSET` reads one bit of a set we own; the index is below the set's size.
-    Ok((0..n_cpus_max)
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect())
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Listen backlog the peers ask for; `std` uses 128, which drops SYNs when a load generator

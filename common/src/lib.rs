@@ -58,10 +58,15 @@ pub enum Reason {
     PassMalformed = 3,
 }
 
-/// Number of [`Reason`] values; the size of `SZ_COUNTERS`.
-pub const N_REASONS: u32 = 4;
+/// Number of [`Reason`] values; the size of `SZ_COUNTERS`. Follows the enum through
+/// [`Reason::LAST`]; the assertions below check that the indexes are exactly `0..N_REASONS`.
+pub const N_REASONS: u32 = Reason::LAST as u32 + 1;
 
 impl Reason {
+    /// The reason with the highest counter index. A new variant goes after it and becomes the
+    /// new `LAST` (`as_str`'s exhaustive match will not compile until it names the variant).
+    pub const LAST: Reason = Reason::PassMalformed;
+
     /// Every reason in counter-index order.
     pub const ALL: [Reason; N_REASONS as usize] = [
         Reason::Pass,
@@ -85,6 +90,18 @@ impl Reason {
         matches!(self, Reason::DropBlock | Reason::DropRate)
     }
 }
+
+// The counter array has one slot per reason, indexed by the discriminant: `ALL` lists them in
+// index order from 0 with no gap, so every index below `N_REASONS` is a reason and every reason
+// is an index below it. Checked at compile time, for the BPF target too.
+const _: () = {
+    let mut idx = 0;
+    while idx < Reason::ALL.len() {
+        assert!(Reason::ALL[idx] as usize == idx);
+        idx += 1;
+    }
+    assert!(Reason::ALL.len() == N_REASONS as usize);
+};
 
 /// Why a CIDR is on the blocklist (stored in [`BlockEntry::reason`]).
 #[repr(u32)]
@@ -147,6 +164,10 @@ pub struct BlockEntry {
     pub drops: u64,
 }
 
+// Map ABI, checked at compile time on both targets: two u64, two u32 (`pad` is explicit).
+const _: () = assert!(core::mem::size_of::<BlockEntry>() == 24);
+const _: () = assert!(core::mem::align_of::<BlockEntry>() == 8);
+
 impl BlockEntry {
     /// Whether the entry still blocks at `now_ns` (`CLOCK_BOOTTIME`).
     #[inline]
@@ -163,6 +184,10 @@ pub struct RateKey {
     /// Network byte order.
     pub addr: [u8; 16],
 }
+
+// Map ABI, checked at compile time on both targets: the address bytes.
+const _: () = assert!(core::mem::size_of::<RateKey>() == 16);
+const _: () = assert!(core::mem::align_of::<RateKey>() == 1);
 
 impl RateKey {
     /// The v4-mapped key for an IPv4 source.
@@ -196,6 +221,10 @@ pub struct RateEntry {
     pub last_ns: u64,
 }
 
+// Map ABI, checked at compile time on both targets: four u64.
+const _: () = assert!(core::mem::size_of::<RateEntry>() == 32);
+const _: () = assert!(core::mem::align_of::<RateEntry>() == 8);
+
 /// Value of `SZ_CONFIG[0]`: rate parameters precomputed by userspace so the kernel side does
 /// no division.
 ///
@@ -212,6 +241,10 @@ pub struct GateParams {
     /// Burst allowance: `pkt_interval_ns × pkt_burst`.
     pub pkt_limit_ns: u64,
 }
+
+// Map ABI, checked at compile time on both targets: four u64.
+const _: () = assert!(core::mem::size_of::<GateParams>() == 32);
+const _: () = assert!(core::mem::align_of::<GateParams>() == 8);
 
 impl GateParams {
     /// Parameters for the given rates and bursts; a rate or burst of 0 disables that bucket.
@@ -264,11 +297,14 @@ pub const fn gcra_admit(tat_ns: u64, now_ns: u64, interval_ns: u64, limit_ns: u6
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers and byte arrays, with
-    // explicit padding, so every bit pattern is a valid value.
+    // SAFETY: `#[repr(C)]`, `Copy`, two u64 and two u32 with no implicit padding (the `pad`
+    // field is explicit), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::BlockEntry {}
+    // SAFETY: `#[repr(C)]`, `Copy`, one byte array: every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RateKey {}
+    // SAFETY: `#[repr(C)]`, `Copy`, four u64 and no padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::RateEntry {}
+    // SAFETY: `#[repr(C)]`, `Copy`, four u64 and no padding: every bit pattern is valid.
     unsafe impl aya::Pod for super::GateParams {}
 }
 
@@ -322,12 +358,9 @@ mod tests {
         assert!(!e.is_active(100));
     }
 
+    // Sizes and alignments are `const` assertions beside each type.
     #[test]
-    fn layouts_are_fixed() {
-        assert_eq!(core::mem::size_of::<BlockEntry>(), 24);
-        assert_eq!(core::mem::size_of::<RateKey>(), 16);
-        assert_eq!(core::mem::size_of::<RateEntry>(), 32);
-        assert_eq!(core::mem::size_of::<GateParams>(), 32);
+    fn rate_key_maps_v4_into_v6() {
         assert_eq!(
             RateKey::v4([10, 0, 0, 1]).addr[10..],
             [0xff, 0xff, 10, 0, 0, 1]

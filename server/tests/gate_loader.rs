@@ -685,8 +685,9 @@ fn mounts_bpffs_when_missing() {
 
 fn is_bpffs(path: &str) -> bool {
     let c = std::ffi::CString::new(path).unwrap();
-    // SAFETY: zeroed statfs is a valid out-buffer.
+    // SAFETY: `statfs` is plain integers, for which all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and outlives the call; `st` is a valid out-buffer.
     (unsafe { libc::statfs(c.as_ptr(), &raw mut st) }) == 0 && st.f_type == 0xcafe_4a11
 }
 

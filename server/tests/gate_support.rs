@@ -6,7 +6,10 @@
 //!
 //! Waiting is always a poll against a deadline ([`wait_for`]): a sleep never stands in for
 //! "the thing has happened".
-#![allow(dead_code)]
+#![allow(
+    dead_code,
+    reason = "included by several test files, each using a different subset"
+)]
 
 use std::fs::File;
 use std::io::{Read, Write};

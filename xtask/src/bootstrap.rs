@@ -1,5 +1,6 @@
-//! `cargo xtask test`: install what the build and the tests need (idempotently), then build
-//! and test the default workspace members. Also the package helpers `bench` reuses.
+//! `cargo xtask test`: install what the build and the tests need (idempotently), check the
+//! house rules (fmt, clippy, tidy), then build and test the default workspace members and the
+//! bench crate. Also the package helpers `bench` reuses.
 
 use std::path::Path;
 use std::process::Command;
@@ -119,6 +120,20 @@ fn ensure_rust_src() -> Result<()> {
     ]))
 }
 
+/// rustfmt and clippy for the stable toolchain: CI checks formatting and lints before testing.
+fn ensure_lint_tools() -> Result<()> {
+    let installed = util::output(Command::new("rustup").args(["component", "list", "--installed"]))
+        .context("rustup could not list the toolchain's components")?;
+    for component in ["rustfmt", "clippy"] {
+        if installed.lines().any(|l| l.trim().starts_with(component)) {
+            println!("    {component}: installed");
+        } else {
+            util::run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+    Ok(())
+}
+
 fn ensure_bpf_linker() -> Result<()> {
     let version = Command::new("bpf-linker")
         .arg("--version")
@@ -184,14 +199,43 @@ pub fn test() -> Result<()> {
             ensure_bpf_linker,
         )?;
         step(&mut timings, "bpffs mount", ensure_bpffs)?;
-        // Plain `cargo build`/`cargo test` at the root act on `default-members` (server, common,
-        // xtask); `--workspace` would pull in ebpf (bpf target only) and the bench peers.
+        step(&mut timings, "rustfmt and clippy", ensure_lint_tools)?;
+        // The house rules, cheapest first, so a broken rule fails in seconds, not after the
+        // build. `--all` formats every member, ebpf and benches included.
+        step(&mut timings, "cargo fmt --all -- --check", || {
+            util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
+        })?;
+        // Plain `cargo build`/`cargo test`/`cargo clippy` at the root act on `default-members`
+        // (server, common, xtask); `--workspace` would pull in ebpf (bpf target only) and the
+        // bench peers.
+        step(
+            &mut timings,
+            "cargo clippy --all-targets -- -D warnings (default members)",
+            || util::run(util::cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"])),
+        )?;
+        // A broken rule's message is the violation list; a panic backtrace would bury it.
+        step(&mut timings, "tidy (cargo test -p xtask tidy)", || {
+            util::run(
+                util::cargo()
+                    .args(["test", "-p", "xtask", "tidy"])
+                    .env("RUST_BACKTRACE", "0"),
+            )
+        })?;
         step(&mut timings, "cargo build (default members)", || {
             util::run(util::cargo().arg("build"))
         })?;
         step(&mut timings, "cargo test (default members)", || {
             util::run(util::cargo().arg("test"))
-        })
+        })?;
+        // The bench crate is not a default member (tokio, hyper, glommio), but its peers,
+        // loadgen and criterion benches are what `cargo xtask bench` trusts: test them, and run
+        // each bench once in test mode (`--all-targets`) so a bench that stops compiling fails
+        // here rather than in the next bench run.
+        step(
+            &mut timings,
+            "cargo test -p subzero-benches --all-targets",
+            || util::run(util::cargo().args(["test", "-p", "subzero-benches", "--all-targets"])),
+        )
     })();
     println!("\nStep times:");
     for (name, elapsed) in &timings {

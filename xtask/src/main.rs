@@ -8,6 +8,8 @@ mod netns;
 mod procstat;
 mod report;
 mod svg;
+#[cfg(test)]
+mod tidy;
 mod util;
 mod wrk;
 
@@ -25,8 +27,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build and tests need (apt, rust-src, bpf-linker, bpffs), then build and
-    /// test the default workspace members. CI runs this as root (`.ci/run`).
+    /// Install what the build and tests need (apt, rust-src, bpf-linker, bpffs), check fmt,
+    /// clippy and tidy, then build and test the default workspace members and the bench crate.
+    /// CI runs this as root with `CI=true` (`.ci/run`).
     Test,
     /// Build release and run `subzero serve ARGS` (no args: the embedded default).
     Run {

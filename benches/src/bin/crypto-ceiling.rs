@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use subzero_benches::thread_cpu_time;
 
 /// Raw Ed25519 throughput on one core.
 #[derive(Parser, Debug)]
@@ -55,18 +56,6 @@ fn signing_input(idx: usize) -> Vec<u8> {
          eyJpc3MiOiJzdWJ6ZXJvIiwic3ViIjoidXNlci0{idx:08}IiwiYXVkIjoic3ViemVybyIsImV4cCI6MTc2NzIyNTYwMCwibmJmIjoxNzY3MjIyMDAwLCJpYXQiOjE3NjcyMjIwMDAsImp0aSI6IjAxSEZaIiwic2NvcGUiOiJyZWFkIHdyaXRlIn0"
     )
     .into_bytes()
-}
-
-/// CPU time this thread has used: the figures divide by it, not by wall time, so a busy
-/// machine stretches the run but not the result.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `clock_gettime` writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Runs `op` (which does `ops_per_call` signatures) until `duration` of wall time passes;

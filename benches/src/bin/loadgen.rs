@@ -92,7 +92,10 @@ fn user_data(op: Op, conn_idx: usize) -> u64 {
     ((op as u64) << 56) | conn_idx as u64
 }
 
-#[allow(clippy::struct_excessive_bools)] // reason: independent per-connection flags, read one at a time.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent per-connection flags, read one at a time"
+)]
 struct Conn {
     stream: Option<TcpStream>,
     /// Due times (ns since start) and indexes of requests assigned here and not sent yet.

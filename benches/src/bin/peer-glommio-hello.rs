@@ -9,9 +9,8 @@ use clap::Parser;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
-use subzero_benches::{
-    allowed_cpus, frame_requests, install_stop_handler, stop_requested, HELLO_RESPONSE,
-};
+use subzero::config::allowed_cpus;
+use subzero_benches::{frame_requests, install_stop_handler, stop_requested, HELLO_RESPONSE};
 
 /// Hello responder on stock glommio.
 #[derive(Parser, Debug)]
@@ -79,7 +78,7 @@ async fn serve(listen: SocketAddr) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
     install_stop_handler()?;
-    let cpu = allowed_cpus()?
+    let cpu = allowed_cpus()
         .first()
         .copied()
         .ok_or_else(|| std::io::Error::other("no CPU in this process's affinity mask"))?;

@@ -21,7 +21,6 @@ struct Args {
     listen: SocketAddr,
 }
 
-#[allow(clippy::unused_async)] // reason: hyper's `service_fn` needs a future.
 async fn hello(
     _request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {

@@ -57,7 +57,10 @@ fn decode(user_data: u64) -> (u64, usize, u32) {
     )
 }
 
-#[allow(clippy::struct_excessive_bools)] // reason: independent per-connection flags, read one at a time.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent per-connection flags, read one at a time"
+)]
 struct Conn {
     fd: RawFd,
     generation: u32,

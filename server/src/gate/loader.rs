@@ -297,8 +297,9 @@ fn ensure_bpffs() -> Result<(), GateError> {
     let dir = Path::new(BPFFS_DIR);
     let c_dir = CString::new(BPFFS_DIR)
         .map_err(|_| io_err("bad path", dir, std::io::ErrorKind::InvalidInput.into()))?;
-    // SAFETY: zeroed statfs is a valid out-buffer; the path is NUL-terminated.
+    // SAFETY: `statfs` is plain integers, for which all-zero is a valid value.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and outlives the call; `st` is a valid out-buffer.
     let rc = unsafe { libc::statfs(c_dir.as_ptr(), &raw mut st) };
     if rc == 0 && st.f_type == BPF_FS_MAGIC {
         return Ok(());

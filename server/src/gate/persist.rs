@@ -2,12 +2,12 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use super::maps::BlockItem;
 use super::{parse_block_reason, until_ns, BlockReason, Cidr, GateError};
+use crate::unix_now_s;
 
 /// Entries read from a file at most (the two tries' sizes).
 const MAX_FILE_ENTRIES: usize = 2 * 65_536;
@@ -25,12 +25,6 @@ struct FileEntry {
     /// Unix seconds when the entry stops blocking; absent = forever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_unix_s: Option<u64>,
-}
-
-fn unix_now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// A cheap digest of what would be written, to skip rewriting an unchanged file.

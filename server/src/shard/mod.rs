@@ -126,6 +126,7 @@ pub fn bind_listener(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd>
 /// The address a listener actually bound (port 0 resolves here).
 pub fn local_addr(fd: &OwnedFd) -> std::io::Result<SocketAddr> {
     use std::os::fd::AsRawFd;
+    // SAFETY: all-zero is a valid sockaddr_storage.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: storage is large enough for any address.

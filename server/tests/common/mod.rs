@@ -1,7 +1,10 @@
 //! Shared helpers for end-to-end tests: start the real `subzero` binary on loopback, speak
 //! HTTP/1.1 to it over plain sockets, and stop it by pid.
-#![allow(dead_code)] // reason: each test file uses a different subset.
-#![allow(clippy::zombie_processes)] // reason: `Server::drop` kills and reaps the child.
+#![allow(dead_code, reason = "each test file uses a different subset")]
+#![allow(
+    clippy::zombie_processes,
+    reason = "`Server::drop` kills and reaps the child"
+)]
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
