@@ -87,7 +87,7 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
         if in_ci() {
             bail!("CI=true but not running as root: cannot install packages");
         }
-        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2 by hand)");
+        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace by hand)");
         return Ok(());
     }
     apt.ensure("llvm-22-dev")?;
@@ -95,6 +95,9 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
     apt.ensure_one_of(&["nginx-light", "nginx"])?;
     apt.ensure("bpftool")?;
     apt.ensure("iproute2")?;
+    // e2e_lifecycle runs the server under strace to order fdatasync before the 200 and to
+    // inject a failing fdatasync.
+    apt.ensure("strace")?;
     Ok(())
 }
 
@@ -189,7 +192,7 @@ pub fn test() -> Result<()> {
     let result = (|| {
         step(
             &mut timings,
-            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2)",
+            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace)",
             || ensure_packages(&mut apt),
         )?;
         step(&mut timings, "rust-src for nightly", ensure_rust_src)?;
