@@ -98,27 +98,32 @@ fn a_fast_batch_never_widens_what_single_token_paths_accept() {
     // One shard: the batch and the later requests share one cache.
     let server = Server::start(dir.path(), &["--shards", "1"]);
     let good = issue(dir.path(), "alice", "subzero", &["read"]);
-    let torsion = torsion_r_token(dir.path(), &issue(dir.path(), "mallory", "subzero", &[]));
+    let mallory = issue(dir.path(), "mallory", "subzero", &[]);
     assert_eq!(get_status(&server, &good).0, 200);
-    assert_single_paths_refuse(&server, &torsion, "before any batch");
+    assert_single_paths_refuse(
+        &server,
+        &torsion_r_token(dir.path(), &mallory),
+        "before any batch",
+    );
     // The fast batch's equation (random 128-bit coefficients, no cofactor) lets an order-2
-    // torsion component through when the token's coefficient is even: half the time. Batch
-    // until it does (a failed batch falls back to strict checks and caches nothing), so the
-    // torsion token sits in the cache, admitted by the batch, for what follows.
+    // torsion component through when the token's coefficient is even: half the time. Try fresh
+    // torsion tokens (a refused one is remembered as invalid by its bytes) until one is
+    // accepted: it then sits in the cache, admitted by the batch, for what follows.
     let mut n_batches = 0;
-    loop {
+    let torsion = loop {
+        let candidate = torsion_r_token(dir.path(), &mallory);
         let fresh = issue(dir.path(), "alice", "subzero", &["read"]);
-        let valid = batch_valid(&server, &[&fresh, &torsion]);
+        let valid = batch_valid(&server, &[&fresh, &candidate]);
         assert!(valid[0]);
         n_batches += 1;
         if valid[1] {
-            break;
+            break candidate;
         }
         assert!(
             n_batches < 64,
-            "the fast batch never accepted the torsion token"
+            "the fast batch never accepted a torsion token"
         );
-    }
+    };
     for round in 0..3 {
         assert_single_paths_refuse(
             &server,

@@ -9,6 +9,7 @@ use super::{is_revoked, Cached, Denial, ShardApp};
 use crate::auth::{Claims, TokenError};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
+use crate::shard::{Cx, Outcome};
 
 /// RFC 6750 challenge for a request without credentials.
 const CHALLENGE_NONE: &[u8] = b"www-authenticate: Bearer realm=\"subzero\"";
@@ -19,23 +20,56 @@ struct TokenBody<'a> {
     token: std::borrow::Cow<'a, str>,
 }
 
+/// How long an invalid token is remembered by its exact bytes, so a replay costs a lookup.
+pub const REJECTED_TTL_S: u64 = 60;
+/// Invalid tokens remembered per shard.
+pub const REJECTED_ENTRIES: usize = 4096;
+
+/// What checking one token came to.
+pub(super) enum Check {
+    /// Answered: the cached claims, or why not.
+    Done(Result<Rc<Cached>, Denial>, Op),
+    /// It needs a verification and this pass's budget is spent: offer it again next turn.
+    Later,
+    /// Its source failed too many verifications lately: `429` for `retry_after_s`.
+    Limited {
+        /// Seconds until the source's failure budget has a token again.
+        retry_after_s: u64,
+    },
+}
+
+/// Whether a failed verification may be remembered by the token's bytes: not when the same
+/// bytes can become valid later (not yet valid; a key id a JWKS reload or rotation may bring).
+pub(super) fn rejection_is_stable(e: &TokenError) -> bool {
+    !matches!(e, TokenError::NotYetValid | TokenError::UnknownKid { .. })
+}
+
 impl ShardApp {
-    /// Looks `token` up in the cache, else verifies it (reloading an external issuer's JWKS
+    /// Looks `token` up in the cache (and the invalid-token cache), else verifies it within
+    /// this pass's budget and its source's failure budget (reloading an external issuer's JWKS
     /// once on an unknown kid), checks revocation and caches the result.
-    pub(super) fn check_token(
-        &mut self,
-        token: &[u8],
-        now_s: u64,
-    ) -> (Result<Rc<Cached>, Denial>, Op) {
+    pub(super) fn check_token(&mut self, token: &[u8], cx: &Cx<'_>) -> Check {
+        let now_s = cx.now_s;
         if let Some(cached) = self.cache.get(token, now_s) {
             if is_revoked(&self.revoked, &cached.claims) {
-                return (Err(Denial::Revoked), Op::AuthenticateHit);
+                return Check::Done(Err(Denial::Revoked), Op::AuthenticateHit);
             }
             if cached.strict {
-                return (Ok(Rc::clone(cached)), Op::AuthenticateHit);
+                return Check::Done(Ok(Rc::clone(cached)), Op::AuthenticateHit);
             }
             // Admitted by a fast batch: single-token paths accept only what verify_strict
             // accepts, so verify again (and replace the entry with a strict one).
+        }
+        if let Some(e) = self.rejected.get(token, now_s) {
+            self.counters.rejected_hits += 1;
+            return Check::Done(Err(Denial::Token(e.clone())), Op::AuthenticateHit);
+        }
+        if let Some(retry_after_s) = self.over_failure_budget(cx) {
+            return Check::Limited { retry_after_s };
+        }
+        if !self.pass_budget.take(cx.pass, 1) {
+            self.counters.verify_deferred += 1;
+            return Check::Later;
         }
         self.counters.verifications += 1;
         let claims = match self.verifier.verify(token, now_s) {
@@ -52,10 +86,44 @@ impl ShardApp {
             },
             other => other,
         };
-        (
+        if let Err(e) = &claims {
+            self.note_failure(token, e, cx);
+        }
+        Check::Done(
             self.admit(token, claims, true, now_s),
             Op::AuthenticateVerify,
         )
+    }
+
+    /// `Some(retry_after_s)` when `cx.peer` has spent its budget of failed verifications; a
+    /// source that keeps trying is reported for the kernel blocklist.
+    pub(super) fn over_failure_budget(&mut self, cx: &Cx<'_>) -> Option<u64> {
+        let now_ms = crate::unix_now_ms();
+        if !self.failures.exhausted(cx.peer, now_ms) {
+            return None;
+        }
+        self.counters.verify_limited += 1;
+        match self.failures.check(cx.peer, now_ms) {
+            super::ratelimit::Verdict::Allow => None, // refilled in between
+            super::ratelimit::Verdict::Limit {
+                retry_after_s,
+                report,
+            } => {
+                if report {
+                    self.report_offender(cx.peer);
+                }
+                Some(retry_after_s)
+            }
+        }
+    }
+
+    /// A verification failed: charge the source's failure budget and remember the bytes.
+    pub(super) fn note_failure(&mut self, token: &[u8], e: &TokenError, cx: &Cx<'_>) {
+        let _ = self.failures.check(cx.peer, crate::unix_now_ms());
+        if rejection_is_stable(e) {
+            let until_s = cx.now_s + REJECTED_TTL_S;
+            self.rejected.insert(token, e.clone(), until_s, cx.now_s);
+        }
     }
 
     /// Revocation check and cache insert for a freshly verified token; `strict` says whether
@@ -84,9 +152,9 @@ impl ShardApp {
     pub(super) fn authenticate_get(
         &mut self,
         req: &Request<'_>,
-        now_s: u64,
+        cx: &Cx<'_>,
         out: &mut Vec<u8>,
-    ) -> Op {
+    ) -> (Outcome, Op) {
         let ka = req.keep_alive;
         let Some(token) = req.bearer() else {
             self.counters.auth_denied += 1;
@@ -98,9 +166,16 @@ impl ShardApp {
                 &[CHALLENGE_NONE],
                 ka,
             );
-            return Op::Other;
+            return (Outcome::Done, Op::Other);
         };
-        let (result, op) = self.check_token(token, now_s);
+        let (result, op) = match self.check_token(token, cx) {
+            Check::Done(result, op) => (result, op),
+            Check::Later => return (Outcome::Later, Op::Other),
+            Check::Limited { retry_after_s } => {
+                respond::too_many_failures(out, retry_after_s, ka);
+                return (Outcome::Done, Op::Other);
+            }
+        };
         match result {
             Ok(cached) => {
                 self.counters.auth_ok += 1;
@@ -116,15 +191,15 @@ impl ShardApp {
                 respond::invalid_token(out, &e, ka);
             }
         }
-        op
+        (Outcome::Done, op)
     }
 
     pub(super) fn authenticate_post(
         &mut self,
         req: &Request<'_>,
-        now_s: u64,
+        cx: &Cx<'_>,
         out: &mut Vec<u8>,
-    ) -> Op {
+    ) -> (Outcome, Op) {
         let ka = req.keep_alive;
         let body: TokenBody<'_> = match serde_json::from_slice(req.body) {
             Ok(body) => body,
@@ -136,10 +211,17 @@ impl ShardApp {
                     "body must be JSON {\"token\": \"...\"}",
                     ka,
                 );
-                return Op::Other;
+                return (Outcome::Done, Op::Other);
             }
         };
-        let (result, op) = self.check_token(body.token.as_bytes(), now_s);
+        let (result, op) = match self.check_token(body.token.as_bytes(), cx) {
+            Check::Done(result, op) => (result, op),
+            Check::Later => return (Outcome::Later, Op::Other),
+            Check::Limited { retry_after_s } => {
+                respond::too_many_failures(out, retry_after_s, ka);
+                return (Outcome::Done, Op::Other);
+            }
+        };
         match result {
             Ok(cached) => {
                 self.counters.auth_ok += 1;
@@ -152,7 +234,7 @@ impl ShardApp {
                 respond::invalid_token(out, &e, ka);
             }
         }
-        op
+        (Outcome::Done, op)
     }
 }
 

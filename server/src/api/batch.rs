@@ -1,15 +1,19 @@
 //! `POST /v1/authenticate/batch`: cache hits first, the rest through Ed25519 batch
-//! verification; batches of at least `SPLIT_MIN_TOKENS` are split across every shard over the
-//! mesh and answered when the last part returns.
+//! verification. Small batches are verified at once within the pass's budget; larger ones
+//! become jobs that background work verifies a chunk per pass, so one batch cannot hold the
+//! shard; batches of at least `SPLIT_MIN_TOKENS` are split across every shard over the mesh
+//! (each part a job there) and answered when the last part returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
+use super::budget::VERIFY_UNITS_PER_PASS;
 use super::respond;
 use super::{is_revoked, ShardApp};
-use crate::auth::Claims;
+use crate::auth::{BatchMode, Claims};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
 use crate::plane::{Denial, ShardMsg, Verdict};
@@ -17,8 +21,11 @@ use crate::shard::{Cx, Outcome, Ready, Ticket};
 
 /// Batches this large are split across shards; below it the mesh round trip is not worth it.
 pub const SPLIT_MIN_TOKENS: usize = 256;
-/// Split batches in flight per shard; more are verified locally.
+/// Split or queued batches in flight per shard; beyond it a batch waits for the next turn.
 pub const MAX_PENDING_BATCHES: usize = 64;
+/// Tokens a job verifies per loop pass (about `VERIFY_UNITS_PER_PASS` strict verifications'
+/// worth in the fast mode).
+pub const JOB_TOKENS_PER_PASS: usize = 32;
 
 #[derive(Deserialize)]
 struct BatchBody<'a> {
@@ -26,19 +33,49 @@ struct BatchBody<'a> {
     tokens: Vec<std::borrow::Cow<'a, str>>,
 }
 
-/// A split batch waiting for its parts.
+/// A batch waiting for its parts (jobs here or on other shards).
 pub struct PendingBatch {
     ticket: Ticket,
     keep_alive: bool,
+    /// Whose failed verifications count against whose budget.
+    peer: IpAddr,
     verdicts: Vec<Option<Verdict>>,
     parts_left: usize,
 }
 
-/// The split batches of one shard.
+/// Where a finished job's verdicts go.
+#[derive(Debug, Clone, Copy)]
+enum JobFor {
+    /// A part of a batch this shard answers.
+    Local { batch_id: u64 },
+    /// A part another shard sent; its verdicts go back there.
+    Remote { origin: usize, batch_id: u64 },
+}
+
+/// Tokens to verify in the background, a chunk per pass.
+struct Job {
+    target: JobFor,
+    /// Index of the first token in the whole batch.
+    offset: usize,
+    tokens: Vec<String>,
+    verdicts: Vec<Verdict>,
+}
+
+/// The batches of one shard in flight.
 #[derive(Default)]
 pub struct Batches {
     pending: HashMap<u64, PendingBatch>,
+    jobs: VecDeque<Job>,
     next_id: u64,
+}
+
+/// Verification cost of `n_misses` signatures in units of one strict verification.
+fn units_for(n_misses: usize, mode: BatchMode) -> u32 {
+    let units = match mode {
+        BatchMode::Strict => n_misses,
+        BatchMode::Fast => n_misses.div_ceil(2), // a batched signature costs under half
+    };
+    u32::try_from(units).unwrap_or(u32::MAX)
 }
 
 impl ShardApp {
@@ -64,74 +101,139 @@ impl ShardApp {
             respond::error(out, Status::BadRequest, "invalid_request", &text, ka);
             return done;
         }
+        if let Some(retry_after_s) = self.over_failure_budget(cx) {
+            respond::too_many_failures(out, retry_after_s, ka);
+            return done;
+        }
         let tokens: Vec<&[u8]> = body.tokens.iter().map(|t| t.as_bytes()).collect();
+        let n_misses = tokens
+            .iter()
+            .filter(|t| !self.cache.contains(t, cx.now_s) && !self.rejected.contains(t, cx.now_s))
+            .count();
+        let units = units_for(n_misses, self.verifier.batch_mode());
         let n_shards = self.outbox.n_shards();
-        let split_allowed = self.batches.pending.len() < MAX_PENDING_BATCHES;
-        let parts = plan_split(tokens.len(), n_shards, self.idx, split_allowed);
-        if parts.len() == 1 {
+        let parts = plan_split(tokens.len(), n_shards, self.idx, true);
+        let queue_full = self.batches.pending.len() >= MAX_PENDING_BATCHES;
+        if parts.len() == 1 && units <= VERIFY_UNITS_PER_PASS {
+            // Small: at once, if this pass can still afford it.
+            if !self.pass_budget.take(cx.pass, units) {
+                return (Outcome::Later, Op::AuthenticateBatch);
+            }
             let verdicts = self.verify_many(&tokens, cx.now_s);
+            self.charge_failures(cx.peer, &verdicts);
             write_batch(out, verdicts.into_iter().map(Some), ka);
             return done;
         }
-        let id = self.batches.next_id;
-        self.batches.next_id += 1;
-        let mut verdicts: Vec<Option<Verdict>> = vec![None; tokens.len()];
-        let mut parts_left = 0;
-        let mut local: Vec<Part> = Vec::new();
-        for part in parts {
-            if part.to_idx == self.idx {
-                local.push(part);
-                continue;
-            }
-            let msg = ShardMsg::BatchPart {
-                origin: self.idx,
-                batch_id: id,
-                offset: part.offset,
-                tokens: tokens[part.offset..part.offset + part.len]
-                    .iter()
-                    .map(|t| String::from_utf8_lossy(t).into_owned())
-                    .collect(),
-            };
-            match self.outbox.send(part.to_idx, msg) {
-                Ok(()) => parts_left += 1,
-                Err(_) => local.push(part), // that edge is full: do the part here
-            }
-        }
-        for part in local {
-            let range = part.offset..part.offset + part.len;
-            let part_verdicts = self.verify_many(&tokens[range.clone()], cx.now_s);
-            for (slot, v) in verdicts[range].iter_mut().zip(part_verdicts) {
-                *slot = Some(v);
-            }
-        }
-        if parts_left == 0 {
-            write_batch(out, verdicts.into_iter(), ka);
-            return done;
+        if queue_full {
+            return (Outcome::Later, Op::AuthenticateBatch);
         }
         let ticket = cx.defer();
+        let batch_id = self.batches.next_id;
+        self.batches.next_id += 1;
+        let mut parts_left = 0;
+        for part in parts {
+            let owned = || {
+                tokens[part.offset..part.offset + part.len]
+                    .iter()
+                    .map(|t| String::from_utf8_lossy(t).into_owned())
+                    .collect::<Vec<String>>()
+            };
+            if part.to_idx != self.idx {
+                let msg = ShardMsg::BatchPart {
+                    origin: self.idx,
+                    batch_id,
+                    offset: part.offset,
+                    tokens: owned(),
+                };
+                if self.outbox.send(part.to_idx, msg).is_ok() {
+                    parts_left += 1;
+                    continue;
+                }
+                // That edge is full: do the part here.
+            }
+            self.batches.jobs.push_back(Job {
+                target: JobFor::Local { batch_id },
+                offset: part.offset,
+                tokens: owned(),
+                verdicts: Vec::with_capacity(part.len),
+            });
+            parts_left += 1;
+        }
         self.batches.pending.insert(
-            id,
+            batch_id,
             PendingBatch {
                 ticket,
                 keep_alive: ka,
-                verdicts,
+                peer: cx.peer,
+                verdicts: vec![None; tokens.len()],
                 parts_left,
             },
         );
         (Outcome::Deferred(ticket), Op::AuthenticateBatch)
     }
 
-    /// Verdicts for `tokens`: cache hits, then one batch verification of the misses.
+    /// Charges `peer`'s failure budget for each token the batch found invalid.
+    fn charge_failures(&mut self, peer: IpAddr, verdicts: &[Verdict]) {
+        let now_ms = crate::unix_now_ms();
+        for v in verdicts {
+            if matches!(v, Err(Denial::Token(_))) {
+                let _ = self.failures.check(peer, now_ms);
+            }
+        }
+    }
+
+    /// Background: verifies the next chunk of the oldest jobs; true while jobs remain.
+    pub(super) fn run_jobs(&mut self, now_s: u64, ready: &mut Ready) -> bool {
+        let mut n_left = JOB_TOKENS_PER_PASS;
+        while n_left > 0 {
+            let Some(job) = self.batches.jobs.front_mut() else {
+                break;
+            };
+            let from = job.verdicts.len();
+            let to = (from + n_left).min(job.tokens.len());
+            let chunk: Vec<String> = job.tokens[from..to].to_vec();
+            n_left -= to - from;
+            let refs: Vec<&[u8]> = chunk.iter().map(String::as_bytes).collect();
+            let verdicts = self.verify_many(&refs, now_s);
+            let Some(job) = self.batches.jobs.front_mut() else {
+                break;
+            };
+            job.verdicts.extend(verdicts);
+            if job.verdicts.len() < job.tokens.len() {
+                continue;
+            }
+            let Some(job) = self.batches.jobs.pop_front() else {
+                break;
+            };
+            match job.target {
+                JobFor::Local { batch_id } => {
+                    self.on_batch_done(batch_id, job.offset, job.verdicts, ready);
+                }
+                JobFor::Remote { origin, batch_id } => {
+                    self.counters.batch_parts_served += 1;
+                    self.return_part(origin, batch_id, job.offset, job.verdicts);
+                }
+            }
+        }
+        !self.batches.jobs.is_empty()
+    }
+
+    /// Verdicts for `tokens`: cache hits and remembered invalid tokens, then one batch
+    /// verification of the misses.
     pub(super) fn verify_many(&mut self, tokens: &[&[u8]], now_s: u64) -> Vec<Verdict> {
         let mut verdicts: Vec<Option<Verdict>> = tokens
             .iter()
             .map(|t| {
-                let cached = self.cache.get(t, now_s)?;
-                Some(if is_revoked(&self.revoked, &cached.claims) {
-                    Err(Denial::Revoked)
-                } else {
-                    Ok(cached.claims.clone())
-                })
+                if let Some(cached) = self.cache.get(t, now_s) {
+                    return Some(if is_revoked(&self.revoked, &cached.claims) {
+                        Err(Denial::Revoked)
+                    } else {
+                        Ok(cached.claims.clone())
+                    });
+                }
+                let e = self.rejected.get(t, now_s)?;
+                self.counters.rejected_hits += 1;
+                Some(Err(Denial::Token(e.clone())))
             })
             .collect();
         // Identical misses share one verification (first occurrence), like concurrent misses.
@@ -148,6 +250,12 @@ impl ShardApp {
         let verified = self.verifier.verify_batch(&unique, now_s);
         let strict = self.verifier.batch_mode() == crate::auth::BatchMode::Strict;
         for (&i, claims) in unique_idx.iter().zip(verified) {
+            if let Err(e) = &claims {
+                if super::authn::rejection_is_stable(e) {
+                    let until_s = now_s + super::authn::REJECTED_TTL_S;
+                    self.rejected.insert(tokens[i], e.clone(), until_s, now_s);
+                }
+            }
             let admitted = self.admit(tokens[i], claims, strict, now_s);
             verdicts[i] = Some(admitted.map(|cached: Rc<super::Cached>| cached.claims.clone()));
         }
@@ -162,18 +270,25 @@ impl ShardApp {
             .collect()
     }
 
-    /// Another shard's part: verify here, send the verdicts back.
+    /// Another shard's part: queue it as a job here.
     pub(super) fn on_batch_part(
         &mut self,
         origin: usize,
         batch_id: u64,
         offset: usize,
-        tokens: &[String],
-        now_s: u64,
+        tokens: Vec<String>,
     ) {
-        self.counters.batch_parts_served += 1;
-        let refs: Vec<&[u8]> = tokens.iter().map(String::as_bytes).collect();
-        let verdicts = self.verify_many(&refs, now_s);
+        let n_tokens = tokens.len();
+        self.batches.jobs.push_back(Job {
+            target: JobFor::Remote { origin, batch_id },
+            offset,
+            tokens,
+            verdicts: Vec::with_capacity(n_tokens),
+        });
+    }
+
+    /// A finished part goes back to its origin shard.
+    fn return_part(&mut self, origin: usize, batch_id: u64, offset: usize, verdicts: Vec<Verdict>) {
         let mut msg = ShardMsg::BatchDone {
             batch_id,
             offset,
@@ -220,6 +335,14 @@ impl ShardApp {
         pending.parts_left -= 1;
         if pending.parts_left == 0 {
             if let Some(done) = self.batches.pending.remove(&batch_id) {
+                let failed: Vec<Verdict> = done
+                    .verdicts
+                    .iter()
+                    .flatten()
+                    .filter(|v| matches!(v, Err(Denial::Token(_))))
+                    .cloned()
+                    .collect();
+                self.charge_failures(done.peer, &failed);
                 let mut out = Vec::new();
                 write_batch(&mut out, done.verdicts.into_iter(), done.keep_alive);
                 ready.push((done.ticket, out));

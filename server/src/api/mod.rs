@@ -9,6 +9,7 @@
 
 mod authn;
 mod batch;
+mod budget;
 mod ratelimit;
 mod respond;
 mod token;
@@ -84,6 +85,12 @@ struct Counters {
     batch_parts_served: u64,
     /// Signature verifications performed (cache misses after coalescing).
     verifications: u64,
+    /// Invalid tokens answered from the invalid-token cache.
+    rejected_hits: u64,
+    /// Verifications left for a later pass (this pass's budget was spent).
+    verify_deferred: u64,
+    /// Requests refused because their source failed too many verifications.
+    verify_limited: u64,
 }
 
 impl Counters {
@@ -114,6 +121,14 @@ pub struct ShardApp {
     keys: Arc<KeySnapshot>,
     verifier: Verifier,
     cache: CuckooCache<Rc<Cached>>,
+    /// Invalid tokens by their exact bytes, for `authn::REJECTED_TTL_S`.
+    rejected: CuckooCache<crate::auth::TokenError>,
+    /// Costly work this pass may still do.
+    pass_budget: budget::PassBudget,
+    /// Failed verifications per source.
+    failures: ratelimit::IpLimiter,
+    /// Revocation requests per source.
+    revocation_limiter: ratelimit::IpLimiter,
     revoked: HashMap<String, u64>,
     pool: TokenPool,
     /// Pool key of each client's default grant, so the common request allocates no key.
@@ -180,6 +195,20 @@ impl ShardApp {
                 config.ratelimit.max_tracked_ips,
                 config.ratelimit.block_after_rejections,
             ),
+            rejected: CuckooCache::new(authn::REJECTED_ENTRIES, cache_seed.rotate_left(17)),
+            pass_budget: budget::PassBudget::new(budget::VERIFY_UNITS_PER_PASS),
+            revocation_limiter: ratelimit::IpLimiter::new(
+                config.ratelimit.revocations_per_s,
+                config.ratelimit.revocations_burst,
+                config.ratelimit.max_tracked_ips,
+                config.ratelimit.block_after_rejections,
+            ),
+            failures: ratelimit::IpLimiter::new(
+                config.ratelimit.verify_failures_per_s,
+                config.ratelimit.verify_failures_burst,
+                config.ratelimit.max_tracked_ips,
+                config.ratelimit.block_after_rejections,
+            ),
             last_tick_s: 0,
             sweep_slots_left: 0,
             pool_refill_due: false,
@@ -209,10 +238,10 @@ impl ShardApp {
             other => other,
         };
         match (method, req.path) {
-            (Method::Get, "/v1/authenticate") => done(self.authenticate_get(req, cx.now_s, out)),
-            (Method::Post, "/v1/authenticate") => done(self.authenticate_post(req, cx.now_s, out)),
+            (Method::Get, "/v1/authenticate") => self.authenticate_get(req, cx, out),
+            (Method::Post, "/v1/authenticate") => self.authenticate_post(req, cx, out),
             (Method::Post, "/v1/authenticate/batch") => self.authenticate_batch(req, cx, out),
-            (Method::Post, "/v1/token") => done(self.issue_token(req, cx.now_s, out)),
+            (Method::Post, "/v1/token") => self.issue_token(req, cx, out),
             (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
             (Method::Get, "/healthz") => {
@@ -285,11 +314,7 @@ impl ShardApp {
                 report,
             } => {
                 if report {
-                    let msg = ControlMsg::Block {
-                        ip: cx.peer,
-                        reason: crate::gate::BlockReason::RateLimit,
-                    };
-                    let _ = self.control.try_send(msg);
+                    self.report_offender(cx.peer);
                 }
                 let retry = format!("retry-after: {retry_after_s}");
                 respond::error_with(
@@ -303,6 +328,16 @@ impl ShardApp {
                 (Outcome::Done, Op::Other)
             }
         }
+    }
+
+    /// Asks the control plane to put `ip` on the kernel blocklist (best effort: a full control
+    /// queue drops the report, the next offence reports again).
+    fn report_offender(&self, ip: std::net::IpAddr) {
+        let msg = ControlMsg::Block {
+            ip,
+            reason: crate::gate::BlockReason::RateLimit,
+        };
+        let _ = self.control.try_send(msg);
     }
 
     /// Whether `req` carries the configured admin token (constant-time compare).
@@ -336,6 +371,18 @@ impl ShardApp {
                 self.counters.batch_parts_served,
             ),
             ("subzero_verifications_total", self.counters.verifications),
+            (
+                "subzero_invalid_token_cache_hits_total",
+                self.counters.rejected_hits,
+            ),
+            (
+                "subzero_verifications_deferred_total",
+                self.counters.verify_deferred,
+            ),
+            (
+                "subzero_verify_failure_limited_total",
+                self.counters.verify_limited,
+            ),
             ("subzero_cache_hits_total", c.hits),
             ("subzero_cache_misses_total", c.misses),
             ("subzero_cache_evictions_total", c.evictions),
@@ -420,9 +467,9 @@ impl Handler for ShardApp {
         outcome
     }
 
-    fn on_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
+    fn on_message(&mut self, msg: ShardMsg, _now_s: u64, ready: &mut Ready) {
         let n_ready = ready.len();
-        self.apply_message(msg, now_s, ready);
+        self.apply_message(msg, ready);
         self.echo_deferred(ready, n_ready);
     }
 
@@ -450,7 +497,8 @@ impl Handler for ShardApp {
             self.pool_refill_due = self.refill_pool(now_s, budget as usize);
             more |= self.pool_refill_due;
         }
-        // Nothing here answers a deferred response today; work that will gets the echo too.
+        // Batch jobs: a chunk per pass, after the requests of the pass.
+        more |= self.run_jobs(now_s, ready);
         self.echo_deferred(ready, n_ready);
         more
     }
@@ -470,14 +518,14 @@ impl ShardApp {
         }
     }
 
-    fn apply_message(&mut self, msg: ShardMsg, now_s: u64, ready: &mut Ready) {
+    fn apply_message(&mut self, msg: ShardMsg, ready: &mut Ready) {
         match msg {
             ShardMsg::BatchPart {
                 origin,
                 batch_id,
                 offset,
                 tokens,
-            } => self.on_batch_part(origin, batch_id, offset, &tokens, now_s),
+            } => self.on_batch_part(origin, batch_id, offset, tokens),
             ShardMsg::BatchDone {
                 batch_id,
                 offset,

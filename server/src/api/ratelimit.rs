@@ -61,6 +61,22 @@ impl IpLimiter {
         self.rps > 0
     }
 
+    /// Whether `ip` has no whole token now, without taking one (refills first). A source it
+    /// does not track has a full bucket.
+    pub fn exhausted(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+        let (rps, burst) = (self.rps, self.burst);
+        if rps == 0 {
+            return false;
+        }
+        let Some(bucket) = self.buckets.get_mut(&ip) else {
+            return false;
+        };
+        let elapsed_ms = now_ms.saturating_sub(bucket.last_ms);
+        bucket.milli_tokens = (bucket.milli_tokens + elapsed_ms * rps).min(burst * 1000);
+        bucket.last_ms = now_ms;
+        bucket.milli_tokens < 1000
+    }
+
     /// Gives back the token `check` took for a request that was not served after all (it is
     /// offered again later and will be checked again).
     pub fn refund(&mut self, ip: IpAddr) {
@@ -133,6 +149,26 @@ mod tests {
 
     fn ip(n: u8) -> IpAddr {
         IpAddr::from([10, 0, 0, n])
+    }
+
+    #[test]
+    fn exhausted_peeks_without_taking() {
+        let mut l = IpLimiter::new(10, 2, 16, 3);
+        assert!(
+            !l.exhausted(ip(1), 0),
+            "an unknown source has a full bucket"
+        );
+        assert_eq!(l.check(ip(1), 0), Verdict::Allow);
+        assert!(!l.exhausted(ip(1), 0));
+        assert!(!l.exhausted(ip(1), 0), "peeking takes nothing");
+        assert_eq!(l.check(ip(1), 0), Verdict::Allow);
+        assert!(l.exhausted(ip(1), 0));
+        assert!(l.exhausted(ip(1), 99));
+        assert!(
+            !l.exhausted(ip(1), 100),
+            "one token back after 100 ms at 10/s"
+        );
+        assert!(!IpLimiter::new(0, 0, 16, 3).exhausted(ip(1), 0), "disabled");
     }
 
     #[test]

@@ -41,6 +41,19 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
 /// `reason` of a revocation the denylist already covered.
 const REVOKED_ALREADY: &str = "the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored";
 
+/// `429` for a source over its budget of failed verifications.
+pub(super) fn too_many_failures(out: &mut Vec<u8>, retry_after_s: u64, ka: bool) {
+    let retry = format!("retry-after: {retry_after_s}");
+    error_with(
+        out,
+        Status::TooManyRequests,
+        "rate_limited",
+        "too many invalid tokens from this address; retry later",
+        &[retry.as_bytes()],
+        ka,
+    );
+}
+
 /// Renders the control plane's answer to a deferred request.
 pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
     match reply {

@@ -388,13 +388,19 @@ fn revoke_target(
 }
 
 impl ShardApp {
-    pub(super) fn issue_token(&mut self, req: &Request<'_>, now_s: u64, out: &mut Vec<u8>) -> Op {
+    pub(super) fn issue_token(
+        &mut self,
+        req: &Request<'_>,
+        cx: &Cx<'_>,
+        out: &mut Vec<u8>,
+    ) -> (Outcome, Op) {
+        let now_s = cx.now_s;
         let ka = req.keep_alive;
         let params = match parse_params(req) {
             Ok(p) => p,
             Err(why) => {
                 respond::error(out, Status::BadRequest, "invalid_request", why, ka);
-                return Op::Other;
+                return (Outcome::Done, Op::Other);
             }
         };
         if params.grant_type.as_deref() != Some("client_credentials") {
@@ -405,7 +411,7 @@ impl ShardApp {
                 "grant_type must be client_credentials",
                 ka,
             );
-            return Op::Other;
+            return (Outcome::Done, Op::Other);
         }
         let basic = basic_credentials(req);
         let config = std::sync::Arc::clone(&self.shared.config);
@@ -415,7 +421,7 @@ impl ShardApp {
             Ok(grant) => grant,
             Err(refusal) => {
                 refusal.render(out, ka);
-                return Op::Other;
+                return (Outcome::Done, Op::Other);
             }
         };
         let custom_key;
@@ -429,6 +435,8 @@ impl ShardApp {
         self.pool_refill_due = true;
         let (token, op) = match self.pool.take(key, now_s) {
             Some(pooled) => (pooled, Op::TokenPoolHit),
+            // Signing is costly work: within this pass's budget, or at the next turn.
+            None if !self.pass_budget.take(cx.pass, 1) => return (Outcome::Later, Op::Other),
             None => {
                 let ttl_s = config.auth.token_ttl_s;
                 let t = sign_for(
@@ -460,7 +468,7 @@ impl ShardApp {
             &body,
             ka,
         );
-        op
+        (Outcome::Done, op)
     }
 
     pub(super) fn revoke(
@@ -484,8 +492,39 @@ impl ShardApp {
             token_ttl_s: self.config().auth.token_ttl_s,
             leeway_s: self.config().auth.leeway_s,
         };
+        if let Some(retry_after_s) = self.over_revocation_budget(cx) {
+            respond::error_with(
+                out,
+                Status::TooManyRequests,
+                "rate_limited",
+                "too many revocations from this address; retry later",
+                &[format!("retry-after: {retry_after_s}").as_bytes()],
+                ka,
+            );
+            return done;
+        }
+        if params.token.is_some() {
+            // A holder's token is verified: costly work, and a failure counts.
+            if let Some(retry_after_s) = self.over_failure_budget(cx) {
+                respond::too_many_failures(out, retry_after_s, ka);
+                return done;
+            }
+            if !self.pass_budget.take(cx.pass, 1) {
+                return (Outcome::Later, Op::Revoke);
+            }
+        }
         let verifier = &self.verifier;
-        let target = revoke_target(&params, &rules, |token| verifier.verify(token, cx.now_s));
+        let mut failure = None;
+        let target = revoke_target(&params, &rules, |token| {
+            let result = verifier.verify(token, cx.now_s);
+            failure.clone_from(&result.as_ref().err().cloned());
+            result
+        });
+        if let (Some(e), Some(token)) = (&failure, params.token.as_deref()) {
+            if *e != auth::TokenError::Expired {
+                self.note_failure(token.as_bytes(), e, cx);
+            }
+        }
         let (jti, exp_s) = match target {
             Ok(RevokeTarget::Jti { jti, exp_s }) => (jti, exp_s),
             Ok(RevokeTarget::AlreadyExpired { reason, jti }) => {
@@ -556,6 +595,22 @@ impl ShardApp {
             },
         };
         self.send_to_control(msg, ticket, out, ka, Op::Other)
+    }
+
+    /// `Some(retry_after_s)` when `cx.peer` is over its revocation rate.
+    fn over_revocation_budget(&mut self, cx: &Cx<'_>) -> Option<u64> {
+        match self.revocation_limiter.check(cx.peer, crate::unix_now_ms()) {
+            super::ratelimit::Verdict::Allow => None,
+            super::ratelimit::Verdict::Limit {
+                retry_after_s,
+                report,
+            } => {
+                if report {
+                    self.report_offender(cx.peer);
+                }
+                Some(retry_after_s)
+            }
+        }
     }
 
     /// Hands `msg` to the control plane and defers the response; 503 when its queue is full.

@@ -201,6 +201,16 @@ impl<V> CuckooCache<V> {
         self.slots[slot_idx].as_ref().map(|entry| &entry.value)
     }
 
+    /// Whether a live entry holds exactly these token bytes; counts nothing and frees nothing.
+    pub fn contains(&mut self, token: &[u8], now_s: u64) -> bool {
+        let hash = self.hash(token);
+        self.find(hash, token, false).is_some_and(|slot_idx| {
+            self.slots[slot_idx]
+                .as_ref()
+                .is_some_and(|entry| now_s < entry.expires_at_s)
+        })
+    }
+
     /// Caches `value` for `token` until `expires_at_s`, replacing any previous value.
     ///
     /// Expired entries in the probed buckets count as free space. When both candidate

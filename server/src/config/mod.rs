@@ -220,6 +220,17 @@ pub struct RateLimitConfig {
     pub max_tracked_ips: usize,
     /// Rejections in one offence window after which a source is blocked in the kernel gate.
     pub block_after_rejections: u32,
+    /// Failed token verifications per second per source, per shard; beyond it `429`
+    /// (repeat offenders to the kernel blocklist). 0 disables.
+    pub verify_failures_per_s: u32,
+    /// Burst of failed verifications per source.
+    pub verify_failures_burst: u32,
+    /// `POST /v1/revoke` requests per second per source, per shard; beyond it `429`. 0
+    /// disables. With the default token lifetime this bounds how fast one source can fill
+    /// the live revocation table.
+    pub revocations_per_s: u32,
+    /// Burst of revocation requests per source.
+    pub revocations_burst: u32,
 }
 
 impl Default for Config {
@@ -269,6 +280,10 @@ impl Default for Config {
                 per_ip_burst: 0,
                 max_tracked_ips: 65_536,
                 block_after_rejections: 1000,
+                verify_failures_per_s: 50,
+                verify_failures_burst: 200,
+                revocations_per_s: 20,
+                revocations_burst: 100,
             },
         }
     }
@@ -387,6 +402,10 @@ struct FileRateLimit {
     per_ip_burst: Option<u32>,
     max_tracked_ips: Option<usize>,
     block_after_rejections: Option<u32>,
+    verify_failures_per_s: Option<u32>,
+    verify_failures_burst: Option<u32>,
+    revocations_per_s: Option<u32>,
+    revocations_burst: Option<u32>,
 }
 
 /// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
@@ -511,6 +530,16 @@ impl Config {
             &mut c.ratelimit.block_after_rejections,
             r.block_after_rejections,
         );
+        set(
+            &mut c.ratelimit.verify_failures_per_s,
+            r.verify_failures_per_s,
+        );
+        set(
+            &mut c.ratelimit.verify_failures_burst,
+            r.verify_failures_burst,
+        );
+        set(&mut c.ratelimit.revocations_per_s, r.revocations_per_s);
+        set(&mut c.ratelimit.revocations_burst, r.revocations_burst);
         Ok(c)
     }
 
