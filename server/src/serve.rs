@@ -127,6 +127,7 @@ pub fn run(
             .map_err(ServeError::Runtime)?
     };
     let cache_seed: u64 = rand::random();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     for (idx, (listener, (outbox, inbox))) in listeners.into_iter().zip(shard_ports).enumerate() {
         let seed = ShardSeed {
             idx,
@@ -140,12 +141,19 @@ pub fn run(
             outbox,
             inbox,
             cache_seed: cache_seed ^ idx as u64,
+            ready: ready_tx.clone(),
         };
         threads.push(spawn_shard(seed, Arc::clone(shutdown))?);
     }
     drop(control_tx);
-    tracing::info!(shards = n_shards, ?cpus, "subzero started");
-    on_ready(addr);
+    drop(ready_tx);
+    // "Listening" only once every shard has built its state (a large cache takes a moment):
+    // a client that connects then is answered at once. A shard that dies first ends the wait.
+    let n_ready = ready_rx.iter().take(n_shards).count();
+    if n_ready == n_shards {
+        tracing::info!(shards = n_shards, ?cpus, "subzero started");
+        on_ready(addr);
+    }
 
     let mut result = Ok(());
     for handle in threads {
@@ -224,6 +232,8 @@ struct ShardSeed {
     outbox: Outbox<ShardMsg>,
     inbox: Inbox<ShardMsg>,
     cache_seed: u64,
+    /// Told once the shard's state is built.
+    ready: std::sync::mpsc::Sender<()>,
 }
 
 /// Starts a pinned shard thread; its handler is built on that thread.
@@ -246,6 +256,7 @@ fn spawn_shard(
                 outbox,
                 inbox,
                 cache_seed,
+                ready,
             } = seed;
             if !shard::pin_to_cpu(cpu) {
                 tracing::warn!(shard = idx, cpu, "could not pin shard thread");
@@ -257,6 +268,8 @@ fn spawn_shard(
                 runtime: Arc::clone(&stats),
             };
             let app = ShardApp::new(idx, shared, links, keys, revoked, cache_seed);
+            let _ = ready.send(());
+            drop(ready);
             let result = shard::run_shard(idx, listener, limits, inbox, stats, &shutdown, app);
             if result.is_err() {
                 // One failed shard stops the server rather than leaving it half up.

@@ -129,6 +129,8 @@ pub struct ShardApp {
     failures: ratelimit::IpLimiter,
     /// Revocation requests per source.
     revocation_limiter: ratelimit::IpLimiter,
+    /// The last rendered `/metrics` text and the board version it rendered.
+    metrics_text: (u64, String),
     revoked: HashMap<String, u64>,
     pool: TokenPool,
     /// Pool key of each client's default grant, so the common request allocates no key.
@@ -195,6 +197,7 @@ impl ShardApp {
                 config.ratelimit.max_tracked_ips,
                 config.ratelimit.block_after_rejections,
             ),
+            metrics_text: (0, String::new()),
             rejected: CuckooCache::new(authn::REJECTED_ENTRIES, cache_seed.rotate_left(17)),
             pass_budget: budget::PassBudget::new(budget::VERIFY_UNITS_PER_PASS),
             revocation_limiter: ratelimit::IpLimiter::new(
@@ -260,22 +263,19 @@ impl ShardApp {
                 done(Op::Other)
             }
             (Method::Get, "/metrics") => {
-                let mut text = String::new();
-                self.shared.board.render(&mut text);
-                let gauges = &self.shared.mesh_gauges;
-                for shard_idx in 0..gauges.n_shards() {
-                    let _ = writeln!(
-                        text,
-                        "subzero_mesh_queue_depth{{shard=\"{shard_idx}\"}} {}",
-                        gauges.depth(shard_idx)
-                    );
+                // Sections change once a second: render once per change, not per request.
+                let version = self.shared.board.version();
+                if self.metrics_text.0 != version || self.metrics_text.1.is_empty() {
+                    let mut text = String::new();
+                    self.shared.board.render(&mut text);
+                    self.metrics_text = (version, text);
                 }
                 http::write_response(
                     out,
                     Status::Ok,
                     Some("text/plain; version=0.0.4"),
                     &[],
-                    text.as_bytes(),
+                    self.metrics_text.1.as_bytes(),
                     ka,
                 );
                 done(Op::Other)
@@ -408,6 +408,10 @@ impl ShardApp {
             ("subzero_recv_no_buffer_total", &r.no_buffers),
             ("subzero_accept_errors_total", &r.accept_errors),
             ("subzero_loop_iterations_total", &r.loops),
+            ("subzero_turns_yielded_total", &r.turns_yielded),
+            ("subzero_recv_paused_total", &r.recv_paused),
+            ("subzero_connections_shed_total", &r.shed_for_memory),
+            ("subzero_buffered_bytes", &r.buffered_bytes),
         ];
         let runtime = runtime
             .into_iter()
@@ -415,6 +419,11 @@ impl ShardApp {
         for (name, value) in lines.into_iter().chain(runtime) {
             let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
         }
+        let _ = writeln!(
+            text,
+            "subzero_mesh_queue_depth{{shard=\"{shard}\"}} {}",
+            self.shared.mesh_gauges.depth(shard)
+        );
         self.shared.board.publish_shard(shard, text);
     }
 }

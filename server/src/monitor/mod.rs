@@ -5,6 +5,7 @@
 //! [`Board`]. Any shard answering `/metrics` concatenates the slots.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
@@ -121,6 +122,8 @@ impl OpHistograms {
 pub struct Board {
     shards: Vec<Mutex<String>>,
     control: Mutex<String>,
+    /// Bumped by every publish, so readers re-render only when something changed.
+    version: AtomicU64,
 }
 
 impl Board {
@@ -129,7 +132,13 @@ impl Board {
         Board {
             shards: (0..n_shards).map(|_| Mutex::new(String::new())).collect(),
             control: Mutex::new(String::new()),
+            version: AtomicU64::new(0),
         }
+    }
+
+    /// Changes whenever a section is published.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
 
     /// Replaces shard `idx`'s section.
@@ -137,6 +146,7 @@ impl Board {
         if let Ok(mut slot) = self.shards[idx].lock() {
             *slot = text;
         }
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Replaces the control plane's section (gate counters, key ring).
@@ -144,6 +154,7 @@ impl Board {
         if let Ok(mut slot) = self.control.lock() {
             *slot = text;
         }
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The whole exposition, with every metric family's lines grouped together (the text

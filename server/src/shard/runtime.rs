@@ -26,6 +26,9 @@ const BACKGROUND_BUDGET: u32 = 16;
 /// Requests one connection may have dispatched per loop pass; then it waits for the next pass
 /// (the backlog), so a pipelined flood on one connection cannot hold the shard.
 const MAX_REQUESTS_PER_CONN_PASS: u32 = 32;
+/// Response bytes one connection may have produced per pass before its turn ends (so a pass
+/// stays short when many connections ask for large responses).
+const MAX_OUTPUT_PER_CONN_PASS: usize = 32 * 1024;
 /// Above this much unsent output a connection's requests are not parsed until it drains: a
 /// client that does not read stops costing work and memory.
 const OUTPUT_PAUSE_BYTES: usize = 64 * 1024;
@@ -164,6 +167,8 @@ struct Conn {
     served_pass: u64,
     /// Requests dispatched in `served_pass`.
     n_served: u32,
+    /// Response bytes produced in `served_pass`.
+    served_bytes: usize,
     /// Queued in the shard's backlog: it has complete requests waiting for its next turn.
     backlogged: bool,
     /// Its output is above `OUTPUT_PAUSE_BYTES`: nothing is parsed until it drains.
@@ -584,6 +589,7 @@ impl<H: Handler> Shard<H> {
             last_send_s: now_s,
             served_pass: 0,
             n_served: 0,
+            served_bytes: 0,
             backlogged: false,
             output_paused: false,
             recv_cancel_sent: false,
@@ -707,6 +713,7 @@ impl<H: Handler> Shard<H> {
         if conn.served_pass != pass {
             conn.served_pass = pass;
             conn.n_served = 0;
+            conn.served_bytes = 0;
         }
         let mut at = 0;
         let mut turn_over = false;
@@ -717,7 +724,9 @@ impl<H: Handler> Shard<H> {
                 conn.output_paused = true;
                 break;
             }
-            if conn.n_served >= MAX_REQUESTS_PER_CONN_PASS {
+            if conn.n_served >= MAX_REQUESTS_PER_CONN_PASS
+                || conn.served_bytes >= MAX_OUTPUT_PER_CONN_PASS
+            {
                 turn_over = true;
                 break;
             }
@@ -739,7 +748,10 @@ impl<H: Handler> Shard<H> {
                         runtime: stats,
                         next_ticket: &mut self.next_ticket,
                     };
-                    let outcome = self.handler.handle(&req, &mut cx, conn.output());
+                    let out = conn.output();
+                    let out_before = out.len();
+                    let outcome = self.handler.handle(&req, &mut cx, out);
+                    let wrote = out.len() - out_before;
                     if outcome == Outcome::Later {
                         // Over this pass's budget for costly work: the request stays in the
                         // input and is offered again at the connection's next turn.
@@ -748,6 +760,7 @@ impl<H: Handler> Shard<H> {
                     }
                     at += used;
                     conn.n_served += 1;
+                    conn.served_bytes += wrote;
                     conn.continue_sent = false;
                     RuntimeStats::bump(&stats.requests);
                     if let Outcome::Deferred(ticket) = outcome {
