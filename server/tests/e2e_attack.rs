@@ -522,3 +522,55 @@ fn the_default_failure_budget_cuts_a_costly_token_flood_off_with_429() {
     });
     assert_eq!(metric_sum(&text, "subzero_verifications_total"), n_verified);
 }
+
+#[test]
+fn holder_revocations_are_bounded_per_source_and_per_subject() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let revoke = |server: &Server, token: &str| {
+        let body = serde_json::json!({ "token": token }).to_string();
+        server.request("POST", "/v1/revoke", &[], &body)
+    };
+    // Per subject: the fourth holder revocation for one subject is refused; another subject
+    // from the same source goes on.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[ratelimit]\nrevocations_per_s = 0\nrevocations_per_subject_per_s = 1\nrevocations_per_subject_burst = 3\n",
+    );
+    let server = Server::start(dir.path(), &["--shards", "1", "--config", &config]);
+    let statuses: Vec<u16> = (0..4)
+        .map(|_| revoke(&server, &issue(dir.path(), "svc-a", "subzero", &[])).status)
+        .collect();
+    assert_eq!(statuses[..3], [200, 200, 200]);
+    let refused = revoke(&server, &issue(dir.path(), "svc-a", "subzero", &[]));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.error_description().contains("subject"));
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        revoke(&server, &issue(dir.path(), "svc-b", "subzero", &[])).status,
+        200
+    );
+    drop(server);
+    // Per source: the fourth revocation from one address is refused, whatever the subject.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[ratelimit]\nrevocations_per_s = 1\nrevocations_burst = 3\nrevocations_per_subject_per_s = 0\n",
+    );
+    let server = Server::start(dir.path(), &["--shards", "1", "--config", &config]);
+    let statuses: Vec<u16> = (0..3)
+        .map(|i| {
+            revoke(
+                &server,
+                &issue(dir.path(), &format!("svc-{i}"), "subzero", &[]),
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, [200, 200, 200]);
+    let refused = revoke(&server, &issue(dir.path(), "svc-9", "subzero", &[]));
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    assert!(refused.error_description().contains("address"));
+}

@@ -129,6 +129,10 @@ pub struct ShardApp {
     failures: ratelimit::IpLimiter,
     /// Revocation requests per source.
     revocation_limiter: ratelimit::IpLimiter,
+    /// Holder revocations per token subject (keyed by a seeded hash of `iss` and `sub`).
+    subject_revocations: ratelimit::KeyedLimiter<u64>,
+    /// Seed of that hash, per process.
+    subject_seed: u64,
     /// The last rendered `/metrics` text and the board version it rendered.
     metrics_text: (u64, String),
     revoked: HashMap<String, u64>,
@@ -198,6 +202,13 @@ impl ShardApp {
                 config.ratelimit.block_after_rejections,
             ),
             metrics_text: (0, String::new()),
+            subject_revocations: ratelimit::KeyedLimiter::new(
+                config.ratelimit.revocations_per_subject_per_s,
+                config.ratelimit.revocations_per_subject_burst,
+                config.ratelimit.max_tracked_ips,
+                u32::MAX,
+            ),
+            subject_seed: cache_seed.rotate_left(29) ^ 0x5eed,
             rejected: CuckooCache::new(authn::REJECTED_ENTRIES, cache_seed.rotate_left(17)),
             pass_budget: budget::PassBudget::new(budget::VERIFY_UNITS_PER_PASS),
             revocation_limiter: ratelimit::IpLimiter::new(

@@ -1,9 +1,11 @@
-//! Per-source request rate limit of one shard: a token bucket per IP in a bounded map. A source
-//! that keeps hitting the limit is reported to the control plane, which blocks it in the kernel.
+//! Rate limits of one shard: a token bucket per key (a source IP, or a token subject) in a
+//! bounded map. A source that keeps hitting the limit is reported to the control plane, which
+//! blocks it in the kernel.
 //!
 //! Decision code: takes `now_ms`, does no I/O.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 /// What the limiter decided for one request.
@@ -30,21 +32,24 @@ struct Bucket {
 }
 
 /// Token buckets per source IP.
-pub struct IpLimiter {
+pub type IpLimiter = KeyedLimiter<IpAddr>;
+
+/// Token buckets per key.
+pub struct KeyedLimiter<K> {
     rps: u64,
     burst: u64,
     max_ips: usize,
     report_after: u32,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<K, Bucket>,
     last_evict_ms: u64,
     /// Sources not tracked because the map was full (they are served).
     pub untracked: u64,
 }
 
-impl IpLimiter {
+impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
     /// `rps` tokens per second, `burst` at most (0: `rps`); `rps == 0` disables the limiter.
-    pub fn new(rps: u32, burst: u32, max_ips: usize, report_after: u32) -> IpLimiter {
-        IpLimiter {
+    pub fn new(rps: u32, burst: u32, max_ips: usize, report_after: u32) -> KeyedLimiter<K> {
+        KeyedLimiter {
             rps: u64::from(rps),
             // No burst configured: one second's worth.
             burst: u64::from(if burst == 0 { rps } else { burst }).max(1),
@@ -63,7 +68,7 @@ impl IpLimiter {
 
     /// Whether `ip` has no whole token now, without taking one (refills first). A source it
     /// does not track has a full bucket.
-    pub fn exhausted(&mut self, ip: IpAddr, now_ms: u64) -> bool {
+    pub fn exhausted(&mut self, ip: K, now_ms: u64) -> bool {
         let (rps, burst) = (self.rps, self.burst);
         if rps == 0 {
             return false;
@@ -79,14 +84,14 @@ impl IpLimiter {
 
     /// Gives back the token `check` took for a request that was not served after all (it is
     /// offered again later and will be checked again).
-    pub fn refund(&mut self, ip: IpAddr) {
+    pub fn refund(&mut self, ip: K) {
         if let Some(bucket) = self.buckets.get_mut(&ip) {
             bucket.milli_tokens = (bucket.milli_tokens + 1000).min(self.burst * 1000);
         }
     }
 
     /// Takes one token for `ip`.
-    pub fn check(&mut self, ip: IpAddr, now_ms: u64) -> Verdict {
+    pub fn check(&mut self, ip: K, now_ms: u64) -> Verdict {
         if self.rps == 0 {
             return Verdict::Allow;
         }

@@ -515,11 +515,28 @@ impl ShardApp {
         }
         let verifier = &self.verifier;
         let mut failure = None;
+        let mut subject = None;
         let target = revoke_target(&params, &rules, |token| {
             let result = verifier.verify(token, cx.now_s);
             failure.clone_from(&result.as_ref().err().cloned());
+            subject = result.as_ref().ok().map(|c| (c.iss.clone(), c.sub.clone()));
             result
         });
+        if let (Some((iss, sub)), Ok(RevokeTarget::Jti { .. })) = (&subject, &target) {
+            // Holders revoke within their subject's (their client's) rate too: one client
+            // cannot fill the live table however many addresses it uses.
+            if let Some(retry_after_s) = self.over_subject_revocation_budget(iss, sub) {
+                respond::error_with(
+                    out,
+                    Status::TooManyRequests,
+                    "rate_limited",
+                    "too many revocations for this token's subject; retry later",
+                    &[format!("retry-after: {retry_after_s}").as_bytes()],
+                    ka,
+                );
+                return done;
+            }
+        }
         if let (Some(e), Some(token)) = (&failure, params.token.as_deref()) {
             if *e != auth::TokenError::Expired {
                 self.note_failure(token.as_bytes(), e, cx);
@@ -610,6 +627,18 @@ impl ShardApp {
                 }
                 Some(retry_after_s)
             }
+        }
+    }
+
+    /// `Some(retry_after_s)` when the subject `(iss, sub)` is over its revocation rate.
+    fn over_subject_revocation_budget(&mut self, iss: &str, sub: &str) -> Option<u64> {
+        let key = xxhash_rust::xxh3::xxh3_64_with_seed(
+            format!("{iss}\0{sub}").as_bytes(),
+            self.subject_seed,
+        );
+        match self.subject_revocations.check(key, crate::unix_now_ms()) {
+            super::ratelimit::Verdict::Allow => None,
+            super::ratelimit::Verdict::Limit { retry_after_s, .. } => Some(retry_after_s),
         }
     }
 

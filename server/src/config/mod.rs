@@ -231,6 +231,11 @@ pub struct RateLimitConfig {
     pub revocations_per_s: u32,
     /// Burst of revocation requests per source.
     pub revocations_burst: u32,
+    /// Holder revocations per second per token subject (the client, for client-credentials
+    /// tokens), per shard; beyond it `429`. 0 disables.
+    pub revocations_per_subject_per_s: u32,
+    /// Burst of holder revocations per subject.
+    pub revocations_per_subject_burst: u32,
 }
 
 impl Default for Config {
@@ -284,6 +289,8 @@ impl Default for Config {
                 verify_failures_burst: 200,
                 revocations_per_s: 20,
                 revocations_burst: 100,
+                revocations_per_subject_per_s: 10,
+                revocations_per_subject_burst: 50,
             },
         }
     }
@@ -406,6 +413,8 @@ struct FileRateLimit {
     verify_failures_burst: Option<u32>,
     revocations_per_s: Option<u32>,
     revocations_burst: Option<u32>,
+    revocations_per_subject_per_s: Option<u32>,
+    revocations_per_subject_burst: Option<u32>,
 }
 
 /// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
@@ -540,6 +549,14 @@ impl Config {
         );
         set(&mut c.ratelimit.revocations_per_s, r.revocations_per_s);
         set(&mut c.ratelimit.revocations_burst, r.revocations_burst);
+        set(
+            &mut c.ratelimit.revocations_per_subject_per_s,
+            r.revocations_per_subject_per_s,
+        );
+        set(
+            &mut c.ratelimit.revocations_per_subject_burst,
+            r.revocations_per_subject_burst,
+        );
         Ok(c)
     }
 
