@@ -533,25 +533,28 @@ fn holder_revocations_are_bounded_per_source_and_per_subject() {
         server.request("POST", "/v1/revoke", &[], &body)
     };
     // Per subject: the fourth holder revocation for one subject is refused; another subject
-    // from the same source goes on.
+    // from the same source goes on. Tokens are issued first, so the revocations follow each
+    // other well within the 1 s refill.
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
         "[ratelimit]\nrevocations_per_s = 0\nrevocations_per_subject_per_s = 1\nrevocations_per_subject_burst = 3\n",
     );
     let server = Server::start(dir.path(), &["--shards", "1", "--config", &config]);
-    let statuses: Vec<u16> = (0..4)
-        .map(|_| revoke(&server, &issue(dir.path(), "svc-a", "subzero", &[])).status)
+    let same: Vec<String> = (0..4)
+        .map(|_| issue(dir.path(), "svc-a", "subzero", &[]))
         .collect();
-    assert_eq!(statuses[..3], [200, 200, 200]);
-    let refused = revoke(&server, &issue(dir.path(), "svc-a", "subzero", &[]));
+    let other = issue(dir.path(), "svc-b", "subzero", &[]);
+    let statuses: Vec<u16> = same[..3]
+        .iter()
+        .map(|t| revoke(&server, t).status)
+        .collect();
+    assert_eq!(statuses, [200, 200, 200]);
+    let refused = revoke(&server, &same[3]);
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.error_description().contains("subject"));
     assert!(refused.header("retry-after").is_some());
-    assert_eq!(
-        revoke(&server, &issue(dir.path(), "svc-b", "subzero", &[])).status,
-        200
-    );
+    assert_eq!(revoke(&server, &other).status, 200);
     drop(server);
     // Per source: the fourth revocation from one address is refused, whatever the subject.
     let dir = tempfile::tempdir().unwrap();
@@ -560,17 +563,15 @@ fn holder_revocations_are_bounded_per_source_and_per_subject() {
         "[ratelimit]\nrevocations_per_s = 1\nrevocations_burst = 3\nrevocations_per_subject_per_s = 0\n",
     );
     let server = Server::start(dir.path(), &["--shards", "1", "--config", &config]);
-    let statuses: Vec<u16> = (0..3)
-        .map(|i| {
-            revoke(
-                &server,
-                &issue(dir.path(), &format!("svc-{i}"), "subzero", &[]),
-            )
-            .status
-        })
+    let tokens: Vec<String> = (0..4)
+        .map(|i| issue(dir.path(), &format!("svc-{i}"), "subzero", &[]))
+        .collect();
+    let statuses: Vec<u16> = tokens[..3]
+        .iter()
+        .map(|t| revoke(&server, t).status)
         .collect();
     assert_eq!(statuses, [200, 200, 200]);
-    let refused = revoke(&server, &issue(dir.path(), "svc-9", "subzero", &[]));
+    let refused = revoke(&server, &tokens[3]);
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.error_description().contains("address"));
 }
