@@ -9,11 +9,12 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "auth-hit",
     "auth-cold",
     "batch",
     "token-issue",
+    "revoke",
     "permission",
     "mixed",
     "xdp-flood",
