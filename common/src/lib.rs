@@ -36,13 +36,13 @@ pub const PROG_XDP: &str = "gate";
 pub const PROG_SOCKET: &str = "gate_sock";
 
 /// Maximum IPv4 blocklist entries.
-pub const BLOCK_V4_MAX_ENTRIES: u32 = 65_536;
+pub const MAX_BLOCK_V4_ENTRIES: u32 = 65_536;
 /// Maximum IPv6 blocklist entries.
-pub const BLOCK_V6_MAX_ENTRIES: u32 = 65_536;
+pub const MAX_BLOCK_V6_ENTRIES: u32 = 65_536;
 /// Maximum tracked sources in the rate map (LRU: the least recently seen are evicted).
-pub const RATE_MAX_ENTRIES: u32 = 131_072;
+pub const MAX_RATE_ENTRIES: u32 = 131_072;
 /// Number of configuration slots (only index 0 is used).
-pub const CONFIG_MAX_ENTRIES: u32 = 1;
+pub const MAX_CONFIG_ENTRIES: u32 = 1;
 
 /// Why the gate passed or dropped a packet; the index into `SZ_COUNTERS`.
 #[repr(u32)]

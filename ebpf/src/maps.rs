@@ -8,27 +8,27 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
 };
 use subzero_common::{
-    BlockEntry, GateParams, RateEntry, RateKey, Reason, BLOCK_V4_MAX_ENTRIES, BLOCK_V6_MAX_ENTRIES,
-    CONFIG_MAX_ENTRIES, N_REASONS, RATE_MAX_ENTRIES,
+    BlockEntry, GateParams, RateEntry, RateKey, Reason, MAX_BLOCK_V4_ENTRIES, MAX_BLOCK_V6_ENTRIES,
+    MAX_CONFIG_ENTRIES, MAX_RATE_ENTRIES, N_REASONS,
 };
 
 #[map]
 pub static SZ_BLOCK_V4: LpmTrie<[u8; 4], BlockEntry> =
-    LpmTrie::with_max_entries(BLOCK_V4_MAX_ENTRIES, 0);
+    LpmTrie::with_max_entries(MAX_BLOCK_V4_ENTRIES, 0);
 
 #[map]
 pub static SZ_BLOCK_V6: LpmTrie<[u8; 16], BlockEntry> =
-    LpmTrie::with_max_entries(BLOCK_V6_MAX_ENTRIES, 0);
+    LpmTrie::with_max_entries(MAX_BLOCK_V6_ENTRIES, 0);
 
 #[map]
 pub static SZ_RATE: LruHashMap<RateKey, RateEntry> =
-    LruHashMap::with_max_entries(RATE_MAX_ENTRIES, 0);
+    LruHashMap::with_max_entries(MAX_RATE_ENTRIES, 0);
 
 #[map]
 pub static SZ_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(N_REASONS, 0);
 
 #[map]
-pub static SZ_CONFIG: Array<GateParams> = Array::with_max_entries(CONFIG_MAX_ENTRIES, 0);
+pub static SZ_CONFIG: Array<GateParams> = Array::with_max_entries(MAX_CONFIG_ENTRIES, 0);
 
 /// Adds one to this CPU's counter for `reason`.
 #[inline(always)]

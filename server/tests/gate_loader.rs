@@ -512,7 +512,7 @@ fn cpu_jiffies() -> (u64, u64) {
 /// The source the holder process blocks in `sigkill_leaves_no_program_attached`.
 const HELD_CIDR: &str = "192.0.2.99/32";
 /// Longest the holder waits to be killed before it gives up (and fails its parent's test).
-const HOLD_MAX: Duration = Duration::from_mins(2);
+const MAX_HOLD: Duration = Duration::from_mins(2);
 
 /// SIGKILL the process holding the gate: the kernel detaches XDP (the link dies with the fd),
 /// the pins and the blocklist outlive it.
@@ -601,7 +601,7 @@ fn sigkill_leaves_no_program_attached() {
 
 /// The child role of `sigkill_leaves_no_program_attached`: attaches a gate in driver mode to
 /// `iface`, blocks [`HELD_CIDR`], checks that both happened, says `GATE-HELD`, then waits to be
-/// SIGKILLed. Never returns: not being killed within [`HOLD_MAX`] is a failure.
+/// SIGKILLed. Never returns: not being killed within [`MAX_HOLD`] is a failure.
 fn hold_gate_until_killed(iface: &str, dir: &Path) -> ! {
     let mut gate = Gate::start(&config(&[iface], dir), &[]);
     assert_eq!(
@@ -633,8 +633,8 @@ fn hold_gate_until_killed(iface: &str, dir: &Path) -> ! {
     );
     println!("GATE-HELD");
     std::io::stdout().flush().unwrap();
-    std::thread::sleep(HOLD_MAX);
-    panic!("the holder was not killed within {HOLD_MAX:?}");
+    std::thread::sleep(MAX_HOLD);
+    panic!("the holder was not killed within {MAX_HOLD:?}");
 }
 
 /// With no bpffs at /sys/fs/bpf (a private mount namespace with it unmounted), the loader

@@ -24,7 +24,7 @@ pub const LOCK_PATH: &str = "/run/subzero-gate-tests.lock";
 pub const PIN_DIR: &str = "/sys/fs/bpf/subzero";
 /// Longest wait for another test run to release [`LOCK_PATH`]: longer than any gate test binary
 /// takes, short enough that a hung holder fails the run instead of stalling it.
-const LOCK_WAIT_MAX: Duration = Duration::from_mins(10);
+const MAX_LOCK_WAIT: Duration = Duration::from_mins(10);
 /// Pause between two polls in [`wait_for`] and while waiting for the lock.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -39,7 +39,7 @@ pub struct PinLock {
 }
 
 impl PinLock {
-    /// Takes the lock (polling, at most [`LOCK_WAIT_MAX`]) and removes every pin an earlier
+    /// Takes the lock (polling, at most [`MAX_LOCK_WAIT`]) and removes every pin an earlier
     /// test left, so each test starts from "no gate maps pinned".
     pub fn take_and_clear_pins() -> PinLock {
         let file = std::fs::OpenOptions::new()
@@ -48,7 +48,7 @@ impl PinLock {
             .write(true)
             .open(LOCK_PATH)
             .unwrap_or_else(|e| panic!("open {LOCK_PATH}: {e}"));
-        let deadline = Instant::now() + LOCK_WAIT_MAX;
+        let deadline = Instant::now() + MAX_LOCK_WAIT;
         loop {
             // SAFETY: flock on a descriptor this function owns; no memory is involved.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
@@ -63,7 +63,7 @@ impl PinLock {
             );
             assert!(
                 Instant::now() < deadline,
-                "{LOCK_PATH} still held by another gate test run after {LOCK_WAIT_MAX:?}"
+                "{LOCK_PATH} still held by another gate test run after {MAX_LOCK_WAIT:?}"
             );
             std::thread::sleep(POLL_INTERVAL);
         }

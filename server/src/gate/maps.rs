@@ -6,7 +6,7 @@ use std::path::Path;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 use subzero_common::{
     BlockEntry, BlockReason, GateParams, RateEntry, RateKey, Reason, MAP_BLOCK_V4, MAP_BLOCK_V6,
-    MAP_CONFIG, MAP_COUNTERS, MAP_RATE, N_REASONS, RATE_MAX_ENTRIES,
+    MAP_CONFIG, MAP_COUNTERS, MAP_RATE, MAX_RATE_ENTRIES, N_REASONS,
 };
 
 use super::{Cidr, GateError};
@@ -250,7 +250,7 @@ impl GateMaps {
     /// Sources in `SZ_RATE` with at least one drop, most drops first, at most `n_max`.
     pub fn rate_offenders(&self, n_max: usize) -> Result<Vec<RateItem>, GateError> {
         let mut out = Vec::new();
-        for item in self.rate.iter().take(RATE_MAX_ENTRIES as usize) {
+        for item in self.rate.iter().take(MAX_RATE_ENTRIES as usize) {
             let (key, e) = item.map_err(map_err("read SZ_RATE"))?;
             if e.drops == 0 {
                 continue;
