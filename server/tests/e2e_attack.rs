@@ -36,6 +36,21 @@ struct GoodRun {
 }
 
 impl GoodRun {
+    /// The good client got answers while `attack` ran, and its p99 stayed under the stated
+    /// bound: it waits about one pass of the shard; 100 ms leaves room for this shared VM's
+    /// stalls (the unprotected server made it wait 0.4–2.3 s).
+    fn assert_served_during(&self, good_during: usize, attack: &str) {
+        assert!(
+            good_during >= 5,
+            "the good client was not served while {attack} ran"
+        );
+        let p99 = self.quantile(0.99);
+        assert!(
+            p99 < Duration::from_millis(100),
+            "p99 {p99:?} during {attack}"
+        );
+    }
+
     fn quantile(&self, q: f64) -> Duration {
         let mut sorted = self.latencies.clone();
         sorted.sort_unstable();
@@ -315,17 +330,8 @@ fn a_pipelined_flood_of_costly_invalid_tokens_does_not_starve_other_clients() {
     let run = good.finish();
     run.report("costly-token flood");
     println!("costly-token flood: {N_TOKENS} verifications in {flood_s:.2} s; good answers during it: {good_during}");
-    assert!(
-        good_during >= 5,
-        "the good client was not served while the flood ran"
-    );
-    // Stated bound: one pass spends at most 16 verifications (under 1 ms here), so the good
-    // client waits about one pass; 100 ms leaves room for this shared VM's stalls.
-    assert!(
-        run.quantile(0.99) < Duration::from_millis(100),
-        "p99 {:?}",
-        run.quantile(0.99)
-    );
+    // One pass spends at most 16 verifications (under 1 ms here).
+    run.assert_served_during(good_during, "the flood");
     let text = server.metrics();
     assert!(metric_sum(&text, "subzero_verifications_deferred_total") > 0);
 }
@@ -374,17 +380,8 @@ fn pipelined_batches_of_costly_tokens_do_not_starve_other_clients() {
         tokens.len(),
         N_CONNS * N_BATCHES
     );
-    assert!(
-        good_during >= 5,
-        "the good client was not served while the batches ran"
-    );
-    // Stated bound: a job verifies 32 tokens per pass (about 1 ms), so the good client waits
-    // about one pass; 100 ms leaves room for this shared VM's stalls.
-    assert!(
-        run.quantile(0.99) < Duration::from_millis(100),
-        "p99 {:?}",
-        run.quantile(0.99)
-    );
+    // A job verifies 32 tokens per pass (about 1 ms here).
+    run.assert_served_during(good_during, "the batches");
 }
 
 /// Admin revocations by `jti`, `n_conns` connections × `per_conn` each, pipelined; returns

@@ -103,18 +103,9 @@ impl ShardApp {
             return None;
         }
         self.counters.verify_limited += 1;
-        match self.failures.check(cx.peer, now_ms) {
-            super::ratelimit::Verdict::Allow => None, // refilled in between
-            super::ratelimit::Verdict::Limit {
-                retry_after_s,
-                report,
-            } => {
-                if report {
-                    self.report_offender(cx.peer);
-                }
-                Some(retry_after_s)
-            }
-        }
+        // `None` if it refilled in between.
+        let verdict = self.failures.check(cx.peer, now_ms);
+        self.refusal(verdict, cx.peer)
     }
 
     /// A verification failed: charge the source's failure budget and remember the bytes.

@@ -318,15 +318,10 @@ impl ShardApp {
     /// offender to the control plane for the kernel blocklist).
     fn limited(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> (Outcome, Op) {
         let now_ms = crate::unix_now_ms();
-        match self.limiter.check(cx.peer, now_ms) {
-            ratelimit::Verdict::Allow => self.route(req, cx, out),
-            ratelimit::Verdict::Limit {
-                retry_after_s,
-                report,
-            } => {
-                if report {
-                    self.report_offender(cx.peer);
-                }
+        let verdict = self.limiter.check(cx.peer, now_ms);
+        match self.refusal(verdict, cx.peer) {
+            None => self.route(req, cx, out),
+            Some(retry_after_s) => {
                 let retry = format!("retry-after: {retry_after_s}");
                 respond::error_with(
                     out,
@@ -337,6 +332,23 @@ impl ShardApp {
                     req.keep_alive,
                 );
                 (Outcome::Done, Op::Other)
+            }
+        }
+    }
+
+    /// `Some(retry_after_s)` for a limited verdict; a source that crossed its report threshold
+    /// is reported for the kernel blocklist.
+    fn refusal(&self, verdict: ratelimit::Verdict, ip: std::net::IpAddr) -> Option<u64> {
+        match verdict {
+            ratelimit::Verdict::Allow => None,
+            ratelimit::Verdict::Limit {
+                retry_after_s,
+                report,
+            } => {
+                if report {
+                    self.report_offender(ip);
+                }
+                Some(retry_after_s)
             }
         }
     }

@@ -616,18 +616,8 @@ impl ShardApp {
 
     /// `Some(retry_after_s)` when `cx.peer` is over its revocation rate.
     fn over_revocation_budget(&mut self, cx: &Cx<'_>) -> Option<u64> {
-        match self.revocation_limiter.check(cx.peer, crate::unix_now_ms()) {
-            super::ratelimit::Verdict::Allow => None,
-            super::ratelimit::Verdict::Limit {
-                retry_after_s,
-                report,
-            } => {
-                if report {
-                    self.report_offender(cx.peer);
-                }
-                Some(retry_after_s)
-            }
-        }
+        let verdict = self.revocation_limiter.check(cx.peer, crate::unix_now_ms());
+        self.refusal(verdict, cx.peer)
     }
 
     /// `Some(retry_after_s)` when the subject `(iss, sub)` is over its revocation rate.
