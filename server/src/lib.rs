@@ -14,6 +14,8 @@ pub mod plane;
 pub mod pool;
 pub mod serve;
 pub mod shard;
+pub mod vault;
+pub mod xaa;
 
 /// Wall clock in unix seconds (the `now_s` every decision function takes).
 pub fn unix_now_s() -> u64 {

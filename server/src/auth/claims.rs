@@ -42,6 +42,33 @@ pub struct Claims {
     /// Channel id (app↔agent channels).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// The claims only delegation and ID-JAG read (`may_act`, `client_id`, `resource`); boxed
+    /// so the common token, which has none of them, pays one pointer in every cache entry.
+    #[serde(flatten)]
+    pub extra: Option<Box<ExtraClaims>>,
+}
+
+/// RFC 8693 and ID-JAG claims that few tokens carry.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct ExtraClaims {
+    /// RFC 8693 §4.4: who may act for the subject (a JSON object of claims the actor must match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub may_act: Option<serde_json::Value>,
+    /// RFC 8693 §4.3 / ID-JAG: the client the token was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// RFC 8707 resource indicators (ID-JAG `resource`); written as a string when there is one.
+    #[serde(
+        serialize_with = "serialize_aud",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub resource: Vec<String>,
+}
+
+impl ExtraClaims {
+    fn is_empty(&self) -> bool {
+        self.may_act.is_none() && self.client_id.is_none() && self.resource.is_empty()
+    }
 }
 
 impl Claims {
@@ -74,6 +101,7 @@ impl Claims {
             scope,
             act: None,
             cid: None,
+            extra: None,
         }
     }
 
@@ -85,6 +113,26 @@ impl Claims {
     /// Whether `scope` is among the scopes.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes().any(|s| s == scope)
+    }
+
+    /// The `may_act` claim (RFC 8693 §4.4), when present.
+    pub fn may_act(&self) -> Option<&serde_json::Value> {
+        self.extra.as_deref().and_then(|e| e.may_act.as_ref())
+    }
+
+    /// The `client_id` claim (RFC 8693 §4.3), when present.
+    pub fn client_id(&self) -> Option<&str> {
+        self.extra.as_deref().and_then(|e| e.client_id.as_deref())
+    }
+
+    /// The `resource` claim's values (empty when absent).
+    pub fn resource(&self) -> &[String] {
+        self.extra.as_deref().map_or(&[], |e| e.resource.as_slice())
+    }
+
+    /// The extra claims, created empty on first use.
+    pub fn extra_mut(&mut self) -> &mut ExtraClaims {
+        self.extra.get_or_insert_with(Box::default)
     }
 }
 
@@ -114,6 +162,10 @@ pub(crate) struct RawClaims {
     scope: Option<String>,
     act: Option<serde_json::Value>,
     cid: Option<String>,
+    may_act: Option<serde_json::Value>,
+    client_id: Option<String>,
+    #[serde(default, deserialize_with = "deserialize_aud")]
+    resource: Option<Vec<String>>,
 }
 
 impl RawClaims {
@@ -124,6 +176,11 @@ impl RawClaims {
 
     /// Check presence of the required claims and build `Claims`.
     pub(crate) fn into_claims(self) -> Result<Claims, TokenError> {
+        let extra = ExtraClaims {
+            may_act: self.may_act,
+            client_id: self.client_id,
+            resource: self.resource.unwrap_or_default(),
+        };
         Ok(Claims {
             iss: self.iss.ok_or(TokenError::MissingClaim("iss"))?,
             sub: self.sub.ok_or(TokenError::MissingClaim("sub"))?,
@@ -135,6 +192,7 @@ impl RawClaims {
             scope: self.scope,
             act: self.act,
             cid: self.cid,
+            extra: (!extra.is_empty()).then(|| Box::new(extra)),
         })
     }
 }
@@ -229,6 +287,24 @@ mod tests {
         assert!(serde_json::from_str::<RawClaims>(r#"{"exp":-1}"#).is_err());
         assert!(serde_json::from_str::<RawClaims>(r#"{"exp":"soon"}"#).is_err());
         assert!(serde_json::from_str::<RawClaims>(r#"{"aud":5}"#).is_err());
+    }
+
+    #[test]
+    fn extra_claims_round_trip_and_stay_absent_when_unused() {
+        let plain: Claims =
+            serde_json::from_str(r#"{"iss":"i","sub":"s","aud":"a","exp":10}"#).unwrap();
+        assert!(plain.extra.is_none());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("resource"));
+
+        let json = r#"{"iss":"i","sub":"s","exp":10,"may_act":{"sub":"agent"},"client_id":"c","resource":"https://rs"}"#;
+        let with: Claims = serde_json::from_str(json).unwrap();
+        assert_eq!(with.may_act(), Some(&serde_json::json!({"sub":"agent"})));
+        assert_eq!(with.client_id(), Some("c"));
+        assert_eq!(with.resource(), ["https://rs".to_owned()]);
+        let back = serde_json::to_string(&with).unwrap();
+        assert!(back.contains(r#""client_id":"c""#), "{back}");
+        assert!(back.contains(r#""resource":"https://rs""#), "{back}");
+        assert_eq!(serde_json::from_str::<Claims>(&back).unwrap(), with);
     }
 
     #[test]

@@ -42,9 +42,16 @@ pub fn new_jti() -> String {
 
 /// Sign `claims` as a JWS compact token with header `{"alg":"EdDSA","typ":"JWT","kid":kid}`.
 pub fn sign(key: &SigningKey, kid: &str, claims: &Claims) -> String {
+    sign_typed(key, kid, "JWT", claims)
+}
+
+/// Sign `claims` with header `{"alg":"EdDSA","typ":typ,"kid":kid}`: `typ` is `JWT` for our
+/// access tokens and `oauth-id-jag+jwt` for an ID-JAG (`xaa::ID_JAG_TYP`).
+pub fn sign_typed(key: &SigningKey, kid: &str, typ: &str, claims: &Claims) -> String {
     // Serializing strings, integers and a JSON value cannot fail: a failure is a logic bug.
     let kid_json = serde_json::to_string(kid).expect("a string serializes");
-    let header = format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":{kid_json}}}"#);
+    let typ_json = serde_json::to_string(typ).expect("a string serializes");
+    let header = format!(r#"{{"alg":"EdDSA","typ":{typ_json},"kid":{kid_json}}}"#);
     let payload = serde_json::to_vec(claims).expect("claims serialize");
     let mut out = String::with_capacity((header.len() + payload.len()) * 4 / 3 + 96);
     b64::encode_into(header.as_bytes(), &mut out);
@@ -54,6 +61,19 @@ pub fn sign(key: &SigningKey, kid: &str, claims: &Claims) -> String {
     out.push('.');
     b64::encode_into(&signature.to_bytes(), &mut out);
     out
+}
+
+/// The `typ` header parameter of a compact token, read without any check: call it only on a
+/// token `Verifier::verify` accepted (the ID-JAG grant needs `typ: oauth-id-jag+jwt`).
+pub fn header_typ(token: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TypOnly {
+        typ: Option<String>,
+    }
+    let header_b64 = token.split(|&b| b == b'.').next()?;
+    let mut header_buf = [0u8; MAX_HEADER_BYTES];
+    let header_json = b64::decode_into(header_b64, &mut header_buf)?;
+    serde_json::from_slice::<TypOnly>(header_json).ok()?.typ
 }
 
 /// How `verify_batch` checks Ed25519 signatures.
@@ -563,6 +583,26 @@ mod tests {
             b64::encode(payload.as_bytes()),
             b64::encode(signature)
         )
+    }
+
+    #[test]
+    fn typed_tokens_verify_and_expose_their_typ() {
+        let (_dir, ring, verifier) = fixture();
+        let c = claims();
+        let plain = sign(ring.signing_key(), ring.current_kid(), &c);
+        assert_eq!(header_typ(plain.as_bytes()).as_deref(), Some("JWT"));
+        let jag = sign_typed(
+            ring.signing_key(),
+            ring.current_kid(),
+            "oauth-id-jag+jwt",
+            &c,
+        );
+        assert_eq!(verifier.verify(jag.as_bytes(), NOW_S), Ok(c));
+        assert_eq!(
+            header_typ(jag.as_bytes()).as_deref(),
+            Some("oauth-id-jag+jwt")
+        );
+        assert_eq!(header_typ(b"not a token"), None);
     }
 
     #[test]

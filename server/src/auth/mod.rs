@@ -11,10 +11,10 @@ pub mod jwk;
 pub mod jwt;
 pub mod keys;
 
-pub use claims::Claims;
+pub use claims::{Claims, ExtraClaims};
 pub use error::{KeyError, TokenError};
 pub use jwt::{
-    new_jti, sign, BatchMode, TrustedIssuer, Verifier, BATCH_CHUNK, JWKS_RELOAD_MIN_INTERVAL_S,
-    MAX_TOKEN_BYTES, MAX_TRUSTED_ISSUERS,
+    header_typ, new_jti, sign, sign_typed, BatchMode, TrustedIssuer, Verifier, BATCH_CHUNK,
+    JWKS_RELOAD_MIN_INTERVAL_S, MAX_TOKEN_BYTES, MAX_TRUSTED_ISSUERS,
 };
 pub use keys::KeyRing;
