@@ -40,6 +40,10 @@ impl Rng {
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }
+
+    fn pick_copy<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len())]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,8 +78,8 @@ fn gen_expr(rng: &mut Rng, depth: u32) -> GExpr {
     if leaf {
         return match rng.below(6) {
             0 => GExpr::Nil,
-            1..=3 => GExpr::Name(*rng.pick(&["r0", "r1", "p0", "p1"])),
-            _ => GExpr::Arrow(*rng.pick(&["r0", "r1", "p0", "p1"])),
+            1..=3 => GExpr::Name(rng.pick_copy(&["r0", "r1", "p0", "p1"])),
+            _ => GExpr::Arrow(rng.pick_copy(&["r0", "r1", "p0", "p1"])),
         };
     }
     let a = Box::new(gen_expr(rng, depth - 1));
@@ -142,9 +146,9 @@ fn gen_world(rng: &mut Rng) -> World {
 }
 
 fn schema_text(w: &World) -> String {
-    let mut text = String::from("definition user {}\n");
+    let mut lines = vec!["definition user {}".to_owned()];
     for (t, name) in TYPES.iter().enumerate() {
-        text.push_str(&format!("definition {name} {{\n"));
+        lines.push(format!("definition {name} {{"));
         for (r, rel) in RELS.iter().enumerate() {
             let subjects: Vec<String> = w.allowed[t][r]
                 .iter()
@@ -155,17 +159,17 @@ fn schema_text(w: &World) -> String {
                     Subj::Userset(o, rel) => format!("{}#{rel}", TYPES[*o]),
                 })
                 .collect();
-            text.push_str(&format!("  relation {rel}: {}\n", subjects.join(" | ")));
+            lines.push(format!("  relation {rel}: {}", subjects.join(" | ")));
         }
         for (p, perm) in PERMS.iter().enumerate() {
-            text.push_str(&format!(
-                "  permission {perm} = {}\n",
+            lines.push(format!(
+                "  permission {perm} = {}",
                 render_expr(&w.perms[t][p])
             ));
         }
-        text.push_str("}\n");
+        lines.push("}".to_owned());
     }
-    text
+    lines.join("\n")
 }
 
 /// Splits `type:id` / `type:id#rel` / `type:*`.
@@ -294,20 +298,16 @@ impl<'w> Reference<'w> {
     }
 }
 
-/// Runs every check of one random world against the reference; returns how many checks were
-/// allowed, denied and stopped by the depth limit.
-fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
-    let mut rng = Rng(seed);
-    let mut world = gen_world(&mut rng);
-    let text = schema_text(&world);
-    let schema =
-        Schema::parse("gen.zed", &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-    let limits = Limits {
-        depth_max: DEPTH,
-        work_max: 2_000_000,
-        ..Limits::default()
-    };
-    let mut snap = Snapshot::empty(&schema, seed, 0);
+/// Writes three random batches (touches with random expiries, deletes of earlier writes) to
+/// both the store and the reference's tuple map.
+fn write_tuples(
+    world: &mut World,
+    schema: &Schema,
+    rng: &mut Rng,
+    seed: u64,
+) -> Result<Snapshot, TestCaseError> {
+    let limits = Limits::default();
+    let mut snap = Snapshot::empty(schema, seed, 0);
     let mut written: Vec<TupleText> = Vec::new();
     for _batch in 0..3 {
         let mut changes = Vec::new();
@@ -324,7 +324,7 @@ fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
                 world.tuples.remove(&(t, oid, rel, victim.subject.clone()));
                 changes.push(Change::Delete(
                     victim
-                        .resolve(&schema, &limits)
+                        .resolve(schema, &limits)
                         .map_err(|e| TestCaseError::fail(e.to_string()))?,
                 ));
                 continue;
@@ -333,7 +333,7 @@ fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
             let r = rng.below(RELS.len());
             let oid = *rng.pick(&IDS);
             let kind = rng.pick(&world.allowed[t][r]).clone();
-            let subject = subject_text(&kind, &mut rng);
+            let subject = subject_text(&kind, rng);
             let expires_at = match rng.below(5) {
                 0 => Some(NOW),
                 1 => Some(NOW + 1),
@@ -349,15 +349,32 @@ fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
             world.tuples.insert((t, oid, RELS[r], subject), expires_at);
             changes.push(Change::Touch(
                 tuple
-                    .resolve(&schema, &limits)
+                    .resolve(schema, &limits)
                     .map_err(|e| TestCaseError::fail(e.to_string()))?,
             ));
             written.push(tuple);
         }
         snap = snap
-            .apply(&schema, &changes, &limits)
+            .apply(schema, &changes, &limits)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
+    Ok(snap)
+}
+
+/// Runs every check of one random world against the reference; returns how many checks were
+/// allowed, denied and stopped by the depth limit.
+fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
+    let mut rng = Rng(seed);
+    let mut world = gen_world(&mut rng);
+    let text = schema_text(&world);
+    let schema =
+        Schema::parse("gen.zed", &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+    let limits = Limits {
+        depth_max: DEPTH,
+        work_max: 2_000_000,
+        ..Limits::default()
+    };
+    let snap = write_tuples(&mut world, &schema, &mut rng, seed)?;
     prop_assert_eq!(snap.len(), world.tuples.len());
 
     let mut outcomes = [0; 3];
