@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod cache;
 pub mod cli;
 pub mod config;
