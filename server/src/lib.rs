@@ -14,6 +14,7 @@ pub mod plane;
 pub mod pool;
 pub mod serve;
 pub mod shard;
+pub mod store;
 
 /// Wall clock in unix seconds (the `now_s` every decision function takes).
 pub fn unix_now_s() -> u64 {
