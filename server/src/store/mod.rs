@@ -15,12 +15,14 @@
 //!
 //! `embedded.rs` is the redb engine (`<data_dir>/subzero.redb`) and `tables.rs` its tables and
 //! how each op changes them; `codec.rs` the change log's binary encoding; `state.rs` the plain
-//! in-memory form of all records; `limits.rs` the size rules.
+//! in-memory form of all records; `limits.rs` the size rules; `migrate.rs` the import of the
+//! old flat `revocations.log`.
 
 mod codec;
 mod embedded;
 mod error;
 mod limits;
+mod migrate;
 mod state;
 mod tables;
 #[cfg(test)]
@@ -32,6 +34,7 @@ pub use limits::{
     check_batch, MAX_BATCH_BYTES, MAX_BATCH_OPS, MAX_FIELD_BYTES, MAX_META_VALUE_BYTES,
     MAX_SEALED_BYTES,
 };
+pub use migrate::{import_revocation_log, Imported, IMPORTED_SUFFIX, REVOCATION_LOG};
 pub use state::State;
 
 /// A Zanzibar relationship `object#relation@subject` (`doc:1#viewer@group:eng#member`). The

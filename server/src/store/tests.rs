@@ -524,3 +524,4 @@ fn the_codec_round_trips_every_op_and_refuses_damage() {
 }
 
 mod measure;
+mod migration;
