@@ -15,6 +15,7 @@ pub mod plane;
 pub mod pool;
 pub mod serve;
 pub mod shard;
+pub mod store;
 pub mod vault;
 pub mod xaa;
 

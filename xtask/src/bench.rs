@@ -48,7 +48,7 @@ const ADMIN_TOKEN_FILE: &str = "admin.token";
 const AUTH_PATH: &str = "/v1/authenticate";
 const PIPELINE_DEPTH: usize = 16;
 /// A fraction of non-2xx responses above this makes a row FAILED: it did not measure success.
-const NON_2XX_FRACTION_MAX: f64 = 0.01;
+const MAX_NON_2XX_FRACTION: f64 = 0.01;
 /// UDP packets per second the xdp-flood scenario sends from its blocked source.
 const FLOOD_PPS: u64 = 200_000;
 /// Fixed offered rate for cold-verify latency: well under one core's verify rate.
@@ -463,7 +463,7 @@ fn summarize(scenario: &str, server: &str, load: &str, samples: &[Sample], note:
     if n_answered == 0 {
         row.status = Status::Failed;
         row.note = format!("no responses; {note}");
-    } else if n_non_2xx as f64 > n_answered as f64 * NON_2XX_FRACTION_MAX {
+    } else if n_non_2xx as f64 > n_answered as f64 * MAX_NON_2XX_FRACTION {
         row.status = Status::Failed;
         row.note = format!("{n_non_2xx} of {n_answered} responses were not 2xx; {note}");
     }

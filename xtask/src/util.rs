@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 /// Upper bound on the bytes a probe reads back; probes only look at small responses.
-const PROBE_RESPONSE_BYTES_MAX: usize = 4 * 1024 * 1024;
+const MAX_PROBE_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The workspace root: the parent of this crate's manifest directory.
 pub fn workspace_root() -> PathBuf {
@@ -218,8 +218,8 @@ pub fn http_request(
         if response_complete(&raw) {
             break;
         }
-        if raw.len() > PROBE_RESPONSE_BYTES_MAX {
-            bail!("response from {addr} is larger than {PROBE_RESPONSE_BYTES_MAX} bytes");
+        if raw.len() > MAX_PROBE_RESPONSE_BYTES {
+            bail!("response from {addr} is larger than {MAX_PROBE_RESPONSE_BYTES} bytes");
         }
     }
     parse_http_response(&raw)

@@ -37,7 +37,7 @@ struct Args {
 }
 
 /// Cached validated tokens at most; a full cache is cleared (what a quick implementation does).
-const CACHE_ENTRIES_MAX: usize = 1_000_000;
+const MAX_CACHE_ENTRIES: usize = 1_000_000;
 /// Tokens per batch request at most.
 const BATCH_TOKENS_MAX: usize = 1024;
 /// Request body bytes at most.
@@ -151,7 +151,7 @@ impl Gateway {
         }
         let claims = self.verify(token)?;
         let mut cache = self.cache.lock().ok()?;
-        if cache.len() >= CACHE_ENTRIES_MAX {
+        if cache.len() >= MAX_CACHE_ENTRIES {
             cache.clear();
         }
         cache.insert(token.to_owned(), claims.clone());

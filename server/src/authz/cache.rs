@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::Xxh3;
 use super::Decision;
 
 /// Largest capacity accepted, in entries.
-pub const CACHE_ENTRIES_MAX: usize = 1 << 24;
+pub const MAX_CACHE_ENTRIES: usize = 1 << 24;
 
 struct Entry<V> {
     hash: u64,
@@ -48,9 +48,9 @@ pub struct DecisionCache<V = Decision> {
 
 impl<V> DecisionCache<V> {
     /// A cache of at least `capacity` entries (rounded up to a power of two, at least 2, at
-    /// most [`CACHE_ENTRIES_MAX`]); `seed` keys its hash (random per process).
+    /// most [`MAX_CACHE_ENTRIES`]); `seed` keys its hash (random per process).
     pub fn new(capacity: usize, seed: u64) -> Self {
-        let n = capacity.clamp(2, CACHE_ENTRIES_MAX).next_power_of_two();
+        let n = capacity.clamp(2, MAX_CACHE_ENTRIES).next_power_of_two();
         DecisionCache {
             slots: (0..n).map(|_| None).collect(),
             seed,

@@ -8,11 +8,11 @@
 //!   expression does; `a->b` holds when `b` holds on some live subject object of relation `a`.
 //! - A node already on the current path (a cycle in the data, such as two groups that contain
 //!   each other) does not hold along that path; other paths are still explored.
-//! - Entering a node beyond `depth_max` is an error, not a denial. Errors combine like an
+//! - Entering a node beyond `max_depth` is an error, not a denial. Errors combine like an
 //!   unknown in three-valued logic: a union with a granting branch grants, an intersection with
 //!   a denying branch denies, an exclusion whose subtrahend grants denies; otherwise the error
 //!   is returned. So the answer never depends on the order branches are evaluated in.
-//! - More than `work_max` nodes visited in one check is an error too (hostile fan-out).
+//! - More than `max_work` nodes visited in one check is an error too (hostile fan-out).
 //!
 //! The hot path allocates nothing on a denial and one string per step of the granting path on
 //! an allow; the path stack is a fixed array.
@@ -24,7 +24,7 @@ use super::store::{Snapshot, SubjRec};
 use super::tuple::{echo, parse_object, parse_subject, subject_text, TupleError};
 use super::Limits;
 
-/// The deepest `depth_max` honoured (the size of the evaluator's fixed path stack).
+/// The deepest `max_depth` honoured (the size of the evaluator's fixed path stack).
 pub const DEPTH_CAP: usize = 64;
 
 /// The answer to a check: `{allowed, decision_path, revision}` in the SPEC's response.
@@ -49,10 +49,10 @@ pub enum CheckError {
     /// A wildcard subject (`user:*`) was asked about; wildcards only grant.
     #[error("a wildcard subject ({0}) cannot be checked; check a concrete subject")]
     WildcardSubject(String),
-    /// The evaluation went deeper than `depth_max` nodes along one path.
+    /// The evaluation went deeper than `max_depth` nodes along one path.
     #[error("the check went deeper than {0} levels of nested groups or parents")]
     DepthExceeded(u32),
-    /// The evaluation visited more than `work_max` nodes.
+    /// The evaluation visited more than `max_work` nodes.
     #[error("the check visited more than {0} nodes")]
     WorkExceeded(u32),
     /// The snapshot was built for another schema.
@@ -112,8 +112,8 @@ pub fn check(
         schema,
         snapshot,
         now_s,
-        depth_max: (limits.depth_max as usize).min(DEPTH_CAP),
-        work_max: limits.work_max,
+        max_depth: (limits.max_depth as usize).min(DEPTH_CAP),
+        max_work: limits.max_work,
         work: 0,
         subj_ty,
         subj_code,
@@ -147,8 +147,8 @@ struct Eval<'a> {
     schema: &'a Schema,
     snapshot: &'a Snapshot,
     now_s: u64,
-    depth_max: usize,
-    work_max: u32,
+    max_depth: usize,
+    max_work: u32,
     work: u32,
     subj_ty: u16,
     subj_code: u16,
@@ -172,8 +172,8 @@ fn keep(first: &mut Option<CheckError>, e: CheckError) {
 impl<'a> Eval<'a> {
     fn node(&mut self, rel: u16, obj: &'a str) -> Answer {
         self.work += 1;
-        if self.work > self.work_max {
-            return Err(CheckError::WorkExceeded(self.work_max));
+        if self.work > self.max_work {
+            return Err(CheckError::WorkExceeded(self.max_work));
         }
         if self.subj_code == rel + 2 && self.subj_id == obj {
             return Ok(true);
@@ -182,8 +182,8 @@ impl<'a> Eval<'a> {
         if on_path.iter().any(|&(r, o)| r == rel && o == obj) {
             return Ok(false);
         }
-        if self.depth >= self.depth_max {
-            return Err(CheckError::DepthExceeded(self.depth_max as u32));
+        if self.depth >= self.max_depth {
+            return Err(CheckError::DepthExceeded(self.max_depth as u32));
         }
         self.stack[self.depth] = (rel, obj);
         self.depth += 1;

@@ -25,10 +25,10 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use cache::{DecisionCache, CACHE_ENTRIES_MAX};
+pub use cache::{DecisionCache, MAX_CACHE_ENTRIES};
 pub use eval::{check, CheckError, Decision, DEPTH_CAP};
-pub use parse::{Pos, SchemaError, NAME_BYTES_MAX, SCHEMA_BYTES_MAX};
-pub use schema::{Schema, RELS_MAX, TYPES_MAX};
+pub use parse::{Pos, SchemaError, MAX_NAME_BYTES, MAX_SCHEMA_BYTES};
+pub use schema::{Schema, MAX_RELS, MAX_TYPES};
 pub use store::{Snapshot, StoreError};
 pub use tuple::{
     parse_check_body, parse_object, parse_subject, parse_tuples_body, Change, CheckRequest,
@@ -39,28 +39,28 @@ pub use tuple::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Longest object or subject id, in bytes (at most 65,535).
-    pub id_bytes_max: usize,
+    pub max_id_bytes: usize,
     /// Most tuples for one object and relation (members of one group, viewers of one doc).
-    pub fanout_max: usize,
+    pub max_fanout: usize,
     /// Most tuples in the store.
-    pub tuples_max: usize,
+    pub max_tuples: usize,
     /// Most tuples in one write request body.
-    pub tuples_per_write_max: usize,
+    pub max_tuples_per_write: usize,
     /// Deepest path of nodes one check may follow (at most [`DEPTH_CAP`]).
-    pub depth_max: u32,
+    pub max_depth: u32,
     /// Most nodes one check may visit.
-    pub work_max: u32,
+    pub max_work: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            id_bytes_max: 256,
-            fanout_max: 100_000,
-            tuples_max: 16 * 1024 * 1024,
-            tuples_per_write_max: 1000,
-            depth_max: 32,
-            work_max: 20_000,
+            max_id_bytes: 256,
+            max_fanout: 100_000,
+            max_tuples: 16 * 1024 * 1024,
+            max_tuples_per_write: 1000,
+            max_depth: 32,
+            max_work: 20_000,
         }
     }
 }

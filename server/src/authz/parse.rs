@@ -19,16 +19,16 @@
 use std::fmt;
 
 /// Longest schema text accepted, in bytes.
-pub const SCHEMA_BYTES_MAX: usize = 1 << 20;
+pub const MAX_SCHEMA_BYTES: usize = 1 << 20;
 
 /// Deepest nesting of parentheses accepted (the parser recurses once per level).
-const NESTING_MAX: u32 = 64;
+const MAX_NESTING: u32 = 64;
 
 /// Most operands in one permission expression (resolving recurses once per operator).
-const TERMS_MAX: u32 = 256;
+const MAX_TERMS: u32 = 256;
 
 /// Longest type, relation or permission name, in bytes (SpiceDB's limit).
-pub const NAME_BYTES_MAX: usize = 64;
+pub const MAX_NAME_BYTES: usize = 64;
 
 /// A 1-based line and column (columns count characters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -253,17 +253,17 @@ struct Parser<'s> {
     toks: Vec<(Tok<'s>, Pos)>,
     at: usize,
     nesting: u32,
-    /// Operands in the current permission expression, bounded by [`TERMS_MAX`].
+    /// Operands in the current permission expression, bounded by [`MAX_TERMS`].
     terms: u32,
 }
 
 /// Parses schema text into definitions (names unresolved).
 pub(super) fn parse(text: &str) -> Result<Vec<DefAst>, Failure> {
-    if text.len() > SCHEMA_BYTES_MAX {
+    if text.len() > MAX_SCHEMA_BYTES {
         return Err((
             Pos { line: 1, col: 1 },
             format!(
-                "schema is {} bytes, over the limit of {SCHEMA_BYTES_MAX}",
+                "schema is {} bytes, over the limit of {MAX_SCHEMA_BYTES}",
                 text.len()
             ),
         ));
@@ -445,9 +445,9 @@ impl<'s> Parser<'s> {
 
     fn arrow(&mut self) -> Result<ExprAst, Failure> {
         self.terms += 1;
-        if self.terms > TERMS_MAX {
+        if self.terms > MAX_TERMS {
             return Err(self.fail(&format!(
-                "more than {TERMS_MAX} operands in one permission; split it into several"
+                "more than {MAX_TERMS} operands in one permission; split it into several"
             )));
         }
         match self.peek() {
@@ -470,7 +470,7 @@ impl<'s> Parser<'s> {
                 Ok(ExprAst::Arrow(left, right))
             }
             Tok::LParen => {
-                if self.nesting >= NESTING_MAX {
+                if self.nesting >= MAX_NESTING {
                     return Err(self.fail("parentheses nested too deeply"));
                 }
                 self.bump();
@@ -488,7 +488,7 @@ impl<'s> Parser<'s> {
     }
 }
 
-/// Checks a type, relation or permission name: `[a-z][a-z0-9_]*`, at most [`NAME_BYTES_MAX`].
+/// Checks a type, relation or permission name: `[a-z][a-z0-9_]*`, at most [`MAX_NAME_BYTES`].
 pub(super) fn check_name(text: &str) -> Result<(), String> {
     let mut bytes = text.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase());
@@ -497,9 +497,9 @@ pub(super) fn check_name(text: &str) -> Result<(), String> {
             "'{text}' is not a valid name (lowercase letters, digits and '_', starting with a letter)"
         ));
     }
-    if text.len() > NAME_BYTES_MAX {
+    if text.len() > MAX_NAME_BYTES {
         return Err(format!(
-            "name '{text}' is {} bytes, over the limit of {NAME_BYTES_MAX}",
+            "name '{text}' is {} bytes, over the limit of {MAX_NAME_BYTES}",
             text.len()
         ));
     }

@@ -370,8 +370,8 @@ fn run_world(seed: u64) -> Result<[usize; 3], TestCaseError> {
     let schema =
         Schema::parse("gen.zed", &text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
     let limits = Limits {
-        depth_max: DEPTH,
-        work_max: 2_000_000,
+        max_depth: DEPTH,
+        max_work: 2_000_000,
         ..Limits::default()
     };
     let snap = write_tuples(&mut world, &schema, &mut rng, seed)?;

@@ -3,7 +3,7 @@
 //!
 //! A relation id (`u16`) names one relation or permission of one type, so it also says the
 //! object type. Subject codes in the store use `0` for a plain subject, `1` for a wildcard and
-//! `rel + 2` for a userset, so relation ids stay below [`RELS_MAX`].
+//! `rel + 2` for a userset, so relation ids stay below [`MAX_RELS`].
 
 use std::collections::HashMap;
 
@@ -12,10 +12,10 @@ use xxhash_rust::xxh3::xxh3_64;
 use super::parse::{self, DefAst, ExprAst, ItemBody, Name, Pos, SchemaError, SubjectKind};
 
 /// Most relations and permissions a schema may define in all (ids and codes fit in `u16`).
-pub const RELS_MAX: usize = 16_384;
+pub const MAX_RELS: usize = 16_384;
 
 /// Most definitions a schema may hold.
-pub const TYPES_MAX: usize = 4096;
+pub const MAX_TYPES: usize = 4096;
 
 /// A subject type a relation allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,8 +170,8 @@ fn compile(defs: &[DefAst], fingerprint: u64) -> Compiled<Schema> {
                 format!("definition '{}' is defined twice", def.name.text),
             ));
         }
-        if schema.types.len() >= TYPES_MAX {
-            return Err((def.name.pos, format!("more than {TYPES_MAX} definitions")));
+        if schema.types.len() >= MAX_TYPES {
+            return Err((def.name.pos, format!("more than {MAX_TYPES} definitions")));
         }
         let ty = schema.types.len() as u16;
         schema.type_index.insert(def.name.text.as_str().into(), ty);
@@ -199,10 +199,10 @@ fn compile(defs: &[DefAst], fingerprint: u64) -> Compiled<Schema> {
                     ),
                 ));
             }
-            if schema.rels.len() >= RELS_MAX {
+            if schema.rels.len() >= MAX_RELS {
                 return Err((
                     name.pos,
-                    format!("more than {RELS_MAX} relations and permissions"),
+                    format!("more than {MAX_RELS} relations and permissions"),
                 ));
             }
             let rel = schema.rels.len() as u16;

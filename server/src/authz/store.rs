@@ -27,7 +27,7 @@ pub enum StoreError {
     /// The changes were resolved against another schema than the snapshot's.
     #[error("the relationships were resolved against another schema than the store's")]
     SchemaMismatch,
-    /// One object+relation would hold more tuples than `limits.fanout_max`.
+    /// One object+relation would hold more tuples than `limits.max_fanout`.
     #[error("{object}#{relation} would hold more than {max} tuples")]
     FanOut {
         /// `type:id` of the object.
@@ -37,7 +37,7 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
-    /// The store would hold more than `limits.tuples_max` tuples.
+    /// The store would hold more than `limits.max_tuples` tuples.
     #[error("the store would hold {n} tuples, over the limit of {max}")]
     TooManyTuples {
         /// Tuples after the write.
@@ -260,10 +260,10 @@ impl Snapshot {
         if let Some((t, leaves)) = mid {
             root[t] = Arc::from(leaves);
         }
-        if n_tuples > limits.tuples_max && n_tuples > self.n_tuples {
+        if n_tuples > limits.max_tuples && n_tuples > self.n_tuples {
             return Err(StoreError::TooManyTuples {
                 n: n_tuples,
-                max: limits.tuples_max,
+                max: limits.max_tuples,
             });
         }
         Ok(Snapshot {
@@ -394,7 +394,7 @@ fn edit_one(
             match subjects.binary_search_by(|(s, _)| s.cmp(&subject)) {
                 Ok(i) => subjects[i].1 = r.expires_s,
                 Err(i) => {
-                    if subjects.len() >= limits.fanout_max {
+                    if subjects.len() >= limits.max_fanout {
                         return Err(StoreError::FanOut {
                             object: format!(
                                 "{}:{}",
@@ -402,7 +402,7 @@ fn edit_one(
                                 r.obj
                             ),
                             relation: schema.rel_name(r.rel).to_owned(),
-                            max: limits.fanout_max,
+                            max: limits.max_fanout,
                         });
                     }
                     subjects.insert(i, (subject, r.expires_s));

@@ -318,7 +318,7 @@ fn depth_limit_is_an_error_not_a_denial() {
     assert_eq!(err, Err(CheckError::DepthExceeded(32)));
     assert!(err.unwrap_err().is_limit());
     let deep = Limits {
-        depth_max: 64,
+        max_depth: 64,
         ..Limits::default()
     };
     let d = check(&s, &snap, "user:alice", "view", "doc:1", NOW, &deep).expect("check");
@@ -344,7 +344,7 @@ fn work_limit_is_an_error() {
     let refs: Vec<&str> = tuples.iter().map(String::as_str).collect();
     let snap = store(&s, &refs);
     let small = Limits {
-        work_max: 10,
+        max_work: 10,
         ..Limits::default()
     };
     let err = check(&s, &snap, "user:bob", "view", "doc:1", NOW, &small);
@@ -383,8 +383,8 @@ fn delete_makes_a_new_revision_and_leaves_the_old_snapshot_alone() {
 fn fan_out_and_total_limits_refuse_the_whole_write() {
     let s = schema();
     let limits = Limits {
-        fanout_max: 2,
-        tuples_max: 3,
+        max_fanout: 2,
+        max_tuples: 3,
         ..Limits::default()
     };
     let snap = Snapshot::empty(&s, 1, 0);
@@ -524,7 +524,7 @@ fn bodies_parse_in_both_shapes() {
     )
     .is_err());
     let few = Limits {
-        tuples_per_write_max: 1,
+        max_tuples_per_write: 1,
         ..l
     };
     assert!(matches!(

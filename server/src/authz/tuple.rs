@@ -119,11 +119,11 @@ fn id_ok(id: &str) -> bool {
 }
 
 fn check_id(what: &'static str, id: &str, limits: &Limits) -> Result<(), TupleError> {
-    if id.len() > limits.id_bytes_max {
+    if id.len() > limits.max_id_bytes {
         return Err(TupleError::TooLong {
             what,
             len: id.len(),
-            max: limits.id_bytes_max,
+            max: limits.max_id_bytes,
         });
     }
     if id.is_empty() || !id_ok(id) {
@@ -133,11 +133,11 @@ fn check_id(what: &'static str, id: &str, limits: &Limits) -> Result<(), TupleEr
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), TupleError> {
-    if name.len() > super::parse::NAME_BYTES_MAX {
+    if name.len() > super::parse::MAX_NAME_BYTES {
         return Err(TupleError::TooLong {
             what,
             len: name.len(),
-            max: super::parse::NAME_BYTES_MAX,
+            max: super::parse::MAX_NAME_BYTES,
         });
     }
     if super::parse::check_name(name).is_err() {
@@ -385,10 +385,10 @@ pub fn parse_tuples_body(body: &[u8], limits: &Limits) -> Result<Vec<TupleText>,
                     .into(),
             )),
         };
-    if tuples.len() > limits.tuples_per_write_max {
+    if tuples.len() > limits.max_tuples_per_write {
         return Err(TupleError::TooMany {
             n: tuples.len(),
-            max: limits.tuples_per_write_max,
+            max: limits.max_tuples_per_write,
         });
     }
     Ok(tuples)

@@ -271,13 +271,13 @@ impl<V> CuckooCache<V> {
         n_removed
     }
 
-    /// Frees expired entries among the next `slots_max` slots after the sweep cursor (wrapping)
+    /// Frees expired entries among the next `max_slots` slots after the sweep cursor (wrapping)
     /// and advances the cursor; returns how many entries were freed. Call it from background
-    /// work with a per-iteration budget: a full pass takes `capacity() / slots_max` calls.
-    pub fn sweep_expired(&mut self, now_s: u64, slots_max: usize) -> usize {
+    /// work with a per-iteration budget: a full pass takes `capacity() / max_slots` calls.
+    pub fn sweep_expired(&mut self, now_s: u64, max_slots: usize) -> usize {
         let n_slots = self.slots.len();
         let mut n_freed = 0;
-        for _ in 0..slots_max.min(n_slots) {
+        for _ in 0..max_slots.min(n_slots) {
             let slot_idx = self.sweep_cursor;
             self.sweep_cursor = (slot_idx + 1) & (n_slots - 1);
             if self.is_expired(slot_idx, now_s) {
@@ -376,12 +376,12 @@ impl<V> CuckooCache<V> {
         } else {
             bucket_b
         };
-        let kicks_max = if self.n_entries * 100 >= self.slots.len() * SATURATED_LOAD_PCT {
+        let max_kicks = if self.n_entries * 100 >= self.slots.len() * SATURATED_LOAD_PCT {
             SATURATED_KICKS
         } else {
             MAX_KICKS
         };
-        for _ in 0..kicks_max {
+        for _ in 0..max_kicks {
             let slot_idx =
                 bucket * SLOTS_PER_BUCKET + (self.next_random() as usize % SLOTS_PER_BUCKET);
             self.tags[slot_idx] = tag_of(homeless.hash);

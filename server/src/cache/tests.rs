@@ -372,7 +372,7 @@ enum Op {
         dt_s: u64,
     },
     Sweep {
-        slots_max: usize,
+        max_slots: usize,
     },
     RetainOdd,
 }
@@ -384,7 +384,7 @@ fn op_strategy(n_keys: usize) -> impl Strategy<Value = Op> {
         6 => (0..n_keys).prop_map(|key_idx| Op::Get { key_idx }),
         2 => (0..n_keys).prop_map(|key_idx| Op::Remove { key_idx }),
         2 => (0_u64..15).prop_map(|dt_s| Op::Advance { dt_s }),
-        1 => (0_usize..40).prop_map(|slots_max| Op::Sweep { slots_max }),
+        1 => (0_usize..40).prop_map(|max_slots| Op::Sweep { max_slots }),
         1 => Just(Op::RetainOdd),
     ]
 }
@@ -445,9 +445,9 @@ fn run_model(capacity_entries: usize, hash_mask: u64, keys: &[Vec<u8>], ops: &[O
                 assert_eq!(got, model.remove(key).map(|(value, _)| value));
             }
             Op::Advance { dt_s } => now_s += dt_s,
-            Op::Sweep { slots_max } => {
-                let n_freed = cache.sweep_expired(now_s, slots_max);
-                assert!(n_freed <= slots_max);
+            Op::Sweep { max_slots } => {
+                let n_freed = cache.sweep_expired(now_s, max_slots);
+                assert!(n_freed <= max_slots);
             }
             Op::RetainOdd => {
                 let n_odd = model.values().filter(|&&(value, _)| value % 2 == 1).count();

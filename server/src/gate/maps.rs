@@ -247,8 +247,8 @@ impl GateMaps {
         Ok(per_cpu)
     }
 
-    /// Sources in `SZ_RATE` with at least one drop, most drops first, at most `n_max`.
-    pub fn rate_offenders(&self, n_max: usize) -> Result<Vec<RateItem>, GateError> {
+    /// Sources in `SZ_RATE` with at least one drop, most drops first, at most `max_n`.
+    pub fn rate_offenders(&self, max_n: usize) -> Result<Vec<RateItem>, GateError> {
         let mut out = Vec::new();
         for item in self.rate.iter().take(MAX_RATE_ENTRIES as usize) {
             let (key, e) = item.map_err(map_err("read SZ_RATE"))?;
@@ -264,7 +264,7 @@ impl GateMaps {
             });
         }
         out.sort_by_key(|r| std::cmp::Reverse(r.drops));
-        out.truncate(n_max);
+        out.truncate(max_n);
         Ok(out)
     }
 }
