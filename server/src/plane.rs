@@ -103,6 +103,16 @@ pub enum ControlMsg {
         /// Where the answer goes.
         reply_to: ReplyTo,
     },
+    /// Write (or delete) relationship tuples durably, then broadcast the new snapshot and reply
+    /// with its revision. The shard checked them against the schema already.
+    WriteRelationships {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// Delete these tuples instead of writing them.
+        delete: bool,
+        /// The tuples.
+        tuples: Vec<crate::authz::TupleText>,
+    },
 }
 
 /// What the control plane did with a request that waits for an answer.
@@ -134,6 +144,20 @@ pub enum ControlReply {
     },
     /// Rotation failed; the old key stays current.
     RotateFailed,
+    /// The relationships are durable, and every shard has the snapshot at `revision` queued.
+    RelationshipsWritten {
+        /// Revision of the snapshot that has the write (a read-your-writes token).
+        revision: u64,
+        /// Tuples written or deleted.
+        n_tuples: usize,
+    },
+    /// The write was refused as a whole (a limit, or it does not fit the schema).
+    RelationshipsRefused {
+        /// Why, for `error_description`.
+        description: String,
+    },
+    /// The store could not make a write durable; nothing was acknowledged.
+    StoreFailed,
 }
 
 /// Messages to a shard over the mesh.
@@ -141,6 +165,8 @@ pub enum ControlReply {
 pub enum ShardMsg {
     /// New key material.
     Keys(Arc<KeySnapshot>),
+    /// The relationships at a new revision (one snapshot shared by every shard).
+    Relationships(Arc<crate::authz::Snapshot>),
     /// A `jti` is revoked until `exp_s`.
     Revoked {
         /// Token id.

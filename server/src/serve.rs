@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::api::{AppShared, ShardApp, ShardLinks};
 use crate::auth::{BatchMode, KeyRing, TrustedIssuer, Verifier};
+use crate::authz;
 use crate::config::{allowed_cpus, Config};
 use crate::control::{
     ControlLinks, ControlPlane, ControlState, RevocationLog, CONTROL_QUEUE_DEPTH,
@@ -19,6 +20,7 @@ use crate::monitor::Board;
 use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::shard::mesh::{Inbox, Mesh, Outbox};
 use crate::shard::{self, RuntimeStats, ShardLimits};
+use crate::store::{RedbStore, Store, StoreOptions};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,17 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The embedded store could not be opened or read.
+    #[error("cannot open the store in {path}: {source}")]
+    Store {
+        /// The data directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: crate::store::StoreError,
+    },
+    /// Stored relationships do not fit the configured schema.
+    #[error("stored relationships do not fit [permissions] schema_file: {0}; fix the schema or delete those relationships")]
+    Relationships(String),
     /// A runtime resource (eventfd, io_uring, thread) could not be created.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -76,6 +89,7 @@ pub fn run(
 ) -> Result<(), ServeError> {
     let now_s = crate::unix_now_s();
     let (keyring, verifier, revocations) = load_state(&config, now_s)?;
+    let (store, relationships) = load_store(&config)?;
     let revoked: HashMap<String, u64> = revocations
         .entries()
         .map(|(jti, exp_s)| (jti.to_owned(), exp_s))
@@ -101,6 +115,8 @@ pub fn run(
             keyring,
             base_verifier: verifier,
             revocations,
+            store,
+            relationships,
             gate,
         },
         ControlLinks {
@@ -110,6 +126,7 @@ pub fn run(
         },
     );
     let keys = control.key_snapshot();
+    let relationships = control.relationships();
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
     let shared = Arc::new(AppShared {
         config: Arc::clone(&config),
@@ -136,6 +153,7 @@ pub fn run(
             shared: Arc::clone(&shared),
             control_tx: control_tx.clone(),
             keys: Arc::clone(&keys),
+            relationships: relationships.clone(),
             revoked: revoked.clone(),
             limits: limits.clone(),
             outbox,
@@ -172,6 +190,53 @@ pub fn run(
     let _ = control_thread.join();
     tracing::info!("subzero stopped");
     result
+}
+
+/// The relationship snapshot every shard shares; `None` without a schema.
+type Relationships = Option<Arc<authz::Snapshot>>;
+
+/// The embedded store in the data dir, and the relationship snapshot built from it when a
+/// schema is configured.
+fn load_store(config: &Config) -> Result<(Box<dyn Store>, Relationships), ServeError> {
+    let data_dir = &config.server.data_dir;
+    let store_error = |source| ServeError::Store {
+        path: data_dir.clone(),
+        source,
+    };
+    let store = RedbStore::open(data_dir, StoreOptions::default()).map_err(store_error)?;
+    let Some(schema) = &config.permissions else {
+        return Ok((Box::new(store), None));
+    };
+    let stored = store.snapshot().map_err(store_error)?;
+    let limits = authz::Limits::default();
+    let changes = stored
+        .state
+        .tuples
+        .iter()
+        .map(|(t, expires_at)| {
+            let text = authz::TupleText {
+                object: t.object.clone(),
+                relation: t.relation.clone(),
+                subject: t.subject.clone(),
+                expires_at: *expires_at,
+            };
+            let resolved = text.resolve(schema, &limits);
+            resolved
+                .map(authz::Change::Touch)
+                .map_err(|e| format!("{text}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(ServeError::Relationships)?;
+    let snapshot = authz::Snapshot::empty(schema, rand::random(), 0)
+        .apply(schema, &changes, &limits)
+        .map_err(|e| ServeError::Relationships(e.to_string()))?
+        .at_revision(stored.revision);
+    tracing::info!(
+        tuples = snapshot.len(),
+        revision = stored.revision,
+        "relationships loaded"
+    );
+    Ok((Box::new(store), Some(Arc::new(snapshot))))
 }
 
 /// Data dir, key ring (generated on first start), verifier and revocation log.
@@ -227,6 +292,7 @@ struct ShardSeed {
     shared: Arc<AppShared>,
     control_tx: std::sync::mpsc::SyncSender<ControlMsg>,
     keys: Arc<KeySnapshot>,
+    relationships: Option<Arc<crate::authz::Snapshot>>,
     revoked: HashMap<String, u64>,
     limits: ShardLimits,
     outbox: Outbox<ShardMsg>,
@@ -251,6 +317,7 @@ fn spawn_shard(
                 shared,
                 control_tx,
                 keys,
+                relationships,
                 revoked,
                 limits,
                 outbox,
@@ -268,6 +335,7 @@ fn spawn_shard(
                 runtime: Arc::clone(&stats),
             };
             let app = ShardApp::new(idx, shared, links, keys, revoked, cache_seed);
+            let app = app.with_relationships(relationships);
             let _ = ready.send(());
             drop(ready);
             let result = shard::run_shard(idx, listener, limits, inbox, stats, &shutdown, app);

@@ -8,6 +8,7 @@
 //! to the control plane, and the response waits for it as a deferred ticket.
 
 mod authn;
+mod authz;
 mod batch;
 mod budget;
 mod ratelimit;
@@ -135,6 +136,11 @@ pub struct ShardApp {
     subject_seed: u64,
     /// The last rendered `/metrics` text and the board version it rendered.
     metrics_text: (u64, String),
+    /// The relationships (one snapshot per process, swapped on every write); `None` without
+    /// a schema.
+    relationships: Option<Arc<crate::authz::Snapshot>>,
+    /// Permission decisions, each valid only at the revision it was computed at.
+    decisions: crate::authz::DecisionCache<crate::authz::Decision>,
     revoked: HashMap<String, u64>,
     pool: TokenPool,
     /// Pool key of each client's default grant, so the common request allocates no key.
@@ -202,6 +208,11 @@ impl ShardApp {
                 config.ratelimit.block_after_rejections,
             ),
             metrics_text: (0, String::new()),
+            relationships: None,
+            decisions: crate::authz::DecisionCache::new(
+                self::authz::DECISION_CACHE_ENTRIES,
+                cache_seed.rotate_left(41),
+            ),
             subject_revocations: ratelimit::KeyedLimiter::new(
                 config.ratelimit.revocations_per_subject_per_s,
                 config.ratelimit.revocations_per_subject_burst,
@@ -232,6 +243,16 @@ impl ShardApp {
         }
     }
 
+    /// Starts from the control plane's relationship snapshot.
+    #[must_use]
+    pub fn with_relationships(
+        mut self,
+        relationships: Option<Arc<crate::authz::Snapshot>>,
+    ) -> ShardApp {
+        self.relationships = relationships;
+        self
+    }
+
     fn config(&self) -> &Config {
         &self.shared.config
     }
@@ -257,6 +278,10 @@ impl ShardApp {
             (Method::Post, "/v1/authenticate/batch") => self.authenticate_batch(req, cx, out),
             (Method::Post, "/v1/token") => self.issue_token(req, cx, out),
             (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
+            (Method::Post, "/v1/permissions/check") => self.permission_check(req, cx, out),
+            (Method::Post, "/v1/relationships") => self.write_relationships(req, cx, out, false),
+            (Method::Delete, "/v1/relationships") => self.write_relationships(req, cx, out, true),
+            (Method::Get, "/v1/relationships") => done(self.list_relationships(req, out)),
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
             (Method::Get, "/healthz") => {
                 http::write_response(out, Status::Ok, Some("text/plain"), &[], b"ok", ka);
@@ -457,6 +482,8 @@ const KNOWN_PATHS: &[&str] = &[
     "/v1/token",
     "/v1/revoke",
     "/v1/keys/rotate",
+    "/v1/permissions/check",
+    "/v1/relationships",
     "/healthz",
     "/.well-known/jwks.json",
     "/metrics",
@@ -563,6 +590,7 @@ impl ShardApp {
                 offset,
                 verdicts,
             } => self.on_batch_done(batch_id, offset, verdicts, ready),
+            ShardMsg::Relationships(snapshot) => self.relationships = Some(snapshot),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));
                 self.verifier.adopt_own_keys(&snapshot.verifier);

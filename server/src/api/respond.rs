@@ -103,6 +103,21 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             });
             http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
         }
+        ControlReply::RelationshipsWritten { revision, n_tuples } => {
+            let body = serde_json::json!({ "revision": revision, "written": n_tuples });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::RelationshipsRefused { description } => {
+            error(out, Status::BadRequest, "invalid_request", description, ka);
+        }
+        ControlReply::StoreFailed => error_with(
+            out,
+            Status::ServiceUnavailable,
+            "temporarily_unavailable",
+            "the write could not be made durable; retry",
+            &[b"retry-after: 1"],
+            ka,
+        ),
         ControlReply::RotateFailed => error(
             out,
             Status::InternalServerError,

@@ -633,7 +633,7 @@ impl ShardApp {
     }
 
     /// Hands `msg` to the control plane and defers the response; 503 when its queue is full.
-    fn send_to_control(
+    pub(super) fn send_to_control(
         &mut self,
         msg: ControlMsg,
         ticket: crate::shard::Ticket,

@@ -275,6 +275,15 @@ impl Snapshot {
         })
     }
 
+    /// The same relationships, labelled with `revision`: the store's durable revision, which
+    /// survives restarts (so a client's `at_least_revision` stays meaningful) and also counts
+    /// other kinds of writes. Revisions only grow.
+    #[must_use]
+    pub fn at_revision(mut self, revision: u64) -> Snapshot {
+        self.revision = revision;
+        self
+    }
+
     /// Every tuple, in index order (not sorted by name).
     pub fn relationships(&self) -> impl Iterator<Item = Relationship> + '_ {
         self.root

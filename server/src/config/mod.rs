@@ -121,6 +121,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Per-source request rate limit in the shards.
     pub ratelimit: RateLimitConfig,
+    /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
+    pub permissions: Option<std::sync::Arc<crate::authz::Schema>>,
 }
 
 /// `[server]`.
@@ -292,6 +294,7 @@ impl Default for Config {
                 revocations_per_subject_per_s: 10,
                 revocations_per_subject_burst: 50,
             },
+            permissions: None,
         }
     }
 }
@@ -315,6 +318,14 @@ struct FileConfig {
     pool: FilePool,
     #[serde(default)]
     ratelimit: FileRateLimit,
+    #[serde(default)]
+    permissions: FilePermissions,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePermissions {
+    schema_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize, Default)]
@@ -549,6 +560,9 @@ impl Config {
         );
         set(&mut c.ratelimit.revocations_per_s, r.revocations_per_s);
         set(&mut c.ratelimit.revocations_burst, r.revocations_burst);
+        if let Some(path) = file.permissions.schema_file {
+            c.permissions = Some(std::sync::Arc::new(read_schema(&base.join(path))?));
+        }
         set(
             &mut c.ratelimit.revocations_per_subject_per_s,
             r.revocations_per_subject_per_s,
@@ -851,6 +865,18 @@ fn check_range(name: &str, value: usize, min: usize, max: usize) -> Result<(), C
             "{name} must be between {min} and {max}, got {value}"
         )))
     }
+}
+
+/// Reads and parses a SpiceDB-language schema; errors name the file, line and column.
+fn read_schema(path: &Path) -> Result<crate::authz::Schema, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        what: "permissions.schema_file",
+        path: path.to_owned(),
+        source,
+    })?;
+    let name = path.display().to_string();
+    crate::authz::Schema::parse(&name, &text)
+        .map_err(|e| ConfigError::Invalid(format!("permissions.schema_file: {e}")))
 }
 
 fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {

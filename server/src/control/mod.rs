@@ -19,11 +19,53 @@ use std::time::Duration;
 pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
 
 use crate::auth::{KeyRing, Verifier};
+use crate::authz;
 use crate::config::Config;
 use crate::gate::{boot_ns, Cidr, Gate};
 use crate::monitor::Board;
 use crate::plane::{ControlMsg, ControlReply, KeySnapshot, ReplyTo, ShardMsg};
 use crate::shard::mesh::Outbox;
+use crate::store::{self, Store};
+
+/// The snapshot after writing (or deleting) `tuples`, or why not.
+fn apply_tuples(
+    schema: &authz::Schema,
+    base: &authz::Snapshot,
+    tuples: &[authz::TupleText],
+    delete: bool,
+    limits: &authz::Limits,
+) -> Result<authz::Snapshot, String> {
+    let changes = tuples
+        .iter()
+        .map(|t| {
+            let r = t.resolve(schema, limits).map_err(|e| format!("{t}: {e}"))?;
+            Ok(if delete {
+                authz::Change::Delete(r)
+            } else {
+                authz::Change::Touch(r)
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    base.apply(schema, &changes, limits)
+        .map_err(|e| e.to_string())
+}
+
+/// The store's record of a relationship write or delete.
+fn store_op(t: &authz::TupleText, delete: bool) -> store::Op {
+    let tuple = store::Tuple {
+        object: t.object.clone(),
+        relation: t.relation.clone(),
+        subject: t.subject.clone(),
+    };
+    if delete {
+        store::Op::DeleteTuple { tuple }
+    } else {
+        store::Op::WriteTuple {
+            tuple,
+            expires_at_s: t.expires_at,
+        }
+    }
+}
 
 /// Most requests the control plane takes from its queue for one group commit.
 pub const MAX_CONTROL_BATCH: usize = 1024;
@@ -38,6 +80,10 @@ pub struct ControlPlane {
     keyring: KeyRing,
     base_verifier: Verifier,
     revocations: RevocationLog,
+    /// The durable store (relationships today; vault, channels and revocations to follow).
+    store: Box<dyn Store>,
+    /// The relationships every shard reads (`None` without a schema).
+    relationships: Option<Arc<authz::Snapshot>>,
     outbox: Outbox<ShardMsg>,
     board: Arc<Board>,
     gate: Gate,
@@ -53,6 +99,10 @@ pub struct ControlState {
     pub base_verifier: Verifier,
     /// The durable denylist.
     pub revocations: RevocationLog,
+    /// The durable store.
+    pub store: Box<dyn Store>,
+    /// The relationships loaded from it (`None` without a schema).
+    pub relationships: Option<Arc<authz::Snapshot>>,
     /// The eBPF gate (possibly off).
     pub gate: Gate,
 }
@@ -74,6 +124,8 @@ impl ControlPlane {
             keyring,
             base_verifier,
             revocations,
+            store,
+            relationships,
             gate,
         } = state;
         let ControlLinks {
@@ -87,6 +139,8 @@ impl ControlPlane {
             keyring,
             base_verifier,
             revocations,
+            store,
+            relationships,
             outbox,
             board,
             gate,
@@ -112,6 +166,11 @@ impl ControlPlane {
                 .map(|(kid, _)| kid.to_owned())
                 .collect(),
         })
+    }
+
+    /// The relationships every shard starts from.
+    pub fn relationships(&self) -> Option<Arc<authz::Snapshot>> {
+        self.relationships.clone()
     }
 
     /// Runs until `shutdown` is set.
@@ -142,6 +201,7 @@ impl ControlPlane {
     fn handle_batch(&mut self, batch: &mut Vec<ControlMsg>) {
         let now_s = (self.now_s)();
         let mut revokes = Vec::new();
+        let mut tuple_writes = Vec::new();
         let mut others = Vec::new();
         for msg in batch.drain(..) {
             match msg {
@@ -150,11 +210,21 @@ impl ControlPlane {
                     jti,
                     exp_s,
                 } => revokes.push((reply_to, jti, exp_s)),
+                ControlMsg::WriteRelationships {
+                    reply_to,
+                    delete,
+                    tuples,
+                } => tuple_writes.push((reply_to, delete, tuples)),
                 other => others.push(other),
             }
         }
         if !revokes.is_empty() {
             for (reply_to, reply) in self.revoke_batch(revokes, now_s) {
+                self.reply(reply_to, reply);
+            }
+        }
+        if !tuple_writes.is_empty() {
+            for (reply_to, reply) in self.write_relationships(tuple_writes, now_s) {
                 self.reply(reply_to, reply);
             }
         }
@@ -179,6 +249,17 @@ impl ControlPlane {
                 match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
                     Ok(()) => tracing::warn!(%ip, ?reason, "source blocked in the kernel gate"),
                     Err(e) => tracing::debug!(%ip, error = %e, "cannot block source"),
+                }
+            }
+            ControlMsg::WriteRelationships {
+                reply_to,
+                delete,
+                tuples,
+            } => {
+                for (reply_to, reply) in
+                    self.write_relationships(vec![(reply_to, delete, tuples)], now_s)
+                {
+                    self.reply(reply_to, reply);
                 }
             }
             ControlMsg::RotateKeys { reply_to } => {
@@ -223,6 +304,68 @@ impl ControlPlane {
                 },
             };
             replies.push((reply_to, reply));
+        }
+        replies
+    }
+
+    /// Applies relationship writes to the snapshot, makes them durable with one commit (group
+    /// commit), then queues the new snapshot to every shard ahead of the replies. A write that
+    /// does not fit the schema or a limit is refused alone; the others go ahead.
+    fn write_relationships(
+        &mut self,
+        writes: Vec<(ReplyTo, bool, Vec<authz::TupleText>)>,
+        now_s: u64,
+    ) -> Vec<(ReplyTo, ControlReply)> {
+        let (Some(schema), Some(current)) =
+            (self.config.permissions.clone(), self.relationships.clone())
+        else {
+            let off = || ControlReply::RelationshipsRefused {
+                description: "permissions are off: no [permissions] schema_file".into(),
+            };
+            return writes.into_iter().map(|(to, _, _)| (to, off())).collect();
+        };
+        let limits = authz::Limits::default();
+        let mut replies = Vec::with_capacity(writes.len());
+        let mut accepted = Vec::new();
+        let mut ops = Vec::new();
+        let mut next: Option<authz::Snapshot> = None;
+        for (reply_to, delete, tuples) in writes {
+            let base = next.as_ref().unwrap_or(&current);
+            match apply_tuples(&schema, base, &tuples, delete, &limits) {
+                Ok(snapshot) => {
+                    next = Some(snapshot);
+                    ops.extend(tuples.iter().map(|t| store_op(t, delete)));
+                    accepted.push((reply_to, tuples.len()));
+                }
+                Err(description) => {
+                    replies.push((reply_to, ControlReply::RelationshipsRefused { description }));
+                }
+            }
+        }
+        let Some(next) = next else {
+            return replies;
+        };
+        match self.store.write(&ops, now_s) {
+            Ok(committed) => {
+                let snapshot = Arc::new(next.at_revision(committed.revision));
+                self.relationships = Some(Arc::clone(&snapshot));
+                self.broadcast(|| ShardMsg::Relationships(Arc::clone(&snapshot)));
+                replies.extend(accepted.into_iter().map(|(to, n_tuples)| {
+                    let revision = committed.revision;
+                    (
+                        to,
+                        ControlReply::RelationshipsWritten { revision, n_tuples },
+                    )
+                }));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, n = ops.len(), "cannot persist relationships");
+                replies.extend(
+                    accepted
+                        .into_iter()
+                        .map(|(to, _)| (to, ControlReply::StoreFailed)),
+                );
+            }
         }
         replies
     }

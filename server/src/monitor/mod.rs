@@ -25,19 +25,25 @@ pub enum Op {
     TokenSign,
     /// Revocation.
     Revoke,
+    /// Permission check answered from the decision cache.
+    PermissionHit,
+    /// Permission check that evaluated the relationships.
+    PermissionCheck,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 9] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
         Op::TokenPoolHit,
         Op::TokenSign,
         Op::Revoke,
+        Op::PermissionHit,
+        Op::PermissionCheck,
         Op::Other,
     ];
 
@@ -50,6 +56,8 @@ impl Op {
             Op::TokenPoolHit => "token_pool_hit",
             Op::TokenSign => "token_sign",
             Op::Revoke => "revoke",
+            Op::PermissionHit => "permission_cache_hit",
+            Op::PermissionCheck => "permission_check",
             Op::Other => "other",
         }
     }
