@@ -103,6 +103,26 @@ pub enum ControlMsg {
         /// Where the answer goes.
         reply_to: ReplyTo,
     },
+    /// Record a new app↔agent channel durably, then reply with its (already signed) tokens.
+    CreateChannel {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// The channel id (random).
+        id: String,
+        /// `jti`s of the app's and the agent's channel token.
+        jtis: [String; 2],
+        /// When both tokens expire.
+        expires_at_s: u64,
+        /// The two signed tokens, handed back in the reply (opaque to the control plane).
+        tokens: [String; 2],
+    },
+    /// Revoke both tokens of a channel (durable, broadcast) and forget the channel.
+    DeleteChannel {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// The channel id.
+        id: String,
+    },
     /// Write (or delete) relationship tuples durably, then broadcast the new snapshot and reply
     /// with its revision. The shard checked them against the schema already.
     WriteRelationships {
@@ -158,6 +178,22 @@ pub enum ControlReply {
     },
     /// The store could not make a write durable; nothing was acknowledged.
     StoreFailed,
+    /// The channel is durable; here are its tokens.
+    ChannelCreated {
+        /// The channel id.
+        id: String,
+        /// The app's and the agent's token.
+        tokens: [String; 2],
+        /// When they expire.
+        expires_at_s: u64,
+    },
+    /// Both channel tokens are revoked on every shard (durably) and the channel is gone.
+    ChannelDeleted {
+        /// The channel id.
+        id: String,
+    },
+    /// No such channel (never created, deleted, or expired).
+    ChannelUnknown,
 }
 
 /// Messages to a shard over the mesh.

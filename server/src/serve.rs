@@ -89,7 +89,7 @@ pub fn run(
 ) -> Result<(), ServeError> {
     let now_s = crate::unix_now_s();
     let (keyring, verifier, revocations) = load_state(&config, now_s)?;
-    let (store, relationships) = load_store(&config)?;
+    let (store, relationships, channels) = load_store(&config)?;
     let revoked: HashMap<String, u64> = revocations
         .entries()
         .map(|(jti, exp_s)| (jti.to_owned(), exp_s))
@@ -117,6 +117,7 @@ pub fn run(
             revocations,
             store,
             relationships,
+            channels,
             gate,
         },
         ControlLinks {
@@ -197,17 +198,20 @@ type Relationships = Option<Arc<authz::Snapshot>>;
 
 /// The embedded store in the data dir, and the relationship snapshot built from it when a
 /// schema is configured.
-fn load_store(config: &Config) -> Result<(Box<dyn Store>, Relationships), ServeError> {
+fn load_store(
+    config: &Config,
+) -> Result<(Box<dyn Store>, Relationships, crate::control::Channels), ServeError> {
     let data_dir = &config.server.data_dir;
     let store_error = |source| ServeError::Store {
         path: data_dir.clone(),
         source,
     };
     let store = RedbStore::open(data_dir, StoreOptions::default()).map_err(store_error)?;
-    let Some(schema) = &config.permissions else {
-        return Ok((Box::new(store), None));
-    };
     let stored = store.snapshot().map_err(store_error)?;
+    let channels = stored.state.channels.clone().into_iter().collect();
+    let Some(schema) = &config.permissions else {
+        return Ok((Box::new(store), None, channels));
+    };
     let limits = authz::Limits::default();
     let changes = stored
         .state
@@ -236,7 +240,7 @@ fn load_store(config: &Config) -> Result<(Box<dyn Store>, Relationships), ServeE
         revision = stored.revision,
         "relationships loaded"
     );
-    Ok((Box::new(store), Some(Arc::new(snapshot))))
+    Ok((Box::new(store), Some(Arc::new(snapshot)), channels))
 }
 
 /// Data dir, key ring (generated on first start), verifier and revocation log.

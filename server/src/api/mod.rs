@@ -11,6 +11,7 @@ mod authn;
 mod authz;
 mod batch;
 mod budget;
+mod channel;
 mod ratelimit;
 mod respond;
 mod token;
@@ -282,6 +283,11 @@ impl ShardApp {
             (Method::Post, "/v1/relationships") => self.write_relationships(req, cx, out, false),
             (Method::Delete, "/v1/relationships") => self.write_relationships(req, cx, out, true),
             (Method::Get, "/v1/relationships") => done(self.list_relationships(req, out)),
+            (Method::Post, channel::CHANNEL_PATH) => self.create_channel(req, cx, out),
+            (Method::Delete, path) if path.starts_with("/v1/xaa/channel/") => {
+                let id = &path["/v1/xaa/channel/".len()..];
+                self.delete_channel(req, cx, out, id)
+            }
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
             (Method::Get, "/healthz") => {
                 http::write_response(out, Status::Ok, Some("text/plain"), &[], b"ok", ka);
@@ -484,6 +490,7 @@ const KNOWN_PATHS: &[&str] = &[
     "/v1/keys/rotate",
     "/v1/permissions/check",
     "/v1/relationships",
+    "/v1/xaa/channel",
     "/healthz",
     "/.well-known/jwks.json",
     "/metrics",

@@ -110,6 +110,34 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
         ControlReply::RelationshipsRefused { description } => {
             error(out, Status::BadRequest, "invalid_request", description, ka);
         }
+        ControlReply::ChannelCreated {
+            id,
+            tokens,
+            expires_at_s,
+        } => {
+            let body = serde_json::json!({
+                "channel_id": id,
+                "app_token": tokens[0],
+                "agent_token": tokens[1],
+                "token_type": "Bearer",
+                "expires_at": expires_at_s,
+            });
+            http::write_response(
+                out,
+                Status::Ok,
+                Some("application/json"),
+                &[b"cache-control: no-store"],
+                body.to_string().as_bytes(),
+                ka,
+            );
+        }
+        ControlReply::ChannelDeleted { id } => {
+            let body = serde_json::json!({ "channel_id": id, "deleted": true });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::ChannelUnknown => {
+            error(out, Status::NotFound, "invalid_request", "no such channel", ka);
+        }
         ControlReply::StoreFailed => error_with(
             out,
             Status::ServiceUnavailable,

@@ -8,6 +8,7 @@
 //! Architecture Invariant: a `200` for a revocation or key rotation is sent only after the change
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
+mod channel;
 mod revocations;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use channel::Channels;
 pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
 
 use crate::auth::{KeyRing, Verifier};
@@ -84,6 +86,8 @@ pub struct ControlPlane {
     store: Box<dyn Store>,
     /// The relationships every shard reads (`None` without a schema).
     relationships: Option<Arc<authz::Snapshot>>,
+    /// App↔agent channels, as stored.
+    channels: Channels,
     outbox: Outbox<ShardMsg>,
     board: Arc<Board>,
     gate: Gate,
@@ -103,6 +107,8 @@ pub struct ControlState {
     pub store: Box<dyn Store>,
     /// The relationships loaded from it (`None` without a schema).
     pub relationships: Option<Arc<authz::Snapshot>>,
+    /// The channels loaded from it.
+    pub channels: Channels,
     /// The eBPF gate (possibly off).
     pub gate: Gate,
 }
@@ -126,6 +132,7 @@ impl ControlPlane {
             revocations,
             store,
             relationships,
+            channels,
             gate,
         } = state;
         let ControlLinks {
@@ -141,6 +148,7 @@ impl ControlPlane {
             revocations,
             store,
             relationships,
+            channels,
             outbox,
             board,
             gate,
@@ -261,6 +269,21 @@ impl ControlPlane {
                 {
                     self.reply(reply_to, reply);
                 }
+            }
+            ControlMsg::CreateChannel {
+                reply_to,
+                id,
+                jtis,
+                expires_at_s,
+                tokens,
+            } => {
+                let channel = store::Channel { jtis, expires_at_s };
+                let reply = self.create_channel(id, channel, tokens, now_s);
+                self.reply(reply_to, reply);
+            }
+            ControlMsg::DeleteChannel { reply_to, id } => {
+                let reply = self.delete_channel(reply_to, &id, now_s);
+                self.reply(reply_to, reply);
             }
             ControlMsg::RotateKeys { reply_to } => {
                 let reply = self.rotate(now_s);
