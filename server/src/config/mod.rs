@@ -122,10 +122,10 @@ pub struct Config {
     pub gate: GateConfig,
     /// Token pool sizing.
     pub pool: PoolConfig,
-    /// Per-source request rate limit in the shards.
-    pub ratelimit: RateLimitConfig,
     /// `[xaa]`: cross-app access (delegation, ID-JAG targets).
     pub xaa: XaaConfig,
+    /// Per-source request rate limit in the shards.
+    pub ratelimit: RateLimitConfig,
 }
 
 /// `[server]`.
@@ -292,6 +292,7 @@ impl Default for Config {
                 max_total: 8192,
                 refill_budget: 8,
             },
+            xaa: XaaConfig::default(),
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -304,7 +305,6 @@ impl Default for Config {
                 revocations_per_subject_per_s: 10,
                 revocations_per_subject_burst: 50,
             },
-            xaa: XaaConfig::default(),
         }
     }
 }
@@ -327,9 +327,9 @@ struct FileConfig {
     #[serde(default)]
     pool: FilePool,
     #[serde(default)]
-    ratelimit: FileRateLimit,
-    #[serde(default)]
     xaa: xaa::FileXaa,
+    #[serde(default)]
+    ratelimit: FileRateLimit,
 }
 
 #[derive(Deserialize, Default)]
