@@ -79,6 +79,17 @@ pub struct ReplyTo {
     pub keep_alive: bool,
 }
 
+/// An access token issued for an ID-JAG, held back until its `jti` is known to be unused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantedToken {
+    /// The signed token.
+    pub access_token: String,
+    /// Seconds until its `exp`, as of signing.
+    pub expires_in: u64,
+    /// Its scopes, space-separated.
+    pub scope: Option<String>,
+}
+
 /// Requests from shards to the control plane.
 #[derive(Debug)]
 pub enum ControlMsg {
@@ -90,6 +101,20 @@ pub enum ControlMsg {
         jti: String,
         /// Token expiry: the denylist entry lives until then.
         exp_s: u64,
+    },
+    /// Record an ID-JAG's `(iss, jti)` as used in the one process-wide replay table, then hand
+    /// `token` back (first use) or refuse (replay, table full).
+    RedeemIdJag {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// The assertion's issuer.
+        iss: String,
+        /// Its `jti`.
+        jti: String,
+        /// Until when the pair must be remembered (its `exp` plus the verifier's leeway).
+        keep_until_s: u64,
+        /// The access token the shard signed for it, released only on first use.
+        token: GrantedToken,
     },
     /// A source exceeded its request rate repeatedly: block it in the kernel for the gate's TTL.
     Block {
@@ -153,6 +178,10 @@ pub enum ControlReply {
         /// The table's bound.
         max_live: usize,
     },
+    /// The ID-JAG's `jti` was unused and is now recorded: answer with this token.
+    IdJagRedeemed(GrantedToken),
+    /// The ID-JAG was refused (a replay, or the replay table is full).
+    IdJagRefused(crate::xaa::ExchangeError),
     /// A new signing key is durable and queued to every shard.
     Rotated {
         /// New current kid.

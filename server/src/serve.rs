@@ -98,6 +98,9 @@ pub fn run(
     let n_shards = config.shard_count();
     let listeners = bind_all(config.server.listen, n_shards)?;
     let addr = shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?;
+    // The bound address (port 0 resolved): the default `public_url` is built from it.
+    let mut config = config;
+    config.server.listen = addr;
     let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
     let gate = Gate::start(&config.gate, &listener_fds);
 

@@ -71,8 +71,21 @@ impl ShardApp {
             self.counters.verify_deferred += 1;
             return Check::Later;
         }
+        let claims = self.verify_now(token, now_s);
+        if let Err(e) = &claims {
+            self.note_failure(token, e, cx);
+        }
+        Check::Done(
+            self.admit(token, claims, true, now_s),
+            Op::AuthenticateVerify,
+        )
+    }
+
+    /// Verifies `token` now (the caller took the budget), reloading an external issuer's JWKS
+    /// once on an unknown kid (rate-limited in the verifier). Neither cached nor remembered.
+    pub(super) fn verify_now(&mut self, token: &[u8], now_s: u64) -> Result<Claims, TokenError> {
         self.counters.verifications += 1;
-        let claims = match self.verifier.verify(token, now_s) {
+        match self.verifier.verify(token, now_s) {
             Err(TokenError::UnknownKid {
                 issuer: Some(issuer),
             }) => match self.verifier.reload_issuer(&issuer, now_s) {
@@ -85,14 +98,7 @@ impl ShardApp {
                 }),
             },
             other => other,
-        };
-        if let Err(e) = &claims {
-            self.note_failure(token, e, cx);
         }
-        Check::Done(
-            self.admit(token, claims, true, now_s),
-            Op::AuthenticateVerify,
-        )
     }
 
     /// `Some(retry_after_s)` when `cx.peer` has spent its budget of failed verifications; a
@@ -129,6 +135,9 @@ impl ShardApp {
         let claims = claims.map_err(Denial::Token)?;
         if is_revoked(&self.revoked, &claims) {
             return Err(Denial::Revoked);
+        }
+        if is_id_jag(token, &claims) {
+            return Err(Denial::Token(TokenError::NotAnAccessToken));
         }
         let cached = Rc::new(Cached {
             headers: auth_headers(&claims),
@@ -227,6 +236,17 @@ impl ShardApp {
         }
         (Outcome::Done, op)
     }
+}
+
+/// Whether a verified token is an ID-JAG. Only tokens with a `client_id` claim (every ID-JAG
+/// has one; a plain access token of ours does not) pay for reading the header.
+fn is_id_jag(token: &[u8], claims: &Claims) -> bool {
+    claims.client_id().is_some()
+        && crate::auth::header_typ(token).is_some_and(|typ| {
+            let typ = typ.to_ascii_lowercase();
+            let typ = typ.strip_prefix("application/").unwrap_or(&typ);
+            typ == crate::xaa::ID_JAG_TYP
+        })
 }
 
 /// `x-auth-subject`, `x-auth-scopes`, `x-auth-issuer` header lines, each ending in CRLF. Values

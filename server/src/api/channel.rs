@@ -30,7 +30,7 @@ struct ChannelBody<'a> {
 
 impl ShardApp {
     /// Verifies a presented token; otherwise the whole answer.
-    fn presented(
+    fn channel_party(
         &mut self,
         token: &[u8],
         cx: &Cx<'_>,
@@ -73,11 +73,11 @@ impl ShardApp {
                 return done;
             }
         };
-        let app = match self.presented(app_token, cx, out, ka) {
+        let app = match self.channel_party(app_token, cx, out, ka) {
             Ok(app) => app,
             Err(answer) => return answer,
         };
-        let agent = match self.presented(body.agent_token.as_bytes(), cx, out, ka) {
+        let agent = match self.channel_party(body.agent_token.as_bytes(), cx, out, ka) {
             Ok(agent) => agent,
             Err(answer) => return answer,
         };
@@ -164,7 +164,7 @@ impl ShardApp {
                 respond::error(out, Status::Unauthorized, "invalid_request", text, ka);
                 return done;
             };
-            let holder = match self.presented(token, cx, out, ka) {
+            let holder = match self.channel_party(token, cx, out, ka) {
                 Ok(holder) => holder,
                 Err(answer) => return answer,
             };

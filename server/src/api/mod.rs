@@ -15,6 +15,7 @@ mod channel;
 mod ratelimit;
 mod respond;
 mod token;
+mod xaa;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -159,6 +160,8 @@ pub struct ShardApp {
     /// must echo `connection: keep-alive` once ready. Entries leave when answered, or after
     /// the runtime's deferred timeout (it answers those itself and closes).
     echo_tickets: HashMap<Ticket, u64>,
+    /// Cross-app access: delegation policies, ID-JAG issuers, metadata, counters.
+    xaa: xaa::XaaState,
 }
 
 impl ShardApp {
@@ -240,6 +243,7 @@ impl ShardApp {
             pool_refill_due: false,
             runtime,
             echo_tickets: HashMap::new(),
+            xaa: xaa::XaaState::new(config),
             shared,
         }
     }
@@ -289,6 +293,10 @@ impl ShardApp {
                 self.delete_channel(req, cx, out, id)
             }
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
+            (Method::Post, "/v1/xaa/delegate") => self.xaa_delegate(req, cx, out),
+            (Method::Get, "/.well-known/oauth-authorization-server") => {
+                self.authorization_server_metadata(req, out)
+            }
             (Method::Get, "/healthz") => {
                 http::write_response(out, Status::Ok, Some("text/plain"), &[], b"ok", ka);
                 done(Op::Other)
@@ -478,6 +486,7 @@ impl ShardApp {
             "subzero_mesh_queue_depth{{shard=\"{shard}\"}} {}",
             self.shared.mesh_gauges.depth(shard)
         );
+        self.xaa.render_metrics(shard, &mut text);
         self.shared.board.publish_shard(shard, text);
     }
 }
@@ -491,6 +500,8 @@ const KNOWN_PATHS: &[&str] = &[
     "/v1/permissions/check",
     "/v1/relationships",
     "/v1/xaa/channel",
+    "/v1/xaa/delegate",
+    "/.well-known/oauth-authorization-server",
     "/healthz",
     "/.well-known/jwks.json",
     "/metrics",
@@ -615,6 +626,7 @@ impl ShardApp {
                 *entry = (*entry).max(exp_s);
             }
             ShardMsg::Reply { to, reply } => {
+                self.xaa.note_reply(&reply);
                 let mut response = Vec::new();
                 respond::control_reply(&mut response, &reply, to.keep_alive);
                 let code = respond::status_of(&response);

@@ -91,6 +91,8 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             &[b"retry-after: 60"],
             ka,
         ),
+        ControlReply::IdJagRedeemed(token) => super::xaa::render_granted(out, token, ka),
+        ControlReply::IdJagRefused(e) => super::xaa::render_redeem_refused(out, e, ka),
         ControlReply::Rotated {
             kid,
             previous_kid,

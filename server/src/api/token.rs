@@ -41,7 +41,7 @@ impl Refusal {
         Refusal::new(Status::BadRequest, "invalid_request", description)
     }
 
-    fn render(&self, out: &mut Vec<u8>, ka: bool) {
+    pub(super) fn render(&self, out: &mut Vec<u8>, ka: bool) {
         respond::error(out, self.status, self.code, &self.description, ka);
     }
 }
@@ -65,6 +65,8 @@ struct TokenParams<'a> {
     jti: Option<Cow<'a, str>>,
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(borrow, default)]
+    assertion: Option<Cow<'a, str>>,
 }
 
 /// Parses a JSON object or an `application/x-www-form-urlencoded` body.
@@ -88,6 +90,7 @@ fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> 
             "audience" => &mut params.audience,
             "token" => &mut params.token,
             "jti" => &mut params.jti,
+            "assertion" => &mut params.assertion,
             _ => continue,
         };
         *slot = Some(value);
@@ -95,8 +98,19 @@ fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> 
     Ok(params)
 }
 
+/// Whether a JSON body's `grant_type` is token exchange (read alone, ignoring the rest).
+fn is_token_exchange(req: &Request<'_>) -> bool {
+    #[derive(Deserialize)]
+    struct GrantOnly<'a> {
+        #[serde(borrow, default)]
+        grant_type: Option<Cow<'a, str>>,
+    }
+    serde_json::from_slice::<GrantOnly<'_>>(req.body)
+        .is_ok_and(|g| g.grant_type.as_deref() == Some(crate::xaa::GRANT_TOKEN_EXCHANGE))
+}
+
 /// Decodes `+` and `%XX`; borrows when there is nothing to decode.
-fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
+pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     if !text.contains(['%', '+']) {
         return Some(Cow::Borrowed(text));
     }
@@ -169,6 +183,32 @@ fn authenticate_client<'c>(
 ) -> Option<(usize, &'c ClientConfig)> {
     let (idx, client) = clients.iter().enumerate().find(|(_, c)| c.id == id)?;
     respond::ct_eq(client.secret.as_bytes(), secret.as_bytes()).then_some((idx, client))
+}
+
+/// The calling client of a grant other than client credentials (token exchange, jwt-bearer),
+/// authenticated from HTTP Basic or the body's `client_id` + `client_secret`, exactly as for
+/// client credentials. Returns its index in the configuration.
+pub(super) fn authenticated_client(
+    config: &crate::config::Config,
+    req: &Request<'_>,
+    body_id: Option<&str>,
+    body_secret: Option<&str>,
+) -> Result<usize, Refusal> {
+    let basic = basic_credentials(req);
+    let params = TokenParams {
+        client_id: body_id.map(Cow::Borrowed),
+        client_secret: body_secret.map(Cow::Borrowed),
+        ..TokenParams::default()
+    };
+    let (id, secret) = client_credentials(basic.as_ref(), &params)?;
+    match authenticate_client(&config.clients, id, secret) {
+        Some((client_idx, _)) => Ok(client_idx),
+        None => Err(Refusal::new(
+            Status::Unauthorized,
+            "invalid_client",
+            "client authentication failed",
+        )),
+    }
 }
 
 /// An authenticated client: its index, its config, and a non-default (audience, scope) if asked.
@@ -391,27 +431,40 @@ impl ShardApp {
     pub(super) fn issue_token(
         &mut self,
         req: &Request<'_>,
-        cx: &Cx<'_>,
+        cx: &mut Cx<'_>,
         out: &mut Vec<u8>,
     ) -> (Outcome, Op) {
         let now_s = cx.now_s;
         let ka = req.keep_alive;
         let params = match parse_params(req) {
             Ok(p) => p,
+            // A token exchange may carry JSON arrays (audience, resource): its own parser.
+            Err(_) if is_token_exchange(req) => return self.xaa_delegate(req, cx, out),
             Err(why) => {
                 respond::error(out, Status::BadRequest, "invalid_request", why, ka);
                 return (Outcome::Done, Op::Other);
             }
         };
-        if params.grant_type.as_deref() != Some("client_credentials") {
-            respond::error(
-                out,
-                Status::BadRequest,
-                "unsupported_grant_type",
-                "grant_type must be client_credentials",
-                ka,
-            );
-            return (Outcome::Done, Op::Other);
+        match params.grant_type.as_deref() {
+            Some("client_credentials") => {}
+            Some(crate::xaa::GRANT_JWT_BEARER) => {
+                let body_client = (params.client_id.as_deref(), params.client_secret.as_deref());
+                let assertion = params.assertion.as_deref();
+                return self.redeem_id_jag(req, cx, out, body_client, assertion);
+            }
+            Some(crate::xaa::GRANT_TOKEN_EXCHANGE) => return self.xaa_delegate(req, cx, out),
+            _ => {
+                respond::error(
+                    out,
+                    Status::BadRequest,
+                    "unsupported_grant_type",
+                    "grant_type must be client_credentials, \
+                     urn:ietf:params:oauth:grant-type:token-exchange or \
+                     urn:ietf:params:oauth:grant-type:jwt-bearer",
+                    ka,
+                );
+                return (Outcome::Done, Op::Other);
+            }
         }
         let basic = basic_credentials(req);
         let config = std::sync::Arc::clone(&self.shared.config);

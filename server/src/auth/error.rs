@@ -177,6 +177,10 @@ pub enum TokenError {
     /// A required claim (`iss`, `sub`, `exp` or `aud`) is absent.
     #[error("token is missing the {0} claim")]
     MissingClaim(&'static str),
+    /// A verified ID-JAG (`typ: oauth-id-jag+jwt`) presented as an access token: it is an
+    /// authorization grant, redeemable only at a token endpoint.
+    #[error("token is an ID-JAG, an authorization grant, not an access token")]
+    NotAnAccessToken,
 }
 
 impl TokenError {
@@ -201,6 +205,9 @@ impl TokenError {
             TokenError::UnknownIssuer => "token issuer is not trusted",
             TokenError::WrongAudience => "token audience is not accepted",
             TokenError::MissingClaim(_) => "token is missing a required claim",
+            TokenError::NotAnAccessToken => {
+                "token is an ID-JAG, an authorization grant, not an access token"
+            }
         }
     }
 }

@@ -12,6 +12,9 @@ use serde::Deserialize;
 use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
+mod xaa;
+pub use xaa::XaaConfig;
+
 /// A configuration error: one sentence saying what, where and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -119,6 +122,8 @@ pub struct Config {
     pub gate: GateConfig,
     /// Token pool sizing.
     pub pool: PoolConfig,
+    /// `[xaa]`: cross-app access (delegation, ID-JAG targets).
+    pub xaa: XaaConfig,
     /// Per-source request rate limit in the shards.
     pub ratelimit: RateLimitConfig,
     /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
@@ -137,6 +142,9 @@ pub struct ServerConfig {
     /// Per-shard limits the runtime enforces (TOML keys are flat under `[server]`;
     /// `max_connections_per_shard` is `limits.max_connections`).
     pub limits: ShardLimits,
+    /// Base of the absolute URLs in our metadata (`/.well-known/oauth-authorization-server`),
+    /// without a trailing `/`; `None`: `http://<listen>` (see [`Config::public_url`]).
+    pub public_url: Option<String>,
 }
 
 /// `[auth]`.
@@ -170,6 +178,9 @@ pub struct TrustedIssuerConfig {
     pub jwks_file: PathBuf,
     /// Accepted audiences for this issuer.
     pub audiences: Vec<String>,
+    /// Its ID-JAGs (`typ: oauth-id-jag+jwt`, `aud` = our issuer) are redeemable at
+    /// `POST /v1/token` with the jwt-bearer grant.
+    pub id_jag: bool,
 }
 
 /// One `[[clients]]`.
@@ -261,6 +272,7 @@ impl Default for Config {
                     recv_buffer_count: 1024,
                     max_buffered_bytes: 0,
                 },
+                public_url: None,
             },
             auth: AuthConfig {
                 issuer: "subzero".to_owned(),
@@ -282,6 +294,7 @@ impl Default for Config {
                 max_total: 8192,
                 refill_budget: 8,
             },
+            xaa: XaaConfig::default(),
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -317,6 +330,8 @@ struct FileConfig {
     #[serde(default)]
     pool: FilePool,
     #[serde(default)]
+    xaa: xaa::FileXaa,
+    #[serde(default)]
     ratelimit: FileRateLimit,
     #[serde(default)]
     permissions: FilePermissions,
@@ -346,6 +361,7 @@ struct FileServer {
     ring_entries: Option<u32>,
     recv_buffer_bytes: Option<usize>,
     recv_buffer_count: Option<usize>,
+    public_url: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -369,6 +385,8 @@ struct FileIssuer {
     jwks_file: PathBuf,
     #[serde(default)]
     audiences: Vec<String>,
+    #[serde(default)]
+    id_jag: bool,
 }
 
 #[derive(Deserialize)]
@@ -485,7 +503,10 @@ impl Config {
             path: PathBuf::from("<text>"),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        let mut c = Config::default();
+        let mut c = Config {
+            xaa: XaaConfig::from_file(file.xaa),
+            ..Config::default()
+        };
         apply_server(&mut c.server, file.server, base)?;
 
         let a = file.auth;
@@ -508,6 +529,7 @@ impl Config {
                 issuer: i.issuer,
                 jwks_file: base.join(i.jwks_file),
                 audiences: i.audiences,
+                id_jag: i.id_jag,
             })
             .collect();
 
@@ -631,7 +653,36 @@ impl Config {
             16,
             1 << 24,
         )?;
+        self.xaa.validate(&self.auth.issuer)?;
+        self.validate_id_jag_issuers()?;
         Ok(())
+    }
+
+    /// An `id_jag = true` issuer's ID-JAGs carry `aud` = our issuer: its accepted audiences
+    /// must include it, or none of them would ever verify.
+    fn validate_id_jag_issuers(&self) -> Result<(), ConfigError> {
+        for issuer in self.auth.trusted_issuers.iter().filter(|i| i.id_jag) {
+            let accepted = if issuer.audiences.is_empty() {
+                &self.auth.audiences
+            } else {
+                &issuer.audiences
+            };
+            if !accepted.contains(&self.auth.issuer) {
+                return Err(ConfigError::Invalid(format!(
+                    "trusted issuer {:?} has id_jag = true, but its accepted audiences do not                      include auth.issuer {:?}, which every ID-JAG for us carries as aud; add it                      to that issuer's audiences",
+                    issuer.issuer, self.auth.issuer
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Base of our absolute URLs: `server.public_url`, or `http://<listen>`.
+    pub fn public_url(&self) -> String {
+        match &self.server.public_url {
+            Some(url) => url.clone(),
+            None => format!("http://{}", self.server.listen),
+        }
     }
 
     /// Shard count after resolving `auto` against the CPUs this process may use.
@@ -757,6 +808,9 @@ fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result
     set(&mut server.limits.ring_entries, s.ring_entries);
     set(&mut server.limits.recv_buffer_bytes, s.recv_buffer_bytes);
     set(&mut server.limits.recv_buffer_count, s.recv_buffer_count);
+    if let Some(url) = s.public_url {
+        server.public_url = Some(xaa::public_url(&url)?);
+    }
     Ok(())
 }
 

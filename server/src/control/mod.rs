@@ -28,6 +28,7 @@ use crate::monitor::Board;
 use crate::plane::{ControlMsg, ControlReply, KeySnapshot, ReplyTo, ShardMsg};
 use crate::shard::mesh::Outbox;
 use crate::store::{self, Store};
+use crate::xaa::SeenJtis;
 
 /// The snapshot after writing (or deleting) `tuples`, or why not.
 fn apply_tuples(
@@ -75,6 +76,11 @@ pub const MAX_CONTROL_BATCH: usize = 1024;
 /// Bound of the shard → control channel; a full channel makes shards answer 503.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 
+/// Most ID-JAG `(iss, jti)` pairs remembered at once (each until its assertion expires, a few
+/// minutes): about 870 redemptions a second with 300 s assertions. Beyond it a new ID-JAG is
+/// refused with `503`, never let through unrecorded.
+pub const MAX_SEEN_ID_JAGS: usize = 1 << 18;
+
 /// The control plane's state, owned by its thread.
 pub struct ControlPlane {
     config: Arc<Config>,
@@ -93,6 +99,8 @@ pub struct ControlPlane {
     gate: Gate,
     shutdown: Arc<AtomicBool>,
     now_s: fn() -> u64,
+    /// Used ID-JAGs: one table for the whole process, so a replay on any shard is seen.
+    seen_id_jags: SeenJtis,
 }
 
 /// What the control plane owns, loaded at start.
@@ -154,6 +162,7 @@ impl ControlPlane {
             gate,
             shutdown,
             now_s: crate::unix_now_s,
+            seen_id_jags: SeenJtis::new(MAX_SEEN_ID_JAGS),
         };
         control.publish_metrics();
         control
@@ -252,6 +261,25 @@ impl ControlPlane {
                 if let Some((reply_to, reply)) = replies.pop() {
                     self.reply(reply_to, reply);
                 }
+            }
+            ControlMsg::RedeemIdJag {
+                reply_to,
+                iss,
+                jti,
+                keep_until_s,
+                token,
+            } => {
+                // In memory: an ID-JAG lives minutes, and this thread sees every shard's
+                // redemptions in the order they were asked.
+                let reply =
+                    match self
+                        .seen_id_jags
+                        .check_and_insert(&iss, &jti, keep_until_s, now_s)
+                    {
+                        Ok(()) => ControlReply::IdJagRedeemed(token),
+                        Err(e) => ControlReply::IdJagRefused(e),
+                    };
+                self.reply(reply_to, reply);
             }
             ControlMsg::Block { ip, reason } => {
                 match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
@@ -423,6 +451,7 @@ impl ControlPlane {
             self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
         }
         self.revocations.forget_expired(now_s);
+        self.seen_id_jags.expire(now_s);
         self.gate.expire();
         self.publish_metrics();
     }
@@ -432,6 +461,10 @@ impl ControlPlane {
         let mut text = String::new();
         self.gate.snapshot().write_prometheus(&mut text);
         self.revocations.render_metrics(&mut text);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!("subzero_id_jag_seen {}\n", self.seen_id_jags.len()),
+        );
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!(

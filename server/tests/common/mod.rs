@@ -619,3 +619,51 @@ pub fn cli_within(args: &[&str], timeout: Duration) -> Option<(i32, String)> {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl EcKey {
+    /// An ES256 token with header `typ` and kid `kid` over `claims` (an ID-JAG is
+    /// `oauth-id-jag+jwt`).
+    pub fn sign_typed(&self, kid: &str, typ: &str, claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({ "alg": "ES256", "typ": typ, "kid": kid });
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .pair
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+/// `Authorization: Basic` for client credentials.
+pub fn basic(id: &str, secret: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{id}:{secret}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// A form body from pairs, percent-encoding every byte outside the unreserved set.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    let encode = |text: &str| {
+        let mut out = String::new();
+        for b in text.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+        out
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
