@@ -14,6 +14,7 @@ mod budget;
 mod ratelimit;
 mod respond;
 mod token;
+mod vault;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -316,6 +317,7 @@ impl ShardApp {
                 );
                 done(Op::Other)
             }
+            (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, path) if KNOWN_PATHS.contains(&path) => {
                 respond::error(
                     out,

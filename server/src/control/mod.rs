@@ -9,6 +9,7 @@
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
 mod revocations;
+mod vault;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
+pub use vault::{Vault, MAX_ENTRIES_PER_NAMESPACE, MAX_SEALED_BYTES_HELD};
 
 use crate::auth::{KeyRing, Verifier};
 use crate::authz;
@@ -70,6 +72,9 @@ fn store_op(t: &authz::TupleText, delete: bool) -> store::Op {
 /// Most requests the control plane takes from its queue for one group commit.
 pub const MAX_CONTROL_BATCH: usize = 1024;
 
+/// Most expired records (every kind) the store purges per one-second tick.
+pub const MAX_PURGED_PER_TICK: usize = 4096;
+
 /// Bound of the shard → control channel; a full channel makes shards answer 503.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 
@@ -84,6 +89,8 @@ pub struct ControlPlane {
     store: Box<dyn Store>,
     /// The relationships every shard reads (`None` without a schema).
     relationships: Option<Arc<authz::Snapshot>>,
+    /// The master key and every sealed vault entry.
+    vault: Vault,
     outbox: Outbox<ShardMsg>,
     board: Arc<Board>,
     gate: Gate,
@@ -103,6 +110,8 @@ pub struct ControlState {
     pub store: Box<dyn Store>,
     /// The relationships loaded from it (`None` without a schema).
     pub relationships: Option<Arc<authz::Snapshot>>,
+    /// The vault loaded from it, with the master key.
+    pub vault: Vault,
     /// The eBPF gate (possibly off).
     pub gate: Gate,
 }
@@ -126,6 +135,7 @@ impl ControlPlane {
             revocations,
             store,
             relationships,
+            vault,
             gate,
         } = state;
         let ControlLinks {
@@ -141,6 +151,7 @@ impl ControlPlane {
             revocations,
             store,
             relationships,
+            vault,
             outbox,
             board,
             gate,
@@ -202,6 +213,7 @@ impl ControlPlane {
         let now_s = (self.now_s)();
         let mut revokes = Vec::new();
         let mut tuple_writes = Vec::new();
+        let mut vault_requests = Vec::new();
         let mut others = Vec::new();
         for msg in batch.drain(..) {
             match msg {
@@ -215,6 +227,11 @@ impl ControlPlane {
                     delete,
                     tuples,
                 } => tuple_writes.push((reply_to, delete, tuples)),
+                ControlMsg::Vault {
+                    reply_to,
+                    namespace,
+                    op,
+                } => vault_requests.push((reply_to, namespace, op)),
                 other => others.push(other),
             }
         }
@@ -225,6 +242,14 @@ impl ControlPlane {
         }
         if !tuple_writes.is_empty() {
             for (reply_to, reply) in self.write_relationships(tuple_writes, now_s) {
+                self.reply(reply_to, reply);
+            }
+        }
+        if !vault_requests.is_empty() {
+            let replies = self
+                .vault
+                .handle_batch(&mut *self.store, vault_requests, now_s);
+            for (reply_to, reply) in replies {
                 self.reply(reply_to, reply);
             }
         }
@@ -258,6 +283,17 @@ impl ControlPlane {
             } => {
                 for (reply_to, reply) in
                     self.write_relationships(vec![(reply_to, delete, tuples)], now_s)
+                {
+                    self.reply(reply_to, reply);
+                }
+            }
+            ControlMsg::Vault {
+                reply_to,
+                namespace,
+                op,
+            } => {
+                let requests = vec![(reply_to, namespace, op)];
+                for (reply_to, reply) in self.vault.handle_batch(&mut *self.store, requests, now_s)
                 {
                     self.reply(reply_to, reply);
                 }
@@ -401,6 +437,10 @@ impl ControlPlane {
         }
         self.revocations.forget_expired(now_s);
         self.gate.expire();
+        match self.store.purge_expired(now_s, MAX_PURGED_PER_TICK) {
+            Ok(purged) => self.vault.after_purge(&purged, now_s),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired records"),
+        }
         self.publish_metrics();
     }
 
