@@ -90,7 +90,11 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
             }
         }
     }
-    assert!(n_files >= 3, "scanned only {n_files} files under {dir:?}");
+    assert!(
+        n_files >= 3,
+        "scanned only {n_files} files under {}",
+        dir.display()
+    );
     found
 }
 

@@ -49,11 +49,10 @@ impl ShardApp {
             b"allow: GET"
         };
         // A deferred response cannot have its body stripped, so HEAD is not offered here.
-        let method_ok = match (req.method, name) {
-            (Method::Get, _) => true,
-            (Method::Put | Method::Delete, Some(_)) => true,
-            _ => false,
-        };
+        let method_ok = matches!(
+            (req.method, name),
+            (Method::Get, _) | (Method::Put | Method::Delete, Some(_))
+        );
         if !method_ok {
             let text = "method not allowed on this path";
             respond::error_with(
