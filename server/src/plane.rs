@@ -158,6 +158,16 @@ pub enum ControlMsg {
         /// The tuples.
         tuples: Vec<crate::authz::TupleText>,
     },
+    /// A vault operation in the caller's namespace (its verified `iss` and `sub`); the
+    /// control plane seals, stores, opens and answers with `ControlReply::Vault`.
+    Vault {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// The caller's namespace.
+        namespace: crate::vault::Namespace,
+        /// What to do there.
+        op: VaultOp,
+    },
 }
 
 /// What the control plane did with a request that waits for an answer.
@@ -223,6 +233,8 @@ pub enum ControlReply {
     },
     /// No such channel (never created, deleted, or expired).
     ChannelUnknown,
+    /// The answer to a `ControlMsg::Vault`.
+    Vault(VaultReply),
 }
 
 /// Messages to a shard over the mesh.
@@ -266,4 +278,82 @@ pub enum ShardMsg {
         /// What happened.
         reply: ControlReply,
     },
+}
+
+/// A vault operation; the shard has authenticated the caller and validated the name, the
+/// value and the expiry already.
+#[derive(Debug)]
+pub enum VaultOp {
+    /// Seal `token` as the next version of `name` and make it durable.
+    Put {
+        /// Entry name.
+        name: String,
+        /// The plaintext (redacted in `Debug`, zeroed on drop).
+        token: zeroize::Zeroizing<String>,
+        /// Optional expiry, unix seconds.
+        expires_at_s: Option<u64>,
+    },
+    /// Open the entry `name`.
+    Get {
+        /// Entry name.
+        name: String,
+    },
+    /// Remove the entry `name`.
+    Delete {
+        /// Entry name.
+        name: String,
+    },
+    /// The names in the namespace.
+    List,
+}
+
+/// What the control plane did with a `VaultOp`. A missing entry and another caller's entry
+/// are the same `NotFound`: the control plane only ever looks inside the caller's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultReply {
+    /// The put is durable.
+    Stored {
+        /// Entry name.
+        name: String,
+        /// Its new version.
+        version: u64,
+    },
+    /// The opened entry.
+    Entry {
+        /// Entry name.
+        name: String,
+        /// The plaintext (redacted in `Debug`, zeroed on drop).
+        token: zeroize::Zeroizing<String>,
+        /// Its version.
+        version: u64,
+        /// Its expiry, unix seconds.
+        expires_at_s: Option<u64>,
+    },
+    /// The delete is durable.
+    Deleted {
+        /// Entry name.
+        name: String,
+    },
+    /// The namespace's live entry names, sorted.
+    Names(Vec<String>),
+    /// No live entry of that name in the caller's namespace.
+    NotFound,
+    /// The request cannot be stored (a limit); for `error_description`.
+    Refused {
+        /// Why.
+        description: String,
+    },
+    /// The namespace holds `max` entries already.
+    Full {
+        /// The per-namespace bound.
+        max: usize,
+    },
+    /// The vault holds `max_bytes` of sealed values already: retry once entries are deleted
+    /// or expire.
+    OutOfSpace {
+        /// The bound, `MAX_SEALED_BYTES_HELD`.
+        max_bytes: usize,
+    },
+    /// A stored entry did not open (wrong key or damaged bytes): a server fault.
+    Unreadable,
 }

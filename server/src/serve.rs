@@ -65,6 +65,17 @@ pub enum ServeError {
     /// Stored relationships do not fit the configured schema.
     #[error("stored relationships do not fit [permissions] schema_file: {0}; fix the schema or delete those relationships")]
     Relationships(String),
+    /// The vault master key could not be loaded or created.
+    #[error(transparent)]
+    MasterKey(#[from] crate::vault::MasterKeyError),
+    /// The store holds sealed vault entries but the master key file is gone.
+    #[error("{} is missing but the store holds {n_entries} sealed vault entries; restore it from a backup (a new key cannot open them)", path.display())]
+    MasterKeyMissing {
+        /// The expected key file.
+        path: std::path::PathBuf,
+        /// Sealed entries in the store.
+        n_entries: usize,
+    },
     /// A runtime resource (eventfd, io_uring, thread) could not be created.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -90,6 +101,7 @@ pub fn run(
     let now_s = crate::unix_now_s();
     let (keyring, verifier, revocations) = load_state(&config, now_s)?;
     let (store, relationships, channels) = load_store(&config)?;
+    let vault = load_vault(&config, store.as_ref())?;
     let revoked: HashMap<String, u64> = revocations
         .entries()
         .map(|(jti, exp_s)| (jti.to_owned(), exp_s))
@@ -121,6 +133,7 @@ pub fn run(
             store,
             relationships,
             channels,
+            vault,
             gate,
         },
         ControlLinks {
@@ -177,6 +190,19 @@ pub fn run(
         on_ready(addr);
     }
 
+    let result = join_shards(threads, shutdown, &wakers);
+    shutdown.store(true, Ordering::Relaxed);
+    let _ = control_thread.join();
+    tracing::info!("subzero stopped");
+    result
+}
+
+/// Waits for every shard thread; the first that fails stops the others (and the server).
+fn join_shards(
+    threads: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+    shutdown: &AtomicBool,
+    wakers: &crate::shard::mesh::Wakers,
+) -> Result<(), ServeError> {
     let mut result = Ok(());
     for handle in threads {
         match handle.join() {
@@ -190,9 +216,6 @@ pub fn run(
             Err(_) => result = Err(ServeError::Runtime(std::io::Error::other("shard panicked"))),
         }
     }
-    shutdown.store(true, Ordering::Relaxed);
-    let _ = control_thread.join();
-    tracing::info!("subzero stopped");
     result
 }
 
@@ -244,6 +267,26 @@ fn load_store(
         "relationships loaded"
     );
     Ok((Box::new(store), Some(Arc::new(snapshot)), channels))
+}
+
+/// The vault master key (created on first start) and the sealed entries in the store.
+fn load_vault(config: &Config, store: &dyn Store) -> Result<crate::control::Vault, ServeError> {
+    let data_dir = &config.server.data_dir;
+    let stored = store.snapshot().map_err(|source| ServeError::Store {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let key_path = data_dir.join(crate::vault::MASTER_KEY_FILE);
+    let n_entries = stored.state.vault.len();
+    if n_entries > 0 && std::fs::symlink_metadata(&key_path).is_err() {
+        return Err(ServeError::MasterKeyMissing {
+            path: key_path,
+            n_entries,
+        });
+    }
+    let master_key = crate::vault::load_or_create_master_key(data_dir)?;
+    tracing::info!(entries = n_entries, "vault loaded");
+    Ok(crate::control::Vault::new(master_key, stored.state.vault))
 }
 
 /// Data dir, key ring (generated on first start), verifier and revocation log.

@@ -173,12 +173,45 @@ fn a_failed_fdatasync_makes_the_revocation_503_never_200() {
     };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    drop(Server::start(&data, &["--shards", "1"]));
+    let server = Server::start(&data, &["--shards", "1"]);
     let token = issue(&data, "alice", "subzero", &[]);
+    // Starting opens and syncs the store, so strace attaches to the running server (every
+    // thread) and fails each fdatasync from then on: the revocation's is the first.
     let log = dir.path().join("strace.log");
-    let log_str = log.to_str().unwrap();
-    let wrapper = strace_args(strace, log_str, "inject=fdatasync:error=EIO");
-    let server = Server::start_wrapped(&wrapper, &data, &["--shards", "1"]);
+    let pid = server.child.id().to_string();
+    let mut tracer = std::process::Command::new(strace)
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "signal=none",
+            "-e",
+            "trace=fdatasync",
+        ])
+        .args(["-e", "inject=fdatasync:error=EIO", "-o"])
+        .arg(&log)
+        .args(["-p", &pid])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start strace");
+    let tasks = format!("/proc/{pid}/task");
+    common::poll(
+        "strace attached to every thread",
+        Duration::from_secs(10),
+        || {
+            let all_traced = std::fs::read_dir(&tasks).ok()?.all(|task| {
+                let status = task
+                    .ok()
+                    .and_then(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                    .unwrap_or_default();
+                status.lines().any(|l| {
+                    l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")
+                })
+            });
+            all_traced.then_some(())
+        },
+    );
     assert_eq!(authenticate(&server, &token).status, 200);
     let resp = server.request(
         "POST",
@@ -202,4 +235,6 @@ fn a_failed_fdatasync_makes_the_revocation_503_never_200() {
     );
     // Not acknowledged, so not applied either.
     assert_eq!(authenticate(&server, &token).status, 200);
+    let _ = tracer.kill();
+    let _ = tracer.wait();
 }

@@ -12,7 +12,7 @@ use crate::monitor::Op;
 use crate::shard::{Cx, Outcome};
 
 /// RFC 6750 challenge for a request without credentials.
-const CHALLENGE_NONE: &[u8] = b"www-authenticate: Bearer realm=\"subzero\"";
+pub(super) const CHALLENGE_NONE: &[u8] = b"www-authenticate: Bearer realm=\"subzero\"";
 
 #[derive(Deserialize)]
 struct TokenBody<'a> {

@@ -73,7 +73,10 @@ impl ShardApp {
         // An uncached check may walk thousands of nodes (a denial over a wide group tree took
         // 2.4 ms on the 1M-tuple bench graph): it takes a whole pass's budget, so a pass runs
         // at most one of them and other connections still get their turn.
-        if !self.pass_budget.take(cx.pass, super::budget::VERIFY_UNITS_PER_PASS) {
+        if !self
+            .pass_budget
+            .take(cx.pass, super::budget::VERIFY_UNITS_PER_PASS)
+        {
             return (Outcome::Later, Op::Other);
         }
         let limits = authz::Limits::default();

@@ -15,6 +15,7 @@ mod channel;
 mod ratelimit;
 mod respond;
 mod token;
+mod vault;
 mod xaa;
 
 use std::collections::HashMap;
@@ -330,6 +331,7 @@ impl ShardApp {
                 );
                 done(Op::Other)
             }
+            (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, path) if KNOWN_PATHS.contains(&path) => {
                 respond::error(
                     out,

@@ -148,6 +148,7 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             &[b"retry-after: 1"],
             ka,
         ),
+        ControlReply::Vault(reply) => super::vault::render_reply(out, reply, ka),
         ControlReply::RotateFailed => error(
             out,
             Status::InternalServerError,

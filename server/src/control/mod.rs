@@ -10,6 +10,7 @@
 
 mod channel;
 mod revocations;
+mod vault;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use channel::Channels;
 pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
+pub use vault::{Vault, MAX_ENTRIES_PER_NAMESPACE, MAX_SEALED_BYTES_HELD};
 
 use crate::auth::{KeyRing, Verifier};
 use crate::authz;
@@ -73,6 +75,9 @@ fn store_op(t: &authz::TupleText, delete: bool) -> store::Op {
 /// Most requests the control plane takes from its queue for one group commit.
 pub const MAX_CONTROL_BATCH: usize = 1024;
 
+/// Most expired records (every kind) the store purges per one-second tick.
+pub const MAX_PURGED_PER_TICK: usize = 4096;
+
 /// Bound of the shard → control channel; a full channel makes shards answer 503.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 
@@ -94,6 +99,8 @@ pub struct ControlPlane {
     relationships: Option<Arc<authz::Snapshot>>,
     /// App↔agent channels, as stored.
     channels: Channels,
+    /// The master key and every sealed vault entry.
+    vault: Vault,
     outbox: Outbox<ShardMsg>,
     board: Arc<Board>,
     gate: Gate,
@@ -117,6 +124,8 @@ pub struct ControlState {
     pub relationships: Option<Arc<authz::Snapshot>>,
     /// The channels loaded from it.
     pub channels: Channels,
+    /// The vault loaded from it, with the master key.
+    pub vault: Vault,
     /// The eBPF gate (possibly off).
     pub gate: Gate,
 }
@@ -141,6 +150,7 @@ impl ControlPlane {
             store,
             relationships,
             channels,
+            vault,
             gate,
         } = state;
         let ControlLinks {
@@ -157,6 +167,7 @@ impl ControlPlane {
             store,
             relationships,
             channels,
+            vault,
             outbox,
             board,
             gate,
@@ -219,6 +230,7 @@ impl ControlPlane {
         let now_s = (self.now_s)();
         let mut revokes = Vec::new();
         let mut tuple_writes = Vec::new();
+        let mut vault_requests = Vec::new();
         let mut others = Vec::new();
         for msg in batch.drain(..) {
             match msg {
@@ -232,6 +244,11 @@ impl ControlPlane {
                     delete,
                     tuples,
                 } => tuple_writes.push((reply_to, delete, tuples)),
+                ControlMsg::Vault {
+                    reply_to,
+                    namespace,
+                    op,
+                } => vault_requests.push((reply_to, namespace, op)),
                 other => others.push(other),
             }
         }
@@ -242,6 +259,14 @@ impl ControlPlane {
         }
         if !tuple_writes.is_empty() {
             for (reply_to, reply) in self.write_relationships(tuple_writes, now_s) {
+                self.reply(reply_to, reply);
+            }
+        }
+        if !vault_requests.is_empty() {
+            let replies = self
+                .vault
+                .handle_batch(&mut *self.store, vault_requests, now_s);
+            for (reply_to, reply) in replies {
                 self.reply(reply_to, reply);
             }
         }
@@ -312,6 +337,17 @@ impl ControlPlane {
             ControlMsg::DeleteChannel { reply_to, id } => {
                 let reply = self.delete_channel(reply_to, &id, now_s);
                 self.reply(reply_to, reply);
+            }
+            ControlMsg::Vault {
+                reply_to,
+                namespace,
+                op,
+            } => {
+                let requests = vec![(reply_to, namespace, op)];
+                for (reply_to, reply) in self.vault.handle_batch(&mut *self.store, requests, now_s)
+                {
+                    self.reply(reply_to, reply);
+                }
             }
             ControlMsg::RotateKeys { reply_to } => {
                 let reply = self.rotate(now_s);
@@ -453,6 +489,10 @@ impl ControlPlane {
         self.revocations.forget_expired(now_s);
         self.seen_id_jags.expire(now_s);
         self.gate.expire();
+        match self.store.purge_expired(now_s, MAX_PURGED_PER_TICK) {
+            Ok(purged) => self.vault.after_purge(&purged, now_s),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired records"),
+        }
         self.publish_metrics();
     }
 

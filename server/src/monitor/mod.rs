@@ -29,13 +29,15 @@ pub enum Op {
     PermissionHit,
     /// Permission check that evaluated the relationships.
     PermissionCheck,
+    /// Vault request handed to the control plane (shard time only, not the round trip).
+    Vault,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 9] = [
+    pub const ALL: [Op; 10] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
@@ -44,6 +46,7 @@ impl Op {
         Op::Revoke,
         Op::PermissionHit,
         Op::PermissionCheck,
+        Op::Vault,
         Op::Other,
     ];
 
@@ -58,6 +61,7 @@ impl Op {
             Op::Revoke => "revoke",
             Op::PermissionHit => "permission_cache_hit",
             Op::PermissionCheck => "permission_check",
+            Op::Vault => "vault",
             Op::Other => "other",
         }
     }
