@@ -8,7 +8,7 @@ use super::ShardApp;
 use crate::authz::{self, Decision};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
-use crate::plane::{ControlMsg, ReplyTo};
+use crate::plane::ControlMsg;
 use crate::shard::{Cx, Outcome};
 
 /// Decisions cached per shard.
@@ -188,17 +188,13 @@ impl ShardApp {
             respond::error(out, Status::BadRequest, "invalid_request", &text, ka);
             return done;
         }
-        let ticket = cx.defer();
-        let msg = ControlMsg::WriteRelationships {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
-            delete,
-            tuples,
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Other)
+        self.send_to_control(cx, out, ka, Op::Other, |reply_to| {
+            ControlMsg::WriteRelationships {
+                reply_to,
+                delete,
+                tuples,
+            }
+        })
     }
 
     /// `GET /v1/relationships?object=type:id` (admin): the object's tuples.

@@ -14,7 +14,7 @@ use super::{Cached, ShardApp};
 use crate::auth::{self, new_jti};
 use crate::http::{Request, Status};
 use crate::monitor::Op;
-use crate::plane::{ControlMsg, ReplyTo};
+use crate::plane::ControlMsg;
 use crate::shard::{Cx, Outcome};
 use crate::xaa::{self, ChannelPolicy};
 
@@ -123,19 +123,15 @@ impl ShardApp {
             auth::sign(key, &self.keys.kid, &claims.agent),
         ];
         let expires_at_s = claims.app.exp.max(claims.agent.exp);
-        let ticket = cx.defer();
-        let msg = ControlMsg::CreateChannel {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
-            id,
-            jtis,
-            expires_at_s,
-            tokens,
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Other)
+        self.send_to_control(cx, out, ka, Op::Other, |reply_to| {
+            ControlMsg::CreateChannel {
+                reply_to,
+                id,
+                jtis,
+                expires_at_s,
+                tokens,
+            }
+        })
     }
 
     /// `DELETE /v1/xaa/channel/{id}`: by a token of that channel or the admin.
@@ -174,15 +170,11 @@ impl ShardApp {
                 return done;
             }
         }
-        let ticket = cx.defer();
-        let msg = ControlMsg::DeleteChannel {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
-            id: id.to_owned(),
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Other)
+        self.send_to_control(cx, out, ka, Op::Other, |reply_to| {
+            ControlMsg::DeleteChannel {
+                reply_to,
+                id: id.to_owned(),
+            }
+        })
     }
 }

@@ -615,17 +615,11 @@ impl ShardApp {
                 return done;
             }
         };
-        let ticket = cx.defer();
-        let msg = ControlMsg::Revoke {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
+        self.send_to_control(cx, out, ka, Op::Revoke, |reply_to| ControlMsg::Revoke {
+            reply_to,
             jti,
             exp_s,
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Revoke)
+        })
     }
 
     pub(super) fn rotate_keys(
@@ -656,15 +650,9 @@ impl ShardApp {
             );
             return (Outcome::Done, Op::Other);
         }
-        let ticket = cx.defer();
-        let msg = ControlMsg::RotateKeys {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Other)
+        self.send_to_control(cx, out, ka, Op::Other, |reply_to| ControlMsg::RotateKeys {
+            reply_to,
+        })
     }
 
     /// `Some(retry_after_s)` when `cx.peer` is over its revocation rate.
@@ -685,15 +673,22 @@ impl ShardApp {
         }
     }
 
-    /// Hands `msg` to the control plane and defers the response; 503 when its queue is full.
+    /// Defers the response and hands the control plane the message `make` builds for it; 503
+    /// when the control queue is full.
     pub(super) fn send_to_control(
         &mut self,
-        msg: ControlMsg,
-        ticket: crate::shard::Ticket,
+        cx: &mut Cx<'_>,
         out: &mut Vec<u8>,
         ka: bool,
         op: Op,
+        make: impl FnOnce(ReplyTo) -> ControlMsg,
     ) -> (Outcome, Op) {
+        let ticket = cx.defer();
+        let msg = make(ReplyTo {
+            shard_idx: self.idx,
+            ticket,
+            keep_alive: ka,
+        });
         match self.control.try_send(msg) {
             Ok(()) => (Outcome::Deferred(ticket), op),
             Err(_) => {

@@ -16,7 +16,7 @@ use super::respond;
 use super::ShardApp;
 use crate::http::{self, Method, Request, Status};
 use crate::monitor::Op;
-use crate::plane::{ControlMsg, ReplyTo, VaultOp, VaultReply};
+use crate::plane::{ControlMsg, VaultOp, VaultReply};
 use crate::shard::{Cx, Outcome};
 use crate::vault::{self, Namespace, PutRequest};
 
@@ -77,17 +77,11 @@ impl ShardApp {
                 return done;
             }
         };
-        let ticket = cx.defer();
-        let msg = ControlMsg::Vault {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
+        self.send_to_control(cx, out, ka, Op::Vault, |reply_to| ControlMsg::Vault {
+            reply_to,
             namespace,
             op,
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::Vault)
+        })
     }
 
     /// The namespace of the bearer caller, or the response that refuses it (401 with the RFC

@@ -538,19 +538,15 @@ impl ShardApp {
             expires_in: access.exp.saturating_sub(now_s),
             scope: access.scope.clone(),
         };
-        let ticket = cx.defer();
-        let msg = ControlMsg::RedeemIdJag {
-            reply_to: ReplyTo {
-                shard_idx: self.idx,
-                ticket,
-                keep_alive: ka,
-            },
-            iss: jag.iss,
-            jti,
-            keep_until_s,
-            token: granted,
-        };
-        self.send_to_control(msg, ticket, out, ka, Op::TokenSign)
+        self.send_to_control(cx, out, ka, Op::TokenSign, |reply_to| {
+            ControlMsg::RedeemIdJag {
+                reply_to,
+                iss: jag.iss,
+                jti,
+                keep_until_s,
+                token: granted,
+            }
+        })
     }
 
     fn grant_refused(&mut self, e: &ExchangeError, out: &mut Vec<u8>, ka: bool) -> (Outcome, Op) {
