@@ -20,7 +20,7 @@ use crate::auth::{self, Claims, MAX_TOKEN_BYTES};
 use crate::config::{ClientConfig, Config};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
-use crate::plane::{ControlMsg, ControlReply, GrantedToken, ReplyTo};
+use crate::plane::{ControlMsg, ControlReply, GrantedToken};
 use crate::shard::{Cx, Outcome};
 use crate::xaa::{
     build_id_jag, check_id_jag, delegate, DelegationPolicy, ExchangeError, ExchangeRequest,
