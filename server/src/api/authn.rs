@@ -101,6 +101,29 @@ impl ShardApp {
         }
     }
 
+    /// Verifies a presented token: its cached claims, or the whole answer when it is refused,
+    /// its source is over its failure budget (429), or verifying must wait for the next turn.
+    pub(super) fn verified_or_answer(
+        &mut self,
+        token: &[u8],
+        cx: &Cx<'_>,
+        out: &mut Vec<u8>,
+        ka: bool,
+    ) -> Result<Rc<Cached>, (Outcome, Op)> {
+        match self.check_token(token, cx) {
+            Check::Done(Ok(cached), _) => Ok(cached),
+            Check::Done(Err(denial), _) => {
+                respond::invalid_token(out, &denial, ka);
+                Err((Outcome::Done, Op::Other))
+            }
+            Check::Later => Err((Outcome::Later, Op::Other)),
+            Check::Limited { retry_after_s } => {
+                respond::too_many_failures(out, retry_after_s, ka);
+                Err((Outcome::Done, Op::Other))
+            }
+        }
+    }
+
     /// `Some(retry_after_s)` when `cx.peer` has spent its budget of failed verifications; a
     /// source that keeps trying is reported for the kernel blocklist.
     pub(super) fn over_failure_budget(&mut self, cx: &Cx<'_>) -> Option<u64> {

@@ -2,7 +2,6 @@
 //! snapshot (with a shard-local decision cache valid for one revision), and the admin
 //! relationship endpoints, whose writes go through the control plane.
 
-use super::authn::Check;
 use super::respond;
 use super::ShardApp;
 use crate::authz::{self, Decision};
@@ -123,18 +122,7 @@ impl ShardApp {
             respond::error(out, Status::Unauthorized, "invalid_request", text, ka);
             return Some((Outcome::Done, Op::Other));
         };
-        match self.check_token(token, cx) {
-            Check::Done(Ok(_), _) => None,
-            Check::Done(Err(denial), _) => {
-                respond::invalid_token(out, &denial, ka);
-                Some((Outcome::Done, Op::Other))
-            }
-            Check::Later => Some((Outcome::Later, Op::Other)),
-            Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
-                Some((Outcome::Done, Op::Other))
-            }
-        }
+        self.verified_or_answer(token, cx, out, ka).err()
     }
 
     /// `POST` (write) or `DELETE /v1/relationships` (admin): the tuples are checked against

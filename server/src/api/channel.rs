@@ -4,13 +4,11 @@
 //! the admin token) revokes both on every shard.
 
 use std::borrow::Cow;
-use std::rc::Rc;
 
 use serde::Deserialize;
 
-use super::authn::Check;
 use super::respond;
-use super::{Cached, ShardApp};
+use super::ShardApp;
 use crate::auth::{self, new_jti};
 use crate::http::{Request, Status};
 use crate::monitor::Op;
@@ -29,28 +27,6 @@ struct ChannelBody<'a> {
 }
 
 impl ShardApp {
-    /// Verifies a presented token; otherwise the whole answer.
-    fn channel_party(
-        &mut self,
-        token: &[u8],
-        cx: &Cx<'_>,
-        out: &mut Vec<u8>,
-        ka: bool,
-    ) -> Result<Rc<Cached>, (Outcome, Op)> {
-        match self.check_token(token, cx) {
-            Check::Done(Ok(cached), _) => Ok(cached),
-            Check::Done(Err(denial), _) => {
-                respond::invalid_token(out, &denial, ka);
-                Err((Outcome::Done, Op::Other))
-            }
-            Check::Later => Err((Outcome::Later, Op::Other)),
-            Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
-                Err((Outcome::Done, Op::Other))
-            }
-        }
-    }
-
     /// `POST /v1/xaa/channel`.
     pub(super) fn create_channel(
         &mut self,
@@ -73,11 +49,11 @@ impl ShardApp {
                 return done;
             }
         };
-        let app = match self.channel_party(app_token, cx, out, ka) {
+        let app = match self.verified_or_answer(app_token, cx, out, ka) {
             Ok(app) => app,
             Err(answer) => return answer,
         };
-        let agent = match self.channel_party(body.agent_token.as_bytes(), cx, out, ka) {
+        let agent = match self.verified_or_answer(body.agent_token.as_bytes(), cx, out, ka) {
             Ok(agent) => agent,
             Err(answer) => return answer,
         };
@@ -160,7 +136,7 @@ impl ShardApp {
                 respond::error(out, Status::Unauthorized, "invalid_request", text, ka);
                 return done;
             };
-            let holder = match self.channel_party(token, cx, out, ka) {
+            let holder = match self.verified_or_answer(token, cx, out, ka) {
                 Ok(holder) => holder,
                 Err(answer) => return answer,
             };
