@@ -58,6 +58,56 @@ impl Denial {
 /// One token's verdict as it crosses the mesh.
 pub type Verdict = Result<Claims, Denial>;
 
+/// The revoked tokens a shard (and the control plane) mirrors: by `jti`, then issuer, until
+/// when. A lookup borrows the token's claims; nothing is allocated on the request path.
+#[derive(Debug, Default, Clone)]
+pub struct Denylist {
+    by_jti: std::collections::HashMap<String, Vec<(String, u64)>>,
+    n_entries: usize,
+}
+
+impl Denylist {
+    /// Whether `(iss, jti)` is revoked.
+    pub fn contains(&self, iss: &str, jti: &str) -> bool {
+        self.by_jti
+            .get(jti)
+            .is_some_and(|issuers| issuers.iter().any(|(i, _)| i == iss))
+    }
+
+    /// Revokes `(iss, jti)` until `exp_s`; a held entry is only ever lengthened.
+    pub fn insert(&mut self, iss: String, jti: String, exp_s: u64) {
+        let issuers = self.by_jti.entry(jti).or_default();
+        match issuers.iter_mut().find(|(i, _)| *i == iss) {
+            Some((_, held)) => *held = (*held).max(exp_s),
+            None => {
+                issuers.push((iss, exp_s));
+                self.n_entries += 1;
+            }
+        }
+    }
+
+    /// Drops entries whose tokens have expired.
+    pub fn retain_live(&mut self, now_s: u64) {
+        let mut n_entries = 0;
+        self.by_jti.retain(|_, issuers| {
+            issuers.retain(|&(_, exp_s)| exp_s > now_s);
+            n_entries += issuers.len();
+            !issuers.is_empty()
+        });
+        self.n_entries = n_entries;
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.n_entries
+    }
+
+    /// Whether nothing is revoked.
+    pub fn is_empty(&self) -> bool {
+        self.n_entries == 0
+    }
+}
+
 /// Longest accepted `jti`.
 pub const MAX_JTI_BYTES: usize = 256;
 
@@ -97,6 +147,9 @@ pub enum ControlMsg {
     Revoke {
         /// Where the answer goes.
         reply_to: ReplyTo,
+        /// Issuer of the revoked token: the denylist is keyed by `(iss, jti)`, so another
+        /// issuer's token can never revoke ours.
+        iss: String,
         /// Token id.
         jti: String,
         /// Token expiry: the denylist entry lives until then.
@@ -244,8 +297,10 @@ pub enum ShardMsg {
     Keys(Arc<KeySnapshot>),
     /// The relationships at a new revision (one snapshot shared by every shard).
     Relationships(Arc<crate::authz::Snapshot>),
-    /// A `jti` is revoked until `exp_s`.
+    /// `(iss, jti)` is revoked until `exp_s`.
     Revoked {
+        /// Issuer.
+        iss: String,
         /// Token id.
         jti: String,
         /// Until when.
@@ -356,4 +411,34 @@ pub enum VaultReply {
     },
     /// A stored entry did not open (wrong key or damaged bytes): a server fault.
     Unreadable,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_denylist_is_keyed_by_issuer_and_jti_and_only_lengthens() {
+        let mut d = Denylist::default();
+        d.insert("subzero".into(), "j1".into(), 100);
+        assert!(d.contains("subzero", "j1"));
+        assert!(
+            !d.contains("https://idp", "j1"),
+            "another issuer's jti is another token"
+        );
+        d.insert("subzero".into(), "j1".into(), 50);
+        d.insert("https://idp".into(), "j1".into(), 70);
+        assert_eq!(d.len(), 2);
+        d.retain_live(60);
+        assert!(
+            d.contains("subzero", "j1"),
+            "kept until 100, not shortened to 50"
+        );
+        assert!(d.contains("https://idp", "j1"));
+        d.retain_live(80);
+        assert!(!d.contains("https://idp", "j1"));
+        assert_eq!(d.len(), 1);
+        d.retain_live(100);
+        assert!(d.is_empty());
+    }
 }

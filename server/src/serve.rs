@@ -1,7 +1,6 @@
 //! `subzero serve`: builds listeners, the mesh, the control plane and one pinned shard per core,
 //! then waits for SIGINT/SIGTERM and shuts down gracefully.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,15 +11,14 @@ use crate::api::{AppShared, ShardApp, ShardLinks};
 use crate::auth::{BatchMode, KeyRing, TrustedIssuer, Verifier};
 use crate::authz;
 use crate::config::{allowed_cpus, Config};
-use crate::control::{
-    ControlLinks, ControlPlane, ControlState, RevocationLog, CONTROL_QUEUE_DEPTH,
-};
+use crate::control::{ControlLinks, ControlPlane, ControlState, CONTROL_QUEUE_DEPTH};
 use crate::gate::Gate;
 use crate::monitor::Board;
+use crate::plane::Denylist;
 use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::shard::mesh::{Inbox, Mesh, Outbox};
 use crate::shard::{self, RuntimeStats, ShardLimits};
-use crate::store::{RedbStore, Store, StoreOptions};
+use crate::store::{self, RedbStore, Store, StoreOptions};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,14 +41,6 @@ pub enum ServeError {
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The revocation log could not be opened.
-    #[error("cannot open the revocation log in {path}: {source}")]
-    Revocations {
-        /// The data directory.
-        path: std::path::PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
@@ -99,13 +89,15 @@ pub fn run(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let now_s = crate::unix_now_s();
-    let (keyring, verifier, revocations) = load_state(&config, now_s)?;
-    let (store, relationships, channels) = load_store(&config)?;
+    let (keyring, verifier) = load_state(&config, now_s)?;
+    let Stored {
+        store,
+        relationships,
+        channels,
+        revocations,
+    } = load_store(&config, now_s)?;
     let vault = load_vault(&config, store.as_ref())?;
-    let revoked: HashMap<String, u64> = revocations
-        .entries()
-        .map(|(jti, exp_s)| (jti.to_owned(), exp_s))
-        .collect();
+    let revoked = revocations.clone();
 
     let n_shards = config.shard_count();
     let listeners = bind_all(config.server.listen, n_shards)?;
@@ -219,24 +211,45 @@ fn join_shards(
     result
 }
 
-/// The relationship snapshot every shard shares; `None` without a schema.
-type Relationships = Option<Arc<authz::Snapshot>>;
+/// What the store holds at start, ready for the control plane and the shards.
+struct Stored {
+    store: Box<dyn Store>,
+    /// The relationship snapshot every shard shares; `None` without a schema.
+    relationships: Option<Arc<authz::Snapshot>>,
+    channels: crate::control::Channels,
+    revocations: Denylist,
+}
 
 /// The embedded store in the data dir, and the relationship snapshot built from it when a
 /// schema is configured.
-fn load_store(
-    config: &Config,
-) -> Result<(Box<dyn Store>, Relationships, crate::control::Channels), ServeError> {
+fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
     let data_dir = &config.server.data_dir;
     let store_error = |source| ServeError::Store {
         path: data_dir.clone(),
         source,
     };
-    let store = RedbStore::open(data_dir, StoreOptions::default()).map_err(store_error)?;
+    let mut store = RedbStore::open(data_dir, StoreOptions::default()).map_err(store_error)?;
+    // Revocations of an older version lived in `revocations.log`: taken over once, as ours.
+    let imported = store::import_revocation_log(&mut store, data_dir, &config.auth.issuer, now_s)
+        .map_err(store_error)?;
+    if let Some(imported) = imported {
+        tracing::info!(?imported, "revocations.log imported into the store");
+    }
     let stored = store.snapshot().map_err(store_error)?;
     let channels = stored.state.channels.clone().into_iter().collect();
+    let mut revocations = Denylist::default();
+    for (key, &exp_s) in &stored.state.revocations {
+        if exp_s > now_s {
+            revocations.insert(key.iss.clone(), key.jti.clone(), exp_s);
+        }
+    }
     let Some(schema) = &config.permissions else {
-        return Ok((Box::new(store), None, channels));
+        return Ok(Stored {
+            store: Box::new(store),
+            relationships: None,
+            channels,
+            revocations,
+        });
     };
     let limits = authz::Limits::default();
     let changes = stored
@@ -266,7 +279,12 @@ fn load_store(
         revision = stored.revision,
         "relationships loaded"
     );
-    Ok((Box::new(store), Some(Arc::new(snapshot)), channels))
+    Ok(Stored {
+        store: Box::new(store),
+        relationships: Some(Arc::new(snapshot)),
+        channels,
+        revocations,
+    })
 }
 
 /// The vault master key (created on first start) and the sealed entries in the store.
@@ -290,10 +308,7 @@ fn load_vault(config: &Config, store: &dyn Store) -> Result<crate::control::Vaul
 }
 
 /// Data dir, key ring (generated on first start), verifier and revocation log.
-fn load_state(
-    config: &Config,
-    now_s: u64,
-) -> Result<(KeyRing, Verifier, RevocationLog), ServeError> {
+fn load_state(config: &Config, now_s: u64) -> Result<(KeyRing, Verifier), ServeError> {
     let data_dir = config.server.data_dir.clone();
     create_private_dir(&data_dir).map_err(|source| ServeError::DataDir {
         path: data_dir.clone(),
@@ -326,12 +341,7 @@ fn load_state(
             now_s,
         )?;
     }
-    let revocations =
-        RevocationLog::open(&data_dir, now_s).map_err(|source| ServeError::Revocations {
-            path: data_dir.clone(),
-            source,
-        })?;
-    Ok((keyring, verifier, revocations))
+    Ok((keyring, verifier))
 }
 
 /// Everything one shard thread starts from.
@@ -343,7 +353,7 @@ struct ShardSeed {
     control_tx: std::sync::mpsc::SyncSender<ControlMsg>,
     keys: Arc<KeySnapshot>,
     relationships: Option<Arc<crate::authz::Snapshot>>,
-    revoked: HashMap<String, u64>,
+    revoked: Denylist,
     limits: ShardLimits,
     outbox: Outbox<ShardMsg>,
     inbox: Inbox<ShardMsg>,

@@ -239,3 +239,57 @@ fn key_retirement_empties_the_cache() {
     let current = issue_ttl(&dir.path().join("data"), "bob", "subzero", 600);
     assert_eq!(authenticate(&server, &current).status, 200);
 }
+
+#[test]
+fn another_issuers_token_with_our_jti_cannot_revoke_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = EcKey::generate();
+    write_jwks(&dir.path().join("idp.json"), &[idp.jwk("ec-1")]);
+    let server = start(
+        dir.path(),
+        &format!(
+            "[[auth.trusted_issuers]]\nissuer = \"{IDP}\"\njwks_file = \"idp.json\"\naudiences = [\"api\"]\n"
+        ),
+        "2",
+    );
+    let ours = issue_ttl(&dir.path().join("data"), "alice", "subzero", 600);
+    let jti = token_part(&ours, 1)["jti"].as_str().unwrap().to_owned();
+    // The IdP's token carries the very same jti.
+    let mut theirs_claims = claims(IDP, "api");
+    theirs_claims["jti"] = jti.clone().into();
+    let theirs = idp.sign("ec-1", &theirs_claims);
+    let body = serde_json::json!({ "token": theirs }).to_string();
+    let resp = server.request("POST", "/v1/revoke", &[], &body);
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(
+        authenticate(&server, &theirs).status,
+        401,
+        "the revoked token"
+    );
+    assert_eq!(
+        authenticate(&server, &ours).status,
+        200,
+        "ours, same jti, other issuer"
+    );
+    // An admin revocation by jti alone is of our token; with the IdP's `iss`, of theirs.
+    let by_jti = serde_json::json!({ "jti": jti }).to_string();
+    let resp = server.request(
+        "POST",
+        "/v1/revoke",
+        &[("Authorization", &bearer(ADMIN))],
+        &by_jti,
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert_eq!(authenticate(&server, &ours).status, 401);
+    // Both survive a restart (the store keys them by issuer and jti).
+    server.kill9();
+    let server = start(
+        dir.path(),
+        &format!(
+            "[[auth.trusted_issuers]]\nissuer = \"{IDP}\"\njwks_file = \"idp.json\"\naudiences = [\"api\"]\n"
+        ),
+        "2",
+    );
+    assert_eq!(authenticate(&server, &ours).status, 401);
+    assert_eq!(authenticate(&server, &theirs).status, 401);
+}

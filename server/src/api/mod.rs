@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::http::{self, Method, Request, Status};
 use crate::monitor::{Board, Op, OpHistograms};
 pub use crate::plane::Denial;
-use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
+use crate::plane::{ControlMsg, Denylist, KeySnapshot, ShardMsg};
 use crate::pool::{PoolLimits, TokenPool};
 use crate::shard::mesh::{MeshGauges, Outbox};
 use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats, Ticket};
@@ -67,14 +67,14 @@ pub struct Cached {
     strict: bool,
 }
 
-/// Whether `claims` carries a `jti` on the denylist. Costs one branch while nothing is
-/// revoked.
-fn is_revoked(revoked: &HashMap<String, u64>, claims: &Claims) -> bool {
+/// Whether `claims` carries an `(iss, jti)` on the denylist. Costs one branch while nothing
+/// is revoked.
+fn is_revoked(revoked: &Denylist, claims: &Claims) -> bool {
     !revoked.is_empty()
         && claims
             .jti
             .as_deref()
-            .is_some_and(|jti| revoked.contains_key(jti))
+            .is_some_and(|jti| revoked.contains(&claims.iss, jti))
 }
 
 /// Per-shard counters that are not latency.
@@ -144,7 +144,7 @@ pub struct ShardApp {
     relationships: Option<Arc<crate::authz::Snapshot>>,
     /// Permission decisions, each valid only at the revision it was computed at.
     decisions: crate::authz::DecisionCache<crate::authz::Decision>,
-    revoked: HashMap<String, u64>,
+    revoked: Denylist,
     pool: TokenPool,
     /// Pool key of each client's default grant, so the common request allocates no key.
     default_keys: Vec<crate::pool::PoolKey>,
@@ -172,7 +172,7 @@ impl ShardApp {
         shared: Arc<AppShared>,
         links: ShardLinks,
         keys: Arc<KeySnapshot>,
-        revoked: HashMap<String, u64>,
+        revoked: Denylist,
         cache_seed: u64,
     ) -> ShardApp {
         let ShardLinks {
@@ -555,7 +555,7 @@ impl Handler for ShardApp {
     fn background(&mut self, now_s: u64, budget: u32, ready: &mut Ready) -> bool {
         if now_s != self.last_tick_s {
             self.last_tick_s = now_s;
-            self.revoked.retain(|_, &mut exp_s| exp_s > now_s);
+            self.revoked.retain_live(now_s);
             let deferred_timeout_s = self.config().server.limits.deferred_timeout_s;
             self.echo_tickets
                 .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
@@ -620,12 +620,11 @@ impl ShardApp {
                     self.cache.retain(|_| false);
                 }
             }
-            ShardMsg::Revoked { jti, exp_s } => {
+            ShardMsg::Revoked { iss, jti, exp_s } => {
                 // O(1): every cache hit checks the denylist, so nothing is scanned here; the
                 // entry outlives the token (`exp_s` ≥ its `exp`), so no hit can miss it. The
-                // control plane bounds the list; keep the longer expiry if re-revoked.
-                let entry = self.revoked.entry(jti).or_insert(exp_s);
-                *entry = (*entry).max(exp_s);
+                // control plane bounds the list; a re-revocation only lengthens an entry.
+                self.revoked.insert(iss, jti, exp_s);
             }
             ShardMsg::Reply { to, reply } => {
                 self.xaa.note_reply(&reply);

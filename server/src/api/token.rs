@@ -63,6 +63,9 @@ struct TokenParams<'a> {
     token: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     jti: Option<Cow<'a, str>>,
+    /// Admin revocation: the issuer of the `jti` (default: ours).
+    #[serde(borrow, default)]
+    iss: Option<Cow<'a, str>>,
     #[serde(default)]
     exp: Option<u64>,
     #[serde(borrow, default)]
@@ -90,6 +93,7 @@ fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> 
             "audience" => &mut params.audience,
             "token" => &mut params.token,
             "jti" => &mut params.jti,
+            "iss" => &mut params.iss,
             "assertion" => &mut params.assertion,
             _ => continue,
         };
@@ -316,6 +320,8 @@ fn sign_for(
 enum RevokeTarget {
     /// Deny this `jti` until `exp_s`.
     Jti {
+        /// Issuer of the token.
+        iss: String,
         /// Token id.
         jti: String,
         /// The denylist entry's expiry.
@@ -340,6 +346,8 @@ const ADMIN_EXP_PASSED: &str =
 /// The facts a revocation decision needs besides the request.
 struct RevokeRules {
     admin: bool,
+    /// Our issuer: an admin revocation without `iss` is of one of our tokens.
+    issuer: String,
     now_s: u64,
     token_ttl_s: u64,
     leeway_s: u64,
@@ -360,10 +368,12 @@ fn revoke_target(
         // Holder revocation (RFC 7009): the token proves itself.
         match verify(token.as_bytes()) {
             Ok(Claims {
+                iss,
                 jti: Some(jti),
                 exp,
                 ..
             }) => RevokeTarget::Jti {
+                iss,
                 jti,
                 exp_s: exp.saturating_add(rules.leeway_s),
             },
@@ -409,6 +419,7 @@ fn revoke_target(
             });
         }
         RevokeTarget::Jti {
+            iss: params.iss.as_deref().unwrap_or(&rules.issuer).to_owned(),
             jti: jti.to_owned(),
             exp_s,
         }
@@ -541,6 +552,7 @@ impl ShardApp {
         };
         let rules = RevokeRules {
             admin: self.is_admin(req),
+            issuer: self.config().auth.issuer.clone(),
             now_s: cx.now_s,
             token_ttl_s: self.config().auth.token_ttl_s,
             leeway_s: self.config().auth.leeway_s,
@@ -595,8 +607,8 @@ impl ShardApp {
                 self.note_failure(token.as_bytes(), e, cx);
             }
         }
-        let (jti, exp_s) = match target {
-            Ok(RevokeTarget::Jti { jti, exp_s }) => (jti, exp_s),
+        let (iss, jti, exp_s) = match target {
+            Ok(RevokeTarget::Jti { iss, jti, exp_s }) => (iss, jti, exp_s),
             Ok(RevokeTarget::AlreadyExpired { reason, jti }) => {
                 // RFC 7009 §2.2: 200 either way; say plainly that nothing was revoked.
                 let mut body = serde_json::json!({
@@ -617,6 +629,7 @@ impl ShardApp {
         };
         self.send_to_control(cx, out, ka, Op::Revoke, |reply_to| ControlMsg::Revoke {
             reply_to,
+            iss,
             jti,
             exp_s,
         })
@@ -751,6 +764,7 @@ mod tests {
     fn rules(admin: bool) -> RevokeRules {
         RevokeRules {
             admin,
+            issuer: "subzero".into(),
             now_s: 1000,
             token_ttl_s: 900,
             leeway_s: 60,
@@ -775,7 +789,15 @@ mod tests {
             Ok(claims_with(Some("j1")))
         });
         let jti = "j1".to_owned();
-        assert_eq!(got, Ok(RevokeTarget::Jti { jti, exp_s: 1360 }));
+        let iss = "subzero".to_owned();
+        assert_eq!(
+            got,
+            Ok(RevokeTarget::Jti {
+                iss,
+                jti,
+                exp_s: 1360
+            })
+        );
         let expired = revoke_target(&p, &rules(false), |_| Err(auth::TokenError::Expired));
         let reason = HOLDER_TOKEN_EXPIRED;
         assert_eq!(
@@ -804,6 +826,7 @@ mod tests {
         assert_eq!(
             admin,
             Ok(RevokeTarget::Jti {
+                iss: "subzero".into(),
                 jti: jti.clone(),
                 exp_s: 1960
             })
@@ -812,7 +835,15 @@ mod tests {
         with_exp.exp = Some(1234);
         let admin = revoke_target(&with_exp, &rules(true), never_verify);
         // Until `exp` + leeway, as long as a verifier accepts the token.
-        assert_eq!(admin, Ok(RevokeTarget::Jti { jti, exp_s: 1294 }));
+        let iss = "subzero".to_owned();
+        assert_eq!(
+            admin,
+            Ok(RevokeTarget::Jti {
+                iss,
+                jti,
+                exp_s: 1294
+            })
+        );
         let too_long = "x".repeat(257);
         let p = params(&[("jti", &too_long)]);
         assert_eq!(
@@ -843,7 +874,11 @@ mod tests {
         let jti = "j3".to_owned();
         assert_eq!(
             with_exp(941, "j3"),
-            Ok(RevokeTarget::Jti { jti, exp_s: 1001 })
+            Ok(RevokeTarget::Jti {
+                iss: "subzero".into(),
+                jti,
+                exp_s: 1001
+            })
         );
         // A bad jti is refused whatever its exp.
         assert_eq!(with_exp(0, "a b").unwrap_err().code, "invalid_request");

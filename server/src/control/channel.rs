@@ -60,7 +60,14 @@ impl ControlPlane {
         let revokes = channel
             .jtis
             .iter()
-            .map(|jti| (reply_to, jti.clone(), exp_s))
+            .map(|jti| {
+                (
+                    reply_to,
+                    self.config.auth.issuer.clone(),
+                    jti.clone(),
+                    exp_s,
+                )
+            })
             .collect();
         let failed = self
             .revoke_batch(revokes, now_s)

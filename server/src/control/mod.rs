@@ -9,7 +9,6 @@
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
 mod channel;
-mod revocations;
 mod vault;
 
 use std::path::PathBuf;
@@ -19,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use channel::Channels;
-pub use revocations::{Appended, RevocationLog, MAX_REVOCATIONS};
+/// Most live revocations held; beyond this new revocations are refused (503).
+pub const MAX_REVOCATIONS: usize = 1 << 20;
 pub use vault::{Vault, MAX_ENTRIES_PER_NAMESPACE, MAX_SEALED_BYTES_HELD};
 
 use crate::auth::{KeyRing, Verifier};
@@ -27,7 +27,7 @@ use crate::authz;
 use crate::config::Config;
 use crate::gate::{boot_ns, Cidr, Gate};
 use crate::monitor::Board;
-use crate::plane::{ControlMsg, ControlReply, KeySnapshot, ReplyTo, ShardMsg};
+use crate::plane::{ControlMsg, ControlReply, Denylist, KeySnapshot, ReplyTo, ShardMsg};
 use crate::shard::mesh::Outbox;
 use crate::store::{self, Store};
 use crate::xaa::SeenJtis;
@@ -92,7 +92,8 @@ pub struct ControlPlane {
     data_dir: PathBuf,
     keyring: KeyRing,
     base_verifier: Verifier,
-    revocations: RevocationLog,
+    /// Live revocations, mirrored from the store (for the bound and the metrics).
+    revocations: Denylist,
     /// The durable store (relationships today; vault, channels and revocations to follow).
     store: Box<dyn Store>,
     /// The relationships every shard reads (`None` without a schema).
@@ -116,8 +117,8 @@ pub struct ControlState {
     pub keyring: KeyRing,
     /// Verifier with the trusted issuers; own keys are set from `keyring`.
     pub base_verifier: Verifier,
-    /// The durable denylist.
-    pub revocations: RevocationLog,
+    /// Live revocations, as loaded from the store.
+    pub revocations: Denylist,
     /// The durable store.
     pub store: Box<dyn Store>,
     /// The relationships loaded from it (`None` without a schema).
@@ -236,9 +237,10 @@ impl ControlPlane {
             match msg {
                 ControlMsg::Revoke {
                     reply_to,
+                    iss,
                     jti,
                     exp_s,
-                } => revokes.push((reply_to, jti, exp_s)),
+                } => revokes.push((reply_to, iss, jti, exp_s)),
                 ControlMsg::WriteRelationships {
                     reply_to,
                     delete,
@@ -279,10 +281,11 @@ impl ControlPlane {
         match msg {
             ControlMsg::Revoke {
                 reply_to,
+                iss,
                 jti,
                 exp_s,
             } => {
-                let mut replies = self.revoke_batch(vec![(reply_to, jti, exp_s)], now_s);
+                let mut replies = self.revoke_batch(vec![(reply_to, iss, jti, exp_s)], now_s);
                 if let Some((reply_to, reply)) = replies.pop() {
                     self.reply(reply_to, reply);
                 }
@@ -356,41 +359,60 @@ impl ControlPlane {
         }
     }
 
-    /// Persists revocations with one fdatasync, then queues each change to every shard ahead
-    /// of the replies.
-    fn revoke_batch(
+    /// Makes revocations durable in the store with one commit (group commit), keyed by
+    /// `(iss, jti)`, then queues each change to every shard ahead of the replies.
+    pub(super) fn revoke_batch(
         &mut self,
-        revokes: Vec<(ReplyTo, String, u64)>,
+        revokes: Vec<(ReplyTo, String, String, u64)>,
         now_s: u64,
     ) -> Vec<(ReplyTo, ControlReply)> {
-        let items: Vec<(&str, u64)> = revokes.iter().map(|(_, j, e)| (j.as_str(), *e)).collect();
-        let outcomes = match self.revocations.append_batch(&items, now_s) {
-            Ok(outcomes) => outcomes,
+        let mut replies = Vec::with_capacity(revokes.len());
+        let mut pending = Vec::with_capacity(revokes.len());
+        let mut ops = Vec::with_capacity(revokes.len());
+        let mut n_new = 0;
+        for (reply_to, iss, jti, exp_s) in revokes {
+            let new = !self.revocations.contains(&iss, &jti);
+            if new && self.revocations.len() + n_new >= MAX_REVOCATIONS {
+                let reply = ControlReply::RevocationsFull {
+                    max_live: MAX_REVOCATIONS,
+                };
+                replies.push((reply_to, reply));
+                continue;
+            }
+            n_new += usize::from(new);
+            let key = store::RevocationKey {
+                iss: iss.clone(),
+                jti: jti.clone(),
+            };
+            ops.push(store::Op::Revoke { key, exp_s });
+            pending.push((reply_to, iss, jti, exp_s));
+        }
+        if ops.is_empty() {
+            return replies;
+        }
+        let committed = match self.store.write(&ops, now_s) {
+            Ok(committed) => committed,
             Err(e) => {
-                tracing::error!(error = %e, n = revokes.len(), "cannot persist revocations");
-                let failed = revokes
+                tracing::error!(error = %e, n = ops.len(), "cannot persist revocations");
+                let failed = pending
                     .into_iter()
-                    .map(|(to, _, _)| (to, ControlReply::RevokeFailed));
-                return failed.collect();
+                    .map(|(to, ..)| (to, ControlReply::RevokeFailed));
+                replies.extend(failed);
+                return replies;
             }
         };
-        debug_assert_eq!(outcomes.len(), revokes.len());
-        let mut replies = Vec::with_capacity(revokes.len());
-        for ((reply_to, jti, _), outcome) in revokes.into_iter().zip(outcomes) {
-            let reply = match outcome {
-                Appended::Stored(exp_s) => {
-                    self.broadcast(|| ShardMsg::Revoked {
-                        jti: jti.clone(),
-                        exp_s,
-                    });
-                    ControlReply::Revoked { jti, stored: true }
-                }
-                Appended::Unchanged => ControlReply::Revoked { jti, stored: false },
-                Appended::Full => ControlReply::RevocationsFull {
-                    max_live: MAX_REVOCATIONS,
-                },
-            };
-            replies.push((reply_to, reply));
+        debug_assert_eq!(committed.outcomes.len(), pending.len());
+        for ((reply_to, iss, jti, exp_s), outcome) in pending.into_iter().zip(committed.outcomes) {
+            let stored = outcome == store::Outcome::Applied;
+            if stored {
+                self.revocations.insert(iss.clone(), jti.clone(), exp_s);
+                self.broadcast(|| ShardMsg::Revoked {
+                    iss: iss.clone(),
+                    jti: jti.clone(),
+                    exp_s,
+                });
+            }
+            replies.push((reply_to, ControlReply::Revoked { jti, stored }));
         }
         replies
     }
@@ -486,7 +508,7 @@ impl ControlPlane {
             let snapshot = self.key_snapshot();
             self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
         }
-        self.revocations.forget_expired(now_s);
+        self.revocations.retain_live(now_s);
         self.seen_id_jags.expire(now_s);
         self.gate.expire();
         match self.store.purge_expired(now_s, MAX_PURGED_PER_TICK) {
@@ -500,7 +522,10 @@ impl ControlPlane {
     fn publish_metrics(&self) {
         let mut text = String::new();
         self.gate.snapshot().write_prometheus(&mut text);
-        self.revocations.render_metrics(&mut text);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!("subzero_revocations_live {}\n", self.revocations.len()),
+        );
         let _ = std::fmt::Write::write_fmt(
             &mut text,
             format_args!("subzero_id_jag_seen {}\n", self.seen_id_jags.len()),
