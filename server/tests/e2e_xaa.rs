@@ -390,6 +390,20 @@ fn an_external_id_jag_is_redeemed_once_and_its_replay_is_refused_on_every_shard(
     server.wait_metrics("one ID-JAG id remembered", |m| {
         metric(m, "subzero_id_jag_seen") == Some(1)
     });
+    // Used for good: the use is durable, so a restart does not make the ID-JAG new again.
+    server.kill9();
+    let server = start(dir.path(), &idp);
+    let replay = redeem(&server, "app", &jag);
+    assert_eq!(
+        replay.status, 400,
+        "replayed after a restart: {}",
+        replay.body
+    );
+    assert!(
+        replay.error_description().contains("already used"),
+        "{}",
+        replay.body
+    );
 }
 
 #[test]

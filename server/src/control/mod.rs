@@ -297,16 +297,7 @@ impl ControlPlane {
                 keep_until_s,
                 token,
             } => {
-                // In memory: an ID-JAG lives minutes, and this thread sees every shard's
-                // redemptions in the order they were asked.
-                let reply =
-                    match self
-                        .seen_id_jags
-                        .check_and_insert(&iss, &jti, keep_until_s, now_s)
-                    {
-                        Ok(()) => ControlReply::IdJagRedeemed(token),
-                        Err(e) => ControlReply::IdJagRefused(e),
-                    };
+                let reply = self.redeem_id_jag(reply_to, iss, jti, keep_until_s, token, now_s);
                 self.reply(reply_to, reply);
             }
             ControlMsg::Block { ip, reason } => {
@@ -477,6 +468,46 @@ impl ControlPlane {
             }
         }
         replies
+    }
+
+    /// Records an ID-JAG's `(iss, jti)` as used, once per process and durably: this thread sees
+    /// every shard's redemptions in order (`SeenJtis`), and a used one is also a revocation of
+    /// `(iss, jti)` in the store until it expires, so it stays used across restarts.
+    fn redeem_id_jag(
+        &mut self,
+        reply_to: ReplyTo,
+        iss: String,
+        jti: String,
+        keep_until_s: u64,
+        token: crate::plane::GrantedToken,
+        now_s: u64,
+    ) -> ControlReply {
+        let used = || {
+            let why = "the ID-JAG was already used (jti replay)";
+            ControlReply::IdJagRefused(crate::xaa::ExchangeError::InvalidGrant(why.into()))
+        };
+        if self.revocations.contains(&iss, &jti) {
+            return used();
+        }
+        if !crate::plane::valid_jti(&jti) {
+            let why = "the ID-JAG's jti must be 1 to 256 printable ASCII characters";
+            return ControlReply::IdJagRefused(crate::xaa::ExchangeError::InvalidGrant(why.into()));
+        }
+        if let Err(e) = self
+            .seen_id_jags
+            .check_and_insert(&iss, &jti, keep_until_s, now_s)
+        {
+            return ControlReply::IdJagRefused(e);
+        }
+        let recorded = self.revoke_batch(vec![(reply_to, iss, jti, keep_until_s)], now_s);
+        if recorded
+            .iter()
+            .all(|(_, r)| matches!(r, ControlReply::Revoked { .. }))
+        {
+            ControlReply::IdJagRedeemed(token)
+        } else {
+            ControlReply::StoreFailed
+        }
     }
 
     /// Rotates the signing key; the previous one verifies until every token it signed expired.
