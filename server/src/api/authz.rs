@@ -2,6 +2,8 @@
 //! snapshot (with a shard-local decision cache valid for one revision), and the admin
 //! relationship endpoints, whose writes go through the control plane.
 
+use std::sync::Arc;
+
 use super::respond;
 use super::ShardApp;
 use crate::authz::{self, Decision};
@@ -16,6 +18,29 @@ pub const DECISION_CACHE_ENTRIES: usize = 65_536;
 const PERMISSIONS_OFF: &str = "permissions are off (no [permissions] schema_file configured)";
 
 impl ShardApp {
+    /// The schema and the relationships, or a `404` saying permissions are off.
+    fn permissions_on(
+        &self,
+        out: &mut Vec<u8>,
+        ka: bool,
+    ) -> Option<(Arc<authz::Schema>, Arc<authz::Snapshot>)> {
+        let on = self
+            .config()
+            .permissions
+            .clone()
+            .zip(self.relationships.clone());
+        if on.is_none() {
+            respond::error(
+                out,
+                Status::NotFound,
+                "invalid_request",
+                PERMISSIONS_OFF,
+                ka,
+            );
+        }
+        on
+    }
+
     /// `POST /v1/permissions/check`: `{subject, permission, object}` → `{allowed,
     /// decision_path, revision}`. The caller authenticates with a bearer token (ours or a
     /// trusted issuer's) or the admin token.
@@ -27,17 +52,7 @@ impl ShardApp {
     ) -> (Outcome, Op) {
         let ka = req.keep_alive;
         let done = (Outcome::Done, Op::Other);
-        let (Some(schema), Some(snapshot)) = (
-            self.config().permissions.clone(),
-            self.relationships.clone(),
-        ) else {
-            respond::error(
-                out,
-                Status::NotFound,
-                "invalid_request",
-                PERMISSIONS_OFF,
-                ka,
-            );
+        let Some((schema, snapshot)) = self.permissions_on(out, ka) else {
             return done;
         };
         if let Some(early) = self.authenticate_caller(req, cx, out) {
@@ -188,17 +203,7 @@ impl ShardApp {
     /// `GET /v1/relationships?object=type:id` (admin): the object's tuples.
     pub(super) fn list_relationships(&mut self, req: &Request<'_>, out: &mut Vec<u8>) -> Op {
         let ka = req.keep_alive;
-        let (Some(schema), Some(snapshot)) = (
-            self.config().permissions.clone(),
-            self.relationships.clone(),
-        ) else {
-            respond::error(
-                out,
-                Status::NotFound,
-                "invalid_request",
-                PERMISSIONS_OFF,
-                ka,
-            );
+        let Some((schema, snapshot)) = self.permissions_on(out, ka) else {
             return Op::Other;
         };
         if self.refuse_non_admin(req, out).is_some() {
@@ -228,7 +233,11 @@ impl ShardApp {
     }
 
     /// `Some(answer)` unless `req` carries the admin token (404 when admin is off, 401 else).
-    fn refuse_non_admin(&self, req: &Request<'_>, out: &mut Vec<u8>) -> Option<(Outcome, Op)> {
+    pub(super) fn refuse_non_admin(
+        &self,
+        req: &Request<'_>,
+        out: &mut Vec<u8>,
+    ) -> Option<(Outcome, Op)> {
         let ka = req.keep_alive;
         if self.config().admin_token.is_none() {
             let text = "admin endpoints are off (no [admin] token_file configured)";

@@ -642,26 +642,8 @@ impl ShardApp {
         out: &mut Vec<u8>,
     ) -> (Outcome, Op) {
         let ka = req.keep_alive;
-        if self.config().admin_token.is_none() {
-            respond::error(
-                out,
-                Status::NotFound,
-                "invalid_request",
-                "admin endpoints are off (no [admin] token_file configured)",
-                ka,
-            );
-            return (Outcome::Done, Op::Other);
-        }
-        if !self.is_admin(req) {
-            respond::error_with(
-                out,
-                Status::Unauthorized,
-                "invalid_token",
-                "admin token required",
-                &[b"www-authenticate: Bearer realm=\"subzero-admin\""],
-                ka,
-            );
-            return (Outcome::Done, Op::Other);
+        if let Some(refused) = self.refuse_non_admin(req, out) {
+            return refused;
         }
         self.send_to_control(cx, out, ka, Op::Other, |reply_to| ControlMsg::RotateKeys {
             reply_to,
