@@ -1,6 +1,7 @@
 //! subzero: a zero-trust authentication gateway on thread-per-core io_uring shards.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod cache;

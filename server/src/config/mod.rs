@@ -12,7 +12,9 @@ use serde::Deserialize;
 use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
+mod audit;
 mod xaa;
+pub use audit::AuditConfig;
 pub use xaa::XaaConfig;
 
 /// A configuration error: one sentence saying what, where and what to do.
@@ -124,6 +126,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// `[xaa]`: cross-app access (delegation, ID-JAG targets).
     pub xaa: XaaConfig,
+    /// `[audit]`: the audit log.
+    pub audit: AuditConfig,
     /// Per-source request rate limit in the shards.
     pub ratelimit: RateLimitConfig,
     /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
@@ -295,6 +299,7 @@ impl Default for Config {
                 refill_budget: 8,
             },
             xaa: XaaConfig::default(),
+            audit: AuditConfig::default(),
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -331,6 +336,8 @@ struct FileConfig {
     pool: FilePool,
     #[serde(default)]
     xaa: xaa::FileXaa,
+    #[serde(default)]
+    audit: audit::FileAudit,
     #[serde(default)]
     ratelimit: FileRateLimit,
     #[serde(default)]
@@ -505,6 +512,7 @@ impl Config {
         })?;
         let mut c = Config {
             xaa: XaaConfig::from_file(file.xaa),
+            audit: AuditConfig::from_file(file.audit),
             ..Config::default()
         };
         apply_server(&mut c.server, file.server, base)?;
@@ -654,6 +662,7 @@ impl Config {
             1 << 24,
         )?;
         self.xaa.validate(&self.auth.issuer)?;
+        self.audit.validate()?;
         self.validate_id_jag_issuers()?;
         Ok(())
     }

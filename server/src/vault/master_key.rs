@@ -98,6 +98,20 @@ impl MasterKey {
             .map_err(|_| VaultError::KeyDerivation)?;
         Ok(NamespaceKey { bytes: okm })
     }
+
+    /// A key for another purpose than the vault's namespaces, HKDF-SHA256 with `info` (which
+    /// holds no NUL byte, so it never equals a namespace's `iss NUL sub`).
+    pub fn purpose_key(&self, info: &str) -> Result<Zeroizing<[u8; MASTER_KEY_LEN]>, VaultError> {
+        debug_assert!(
+            !info.as_bytes().contains(&0),
+            "a NUL would let info equal a namespace"
+        );
+        let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), self.bytes.as_slice());
+        let mut okm = Zeroizing::new([0u8; MASTER_KEY_LEN]);
+        hkdf.expand(info.as_bytes(), okm.as_mut_slice())
+            .map_err(|_| VaultError::KeyDerivation)?;
+        Ok(okm)
+    }
 }
 
 /// One namespace's sealing key. Zeroed on drop; `Debug` never shows it.
