@@ -211,6 +211,29 @@ pub enum ControlMsg {
         /// The tuples.
         tuples: Vec<crate::authz::TupleText>,
     },
+    /// Append a batch of audit events; the reply (`AuditWritten`) goes only after the group
+    /// commit that holds them is durable (fdatasync).
+    AuditWrite {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// The validated events (1 to `audit.max_batch_events`).
+        events: Vec<crate::audit::Event>,
+    },
+    /// Read up to `limit` audit records after sequence number `after`.
+    AuditRead {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// Records with a greater sequence number are returned.
+        after: u64,
+        /// At most this many (≤ `audit::MAX_READ_LIMIT`).
+        limit: usize,
+    },
+    /// A shard's own decisions (denials, delegations), buffered and shipped at most once a
+    /// second; never acknowledged, so best effort.
+    AuditEvents {
+        /// The events.
+        events: Vec<crate::audit::Event>,
+    },
     /// A vault operation in the caller's namespace (its verified `iss` and `sub`); the
     /// control plane seals, stores, opens and answers with `ControlReply::Vault`.
     Vault {
@@ -288,6 +311,18 @@ pub enum ControlReply {
     ChannelUnknown,
     /// The answer to a `ControlMsg::Vault`.
     Vault(VaultReply),
+    /// The audit batch is durable.
+    AuditWritten {
+        /// Sequence number of its first event.
+        first_seq: u64,
+        /// Of its last.
+        last_seq: u64,
+    },
+    /// The audit batch could not be made durable (disk full, I/O error); nothing of it was
+    /// acknowledged, and the log was cut back to its last durable record.
+    AuditFailed,
+    /// Records read back (personal fields opened).
+    AuditRecords(Vec<crate::audit::ReadRecord>),
 }
 
 /// Messages to a shard over the mesh.

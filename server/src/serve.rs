@@ -66,6 +66,10 @@ pub enum ServeError {
         /// Sealed entries in the store.
         n_entries: usize,
     },
+    /// The audit log could not be opened, or it is damaged (the message names the file and
+    /// the record).
+    #[error("{0}; the server does not start on a damaged audit log")]
+    Audit(#[from] crate::audit::AuditError),
     /// A runtime resource (eventfd, io_uring, thread) could not be created.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -97,6 +101,7 @@ pub fn run(
         revocations,
     } = load_store(&config, now_s)?;
     let vault = load_vault(&config, store.as_ref())?;
+    let audit = load_audit(&config)?;
     let revoked = revocations.clone();
 
     let n_shards = config.shard_count();
@@ -127,6 +132,7 @@ pub fn run(
             channels,
             vault,
             gate,
+            audit,
         },
         ControlLinks {
             outbox: control_outbox,
@@ -285,6 +291,28 @@ fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
         channels,
         revocations,
     })
+}
+
+/// The audit log, recovered; its personal fields are sealed with a key derived from the vault
+/// master key (HKDF, its own `info`).
+fn load_audit(config: &Config) -> Result<crate::audit::AuditLog, ServeError> {
+    let data_dir = &config.server.data_dir;
+    let master_key = crate::vault::load_or_create_master_key(data_dir)?;
+    let pii_key = master_key
+        .purpose_key(crate::audit::PII_KEY_INFO)
+        .map_err(|e| ServeError::Runtime(std::io::Error::other(e.to_string())))?;
+    let log = crate::audit::AuditLog::open(
+        data_dir,
+        &config.audit,
+        crate::audit::PiiKey::new(&pii_key),
+        crate::unix_now_ms(),
+    )?;
+    tracing::info!(
+        last_seq = log.last_seq(),
+        checkpoint_key = %log.verifier().to_vkey(),
+        "audit log opened"
+    );
+    Ok(log)
 }
 
 /// The vault master key (created on first start) and the sealed entries in the store.

@@ -7,6 +7,7 @@
 //! rate-limited JWKS reload on an unknown `kid`. Changes to global state (revocations, keys) go
 //! to the control plane, and the response waits for it as a deferred ticket.
 
+mod audit;
 mod authn;
 mod authz;
 mod batch;
@@ -163,6 +164,8 @@ pub struct ShardApp {
     echo_tickets: HashMap<Ticket, u64>,
     /// Cross-app access: delegation policies, ID-JAG issuers, metadata, counters.
     xaa: xaa::XaaState,
+    /// This shard's own audit events (denials, delegations) waiting to be shipped.
+    audit_buffer: audit::AuditBuffer,
 }
 
 impl ShardApp {
@@ -245,6 +248,7 @@ impl ShardApp {
             runtime,
             echo_tickets: HashMap::new(),
             xaa: xaa::XaaState::new(config),
+            audit_buffer: audit::AuditBuffer::new(config.audit.max_buffered_denials),
             shared,
         }
     }
@@ -332,6 +336,7 @@ impl ShardApp {
                 done(Op::Other)
             }
             (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
+            (_, audit::AUDIT_PATH) => self.audit_events(req, cx, out),
             (_, path) if KNOWN_PATHS.contains(&path) => {
                 respond::error(
                     out,
@@ -477,10 +482,11 @@ impl ShardApp {
             ("subzero_connections_shed_total", &r.shed_for_memory),
             ("subzero_buffered_bytes", &r.buffered_bytes),
         ];
+        let lines = lines.into_iter().chain(self.audit_metrics());
         let runtime = runtime
             .into_iter()
             .map(|(name, v)| (name, v.load(std::sync::atomic::Ordering::Relaxed)));
-        for (name, value) in lines.into_iter().chain(runtime) {
+        for (name, value) in lines.chain(runtime) {
             let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
         }
         let _ = writeln!(
@@ -541,6 +547,13 @@ impl Handler for ShardApp {
         if outcome == Outcome::Done {
             let code = respond::status_of(&out[out_start..]);
             self.counters.count_status(code);
+            match code {
+                401 | 403 | 429 => self.note_denial(req, code, cx),
+                200 if req.path == "/v1/xaa/delegate" => {
+                    self.note_decision("xaa.delegate", req.path, cx);
+                }
+                _ => {}
+            }
         }
         self.hists.record(op, started.elapsed().as_nanos() as u64);
         outcome
@@ -561,6 +574,7 @@ impl Handler for ShardApp {
                 .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
             self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
             self.pool_refill_due = true;
+            self.ship_audit_events();
             self.publish_metrics();
         }
         let n_ready = ready.len();

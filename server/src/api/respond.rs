@@ -93,18 +93,7 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
         ),
         ControlReply::IdJagRedeemed(token) => super::xaa::render_granted(out, token, ka),
         ControlReply::IdJagRefused(e) => super::xaa::render_redeem_refused(out, e, ka),
-        ControlReply::Rotated {
-            kid,
-            previous_kid,
-            previous_retire_at_s,
-        } => {
-            let body = serde_json::json!({
-                "kid": kid,
-                "previous_kid": previous_kid,
-                "previous_retire_at": previous_retire_at_s,
-            });
-            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
-        }
+        ControlReply::Rotated { .. } => rotated(out, reply, ka),
         ControlReply::RelationshipsWritten { revision, n_tuples } => {
             let body = serde_json::json!({ "revision": revision, "written": n_tuples });
             http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
@@ -149,6 +138,9 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             ka,
         ),
         ControlReply::Vault(reply) => super::vault::render_reply(out, reply, ka),
+        ControlReply::AuditWritten { .. }
+        | ControlReply::AuditRecords(_)
+        | ControlReply::AuditFailed => super::audit::render_reply(out, reply, ka),
         ControlReply::RotateFailed => error(
             out,
             Status::InternalServerError,
@@ -156,6 +148,23 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             "key rotation failed; see the server log",
             ka,
         ),
+    }
+}
+
+/// `{"kid","previous_kid","previous_retire_at"}` of a rotation.
+fn rotated(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
+    if let ControlReply::Rotated {
+        kid,
+        previous_kid,
+        previous_retire_at_s,
+    } = reply
+    {
+        let body = serde_json::json!({
+            "kid": kid,
+            "previous_kid": previous_kid,
+            "previous_retire_at": previous_retire_at_s,
+        });
+        http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
     }
 }
 

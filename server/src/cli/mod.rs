@@ -1,4 +1,5 @@
-//! Command-line interface (clap): serve, keygen, token issue/verify (and the gate's stats/block).
+//! Command-line interface (clap): serve, keygen, token issue/verify, audit verify (and the
+//! gate's stats/block).
 //!
 //! Errors are one sentence on stderr; exit codes: 0 ok, 1 runtime failure, 2 usage or config.
 
@@ -44,6 +45,27 @@ enum Command {
     /// Edit the kernel blocklist through the pinned maps (works while the server runs).
     #[command(subcommand)]
     Block(BlockCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check every chain link across all segments and every stored checkpoint; name the
+    /// first bad record (exit 1) or print the records, segments and head hash.
+    Verify {
+        /// Data directory that holds `audit/`.
+        #[arg(long, default_value = "var/subzero")]
+        data_dir: PathBuf,
+        /// Also check this checkpoint (a signed note saved earlier; repeatable).
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+        /// Verifier key of the checkpoints (`name+keyid+key`); default: the log's own
+        /// `audit/checkpoint.vkey`.
+        #[arg(long)]
+        vkey: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -243,7 +265,49 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Block(BlockCommand::List { json }) => {
             crate::gate::cli_block_list(json).map_err(|e| gate_failure(&e))
         }
+        Command::Audit(AuditCommand::Verify {
+            data_dir,
+            checkpoint,
+            vkey,
+        }) => audit_verify(&data_dir, &checkpoint, vkey.as_deref()),
     }
+}
+
+fn audit_verify(
+    data_dir: &Path,
+    checkpoints: &[PathBuf],
+    vkey: Option<&str>,
+) -> Result<(), Failure> {
+    if !data_dir.join(crate::audit::AUDIT_DIR).is_dir() {
+        return Err(usage(format!(
+            "{} holds no audit log (no audit/ directory); pass the server's --data-dir",
+            data_dir.display()
+        )));
+    }
+    let report = crate::audit::verify_dir(data_dir, checkpoints, vkey)
+        .map_err(|e| runtime(format!("audit log verification FAILED: {e}")))?;
+    println!(
+        "audit log OK: {} records (seq {}..{}) in {} segments; head {}",
+        report.n_records,
+        report.first_seq,
+        report.last_seq,
+        report.n_segments,
+        crate::audit::record::hex(&report.head)
+    );
+    println!(
+        "checkpoints: {} verified, {} older than the first retained record",
+        report.n_checkpoints, report.n_checkpoints_skipped
+    );
+    if report.torn_bytes > 0 {
+        println!(
+            "note: the last segment ends in {} bytes of an interrupted write (never acknowledged); the server cuts them at its next start",
+            report.torn_bytes
+        );
+    }
+    if let Some(vkey) = report.vkey {
+        println!("checkpoint verifier key: {vkey}");
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {

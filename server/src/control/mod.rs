@@ -8,6 +8,7 @@
 //! Architecture Invariant: a `200` for a revocation or key rotation is sent only after the change
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
+mod audit;
 mod channel;
 mod vault;
 
@@ -17,6 +18,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use audit::{AuditState, MAX_OWN_EVENTS_PER_PASS};
 pub use channel::Channels;
 /// Most live revocations held; beyond this new revocations are refused (503).
 pub const MAX_REVOCATIONS: usize = 1 << 20;
@@ -109,6 +111,8 @@ pub struct ControlPlane {
     now_s: fn() -> u64,
     /// Used ID-JAGs: one table for the whole process, so a replay on any shard is seen.
     seen_id_jags: SeenJtis,
+    /// The audit log and this pass's pending events.
+    audit: AuditState,
 }
 
 /// What the control plane owns, loaded at start.
@@ -129,6 +133,8 @@ pub struct ControlState {
     pub vault: Vault,
     /// The eBPF gate (possibly off).
     pub gate: Gate,
+    /// The audit log, recovered.
+    pub audit: crate::audit::AuditLog,
 }
 
 /// How the control plane reaches the shards.
@@ -153,6 +159,7 @@ impl ControlPlane {
             channels,
             vault,
             gate,
+            audit,
         } = state;
         let ControlLinks {
             outbox,
@@ -175,6 +182,7 @@ impl ControlPlane {
             shutdown,
             now_s: crate::unix_now_s,
             seen_id_jags: SeenJtis::new(MAX_SEEN_ID_JAGS),
+            audit: AuditState::new(audit),
         };
         control.publish_metrics();
         control
@@ -215,7 +223,7 @@ impl ControlPlane {
                     self.handle_batch(&mut batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => break,
             }
             let now_s = (self.now_s)();
             if now_s != last_tick_s {
@@ -223,6 +231,7 @@ impl ControlPlane {
                 self.tick(now_s);
             }
         }
+        self.audit.shutdown(crate::unix_now_ms());
     }
 
     /// Handles a batch of requests, draining it: revocations first as one group commit, then
@@ -232,6 +241,8 @@ impl ControlPlane {
         let mut revokes = Vec::new();
         let mut tuple_writes = Vec::new();
         let mut vault_requests = Vec::new();
+        let mut audit_writes = Vec::new();
+        let mut audit_reads = Vec::new();
         let mut others = Vec::new();
         for msg in batch.drain(..) {
             match msg {
@@ -251,6 +262,15 @@ impl ControlPlane {
                     namespace,
                     op,
                 } => vault_requests.push((reply_to, namespace, op)),
+                ControlMsg::AuditWrite { reply_to, events } => {
+                    audit_writes.push((reply_to, events));
+                }
+                ControlMsg::AuditRead {
+                    reply_to,
+                    after,
+                    limit,
+                } => audit_reads.push((reply_to, after, limit)),
+                ControlMsg::AuditEvents { events } => self.audit.take_shard_events(events),
                 other => others.push(other),
             }
         }
@@ -260,20 +280,92 @@ impl ControlPlane {
             }
         }
         if !tuple_writes.is_empty() {
-            for (reply_to, reply) in self.write_relationships(tuple_writes, now_s) {
-                self.reply(reply_to, reply);
-            }
+            self.relationships_batch(tuple_writes, now_s);
         }
         if !vault_requests.is_empty() {
-            let replies = self
-                .vault
-                .handle_batch(&mut *self.store, vault_requests, now_s);
-            for (reply_to, reply) in replies {
-                self.reply(reply_to, reply);
-            }
+            self.vault_batch(vault_requests, now_s);
         }
         for msg in others {
             self.handle(msg, now_s);
+        }
+        // Last: the pass's one audit commit holds the events of everything above.
+        for (reply_to, reply) in self.audit.commit_pass(&audit_writes, crate::unix_now_ms()) {
+            self.reply(reply_to, reply);
+        }
+        for (reply_to, after, limit) in audit_reads {
+            let reply = self.audit.read(after, limit);
+            self.reply(reply_to, reply);
+        }
+    }
+
+    /// An audit message outside a batch: its own commit.
+    fn handle_audit(&mut self, msg: ControlMsg) {
+        match msg {
+            ControlMsg::AuditWrite { reply_to, events } => {
+                let now_ms = crate::unix_now_ms();
+                for (reply_to, reply) in self.audit.commit_pass(&[(reply_to, events)], now_ms) {
+                    self.reply(reply_to, reply);
+                }
+            }
+            ControlMsg::AuditRead {
+                reply_to,
+                after,
+                limit,
+            } => {
+                let reply = self.audit.read(after, limit);
+                self.reply(reply_to, reply);
+            }
+            ControlMsg::AuditEvents { events } => {
+                self.audit.take_shard_events(events);
+                let _ = self.audit.commit_pass(&[], crate::unix_now_ms());
+            }
+            other => debug_assert!(false, "not an audit message: {other:?}"),
+        }
+    }
+
+    /// Relationship writes with one store commit, each noted in the audit log.
+    fn relationships_batch(
+        &mut self,
+        writes: Vec<(ReplyTo, bool, Vec<authz::TupleText>)>,
+        now_s: u64,
+    ) {
+        let fields: Vec<(ReplyTo, &'static str, String)> = writes
+            .iter()
+            .map(|(to, delete, tuples)| {
+                let action = if *delete {
+                    "relationships.delete"
+                } else {
+                    "relationships.write"
+                };
+                let resource = match (tuples.first(), tuples.len()) {
+                    (Some(t), 1) => t.to_string(),
+                    (Some(t), n) => format!("{t} (+{} more)", n - 1),
+                    (None, _) => String::new(),
+                };
+                (*to, action, resource)
+            })
+            .collect();
+        for (reply_to, reply) in self.write_relationships(writes, now_s) {
+            if let Some((_, action, resource)) = fields.iter().find(|(to, ..)| *to == reply_to) {
+                let outcome = audit::outcome_of(&reply);
+                self.audit.note("admin", action, resource, outcome, "-");
+            }
+            self.reply(reply_to, reply);
+        }
+    }
+
+    /// Vault requests with one store commit, each noted in the audit log.
+    fn vault_batch(&mut self, requests: Vec<vault::VaultRequest>, now_s: u64) {
+        let fields: Vec<[String; 3]> = requests
+            .iter()
+            .map(|(_, ns, op)| audit::vault_event_fields(ns, op))
+            .collect();
+        let replies = self.vault.handle_batch(&mut *self.store, requests, now_s);
+        debug_assert_eq!(replies.len(), fields.len());
+        for ((reply_to, reply), [actor, action, resource]) in replies.into_iter().zip(fields) {
+            let outcome = audit::outcome_of(&reply);
+            self.audit.note(&actor, &action, &resource, outcome, "-");
+            self.reply(reply_to, reply);
         }
     }
 
@@ -297,26 +389,37 @@ impl ControlPlane {
                 keep_until_s,
                 token,
             } => {
+                let resource = format!("id-jag:{jti}");
+                let actor = iss.clone();
                 let reply = self.redeem_id_jag(reply_to, iss, jti, keep_until_s, token, now_s);
+                let outcome = audit::outcome_of(&reply);
+                self.audit
+                    .note(&actor, "xaa.id_jag.redeem", &resource, outcome, "-");
                 self.reply(reply_to, reply);
             }
             ControlMsg::Block { ip, reason } => {
-                match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
-                    Ok(()) => tracing::warn!(%ip, ?reason, "source blocked in the kernel gate"),
-                    Err(e) => tracing::debug!(%ip, error = %e, "cannot block source"),
-                }
+                let outcome = match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
+                    Ok(()) => {
+                        tracing::warn!(%ip, ?reason, "source blocked in the kernel gate");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::debug!(%ip, error = %e, "cannot block source");
+                        "failed"
+                    }
+                };
+                let reason = format!("{reason:?}");
+                self.audit
+                    .note("gateway", "gate.block", &reason, outcome, &ip.to_string());
             }
+            msg @ (ControlMsg::AuditWrite { .. }
+            | ControlMsg::AuditRead { .. }
+            | ControlMsg::AuditEvents { .. }) => self.handle_audit(msg),
             ControlMsg::WriteRelationships {
                 reply_to,
                 delete,
                 tuples,
-            } => {
-                for (reply_to, reply) in
-                    self.write_relationships(vec![(reply_to, delete, tuples)], now_s)
-                {
-                    self.reply(reply_to, reply);
-                }
-            }
+            } => self.relationships_batch(vec![(reply_to, delete, tuples)], now_s),
             ControlMsg::CreateChannel {
                 reply_to,
                 id,
@@ -325,26 +428,38 @@ impl ControlPlane {
                 tokens,
             } => {
                 let channel = store::Channel { jtis, expires_at_s };
+                let resource = format!("channel:{id}");
                 let reply = self.create_channel(id, channel, tokens, now_s);
+                let outcome = audit::outcome_of(&reply);
+                self.audit
+                    .note("gateway", "xaa.channel.create", &resource, outcome, "-");
                 self.reply(reply_to, reply);
             }
             ControlMsg::DeleteChannel { reply_to, id } => {
                 let reply = self.delete_channel(reply_to, &id, now_s);
+                let outcome = audit::outcome_of(&reply);
+                self.audit.note(
+                    "gateway",
+                    "xaa.channel.delete",
+                    &format!("channel:{id}"),
+                    outcome,
+                    "-",
+                );
                 self.reply(reply_to, reply);
             }
             ControlMsg::Vault {
                 reply_to,
                 namespace,
                 op,
-            } => {
-                let requests = vec![(reply_to, namespace, op)];
-                for (reply_to, reply) in self.vault.handle_batch(&mut *self.store, requests, now_s)
-                {
-                    self.reply(reply_to, reply);
-                }
-            }
+            } => self.vault_batch(vec![(reply_to, namespace, op)], now_s),
             ControlMsg::RotateKeys { reply_to } => {
                 let reply = self.rotate(now_s);
+                let kid = match &reply {
+                    ControlReply::Rotated { kid, .. } => kid.clone(),
+                    _ => String::new(),
+                };
+                let outcome = audit::outcome_of(&reply);
+                self.audit.note("admin", "keys.rotate", &kid, outcome, "-");
                 self.reply(reply_to, reply);
             }
         }
@@ -385,6 +500,11 @@ impl ControlPlane {
             Ok(committed) => committed,
             Err(e) => {
                 tracing::error!(error = %e, n = ops.len(), "cannot persist revocations");
+                for (_, iss, jti, _) in &pending {
+                    let resource = format!("token:{iss} {jti}");
+                    self.audit
+                        .note("gateway", "token.revoke", &resource, "failed", "-");
+                }
                 let failed = pending
                     .into_iter()
                     .map(|(to, ..)| (to, ControlReply::RevokeFailed));
@@ -395,6 +515,10 @@ impl ControlPlane {
         debug_assert_eq!(committed.outcomes.len(), pending.len());
         for ((reply_to, iss, jti, exp_s), outcome) in pending.into_iter().zip(committed.outcomes) {
             let stored = outcome == store::Outcome::Applied;
+            let resource = format!("token:{iss} {jti}");
+            let word = if stored { "ok" } else { "unchanged" };
+            self.audit
+                .note("gateway", "token.revoke", &resource, word, "-");
             if stored {
                 self.revocations.insert(iss.clone(), jti.clone(), exp_s);
                 self.broadcast(|| ShardMsg::Revoked {
@@ -541,6 +665,7 @@ impl ControlPlane {
         }
         self.revocations.retain_live(now_s);
         self.seen_id_jags.expire(now_s);
+        self.audit.tick(crate::unix_now_ms());
         self.gate.expire();
         match self.store.purge_expired(now_s, MAX_PURGED_PER_TICK) {
             Ok(purged) => self.vault.after_purge(&purged, now_s),
@@ -568,6 +693,7 @@ impl ControlPlane {
                 self.keyring.verifying_keys().count()
             ),
         );
+        self.audit.render_metrics(&mut text);
         self.board.publish_control(text);
     }
 
