@@ -1018,6 +1018,94 @@ fn revoke(b: &mut Bench, server: &mut Server) -> Result<()> {
     Ok(())
 }
 
+/// A `POST /v1/audit/events` body of `n` events.
+fn audit_body(n: u64) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "actor": "bench-client",
+                "action": "bench.write",
+                "resource": format!("doc:{i}"),
+                "outcome": "ok",
+                "source": "198.51.100.7",
+            })
+        })
+        .collect();
+    serde_json::json!({ "events": events })
+}
+
+/// Durable audit writes: batches of 100 at saturation (events/s = req/s × 100), and the
+/// time-to-ack of batches of 10 offered at 10,000 events/s. Each `200` comes after the group
+/// commit's fdatasync on the bench data dir's file system.
+fn audit(b: &mut Bench, server: &mut Server) -> Result<()> {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let sat_body = b.dir.join("audit-100.json");
+    write_json_body(&sat_body, &audit_body(report::AUDIT_SAT_EVENTS_PER_BATCH))?;
+    let rate_body = b.dir.join("audit-10.json");
+    write_json_body(&rate_body, &audit_body(report::AUDIT_RATE_EVENTS_PER_BATCH))?;
+    let probe = fs::read(&sat_body)?;
+    let res = util::http_request(
+        server.addr,
+        "POST",
+        "/v1/audit/events",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &bearer),
+        ],
+        &probe,
+    )?;
+    if res.status != 200 {
+        let status = if res.status == 404 {
+            Status::NotImplemented
+        } else {
+            Status::Failed
+        };
+        let note = format!(
+            "POST /v1/audit/events answered {}: {}",
+            res.status,
+            res.body.trim()
+        );
+        b.rows
+            .push(Row::unmeasured("audit", SUBZERO, LOAD_SAT, status, &note));
+        return Ok(());
+    }
+    let script = write_script(
+        b,
+        "audit.lua",
+        &wrk::post_file_script(
+            "/v1/audit/events",
+            &sat_body.to_string_lossy(),
+            &[("Authorization", &bearer)],
+        ),
+    )?;
+    let load = Load::Wrk {
+        path: "/v1/audit/events",
+        headers: vec![],
+        script: Some(script),
+        n_connections: b.plan.n_connections,
+    };
+    let note = format!(
+        "req/s = batches/s of {} events (events/s = req/s × {0}); CPU µs per batch",
+        report::AUDIT_SAT_EVENTS_PER_BATCH
+    );
+    b.measure(server, "audit", LOAD_SAT, &load, &note);
+    let rate_rps = report::AUDIT_RATE_EVENTS_PER_S / report::AUDIT_RATE_EVENTS_PER_BATCH;
+    let load = Load::Rate {
+        path: "/v1/audit/events",
+        rate_rps,
+        headers: vec![("Authorization", bearer.as_str())],
+        post_body: Some(rate_body),
+        bearer_file: None,
+    };
+    let note = format!(
+        "{} events/s offered as batches of {}; latency = time to the durable 200",
+        report::AUDIT_RATE_EVENTS_PER_S,
+        report::AUDIT_RATE_EVENTS_PER_BATCH
+    );
+    b.measure(server, "audit", &load_rate(rate_rps), &load, &note);
+    Ok(())
+}
+
 /// The generated permission graph, about 1.01M tuples as `(object, relation, subject)`:
 /// every user in two groups, groups nested in `g/10` (so three and four levels deep), folders
 /// with parents and group viewers, documents with a parent folder, a group viewer and (for the
@@ -1343,6 +1431,9 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     }
     if selected("revoke") {
         revoke(b, &mut server)?;
+    }
+    if selected("audit") {
+        audit(b, &mut server)?;
     }
     if selected("permission") {
         permission(b, &mut server, fx)?;

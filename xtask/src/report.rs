@@ -9,12 +9,13 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "auth-hit",
     "auth-cold",
     "batch",
     "token-issue",
     "revoke",
+    "audit",
     "permission",
     "mixed",
     "xdp-flood",
@@ -32,6 +33,13 @@ pub const NGINX: &str = "nginx";
 /// Load descriptions used as row keys.
 pub const LOAD_SAT: &str = "wrk saturation";
 pub const LOAD_PIPE: &str = "wrk pipelined x16";
+
+/// Events per `POST /v1/audit/events` in the audit saturation run.
+pub const AUDIT_SAT_EVENTS_PER_BATCH: u64 = 100;
+/// Events per batch in the audit fixed-rate run.
+pub const AUDIT_RATE_EVENTS_PER_BATCH: u64 = 10;
+/// Offered events per second in the audit fixed-rate run (the issue's time-to-ack target).
+pub const AUDIT_RATE_EVENTS_PER_S: u64 = 10_000;
 
 pub fn load_rate(rate_rps: u64) -> String {
     format!("loadgen {rate_rps} req/s")
@@ -256,7 +264,34 @@ impl Report {
         let mut targets = Vec::new();
         self.hit_targets(rates_rps, &mut targets);
         self.crypto_targets(scaling_note, &mut targets);
+        self.audit_targets(&mut targets);
         self.targets = targets;
+    }
+
+    /// Issue 10's audit targets: durable events/s on one shard, p99 time-to-ack at 10k/s.
+    fn audit_targets(&self, targets: &mut Vec<Target>) {
+        let events_per_s = self
+            .metric("audit", SUBZERO, LOAD_SAT, |r| r.requests_per_s)
+            .map(|rps| rps * AUDIT_SAT_EVENTS_PER_BATCH as f64);
+        targets.push(target(
+            "audit durable events/s (one shard)",
+            Cmp::AtLeast,
+            50_000.0,
+            events_per_s,
+            format!(
+                "wrk saturation, batches of {AUDIT_SAT_EVENTS_PER_BATCH} events; 200 only after the group commit's fdatasync"
+            ),
+        ));
+        let rate_load = load_rate(AUDIT_RATE_EVENTS_PER_S / AUDIT_RATE_EVENTS_PER_BATCH);
+        targets.push(target(
+            "audit p99 time-to-ack µs at 10,000 events/s",
+            Cmp::AtMost,
+            10_000.0,
+            self.metric("audit", SUBZERO, &rate_load, |r| r.p99_us),
+            format!(
+                "loadgen open loop, batches of {AUDIT_RATE_EVENTS_PER_BATCH} events; request sent to 200 after fdatasync"
+            ),
+        ));
     }
 
     fn hit_targets(&self, rates_rps: &[u64], targets: &mut Vec<Target>) {
