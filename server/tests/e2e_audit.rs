@@ -3,7 +3,7 @@
 //! `subzero audit verify`) and the chain verifies; one flipped byte makes `audit verify` name
 //! the record and the server refuse to start; a checkpoint saved before an earlier record was
 //! rewritten (and the chain recomputed) fails verification; the endpoints' auth (401, 403)
-//! and refusals (400, 413); a denial shows up as an event.
+//! and refusals (400, 413); a denial and a key rotation show up as events.
 
 mod common;
 
@@ -375,6 +375,24 @@ fn auth_refusals_and_denials_as_events() {
                     && r["resource"] == "GET /v1/authenticate"
                     && r["outcome"] == "401"
                     && r["source"] == "127.0.0.1"
+            })
+        },
+    );
+    // A decision of the control plane, recorded by it in its own commit.
+    let resp = server.request(
+        "POST",
+        "/v1/keys/rotate",
+        &[("Authorization", &admin())],
+        "",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let kid = resp.json()["kid"].as_str().unwrap().to_owned();
+    poll(
+        "the key rotation as an audit event",
+        Duration::from_secs(10),
+        || {
+            read_all(&server).into_iter().find(|r| {
+                r["action"] == "keys.rotate" && r["actor"] == "admin" && r["resource"] == kid
             })
         },
     );

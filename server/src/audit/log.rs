@@ -417,6 +417,18 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Swaps the active segment's handle for a read-only one, so the next write fails as a
+    /// full disk would (`false`), or back (`true`).
+    #[cfg(test)]
+    pub(super) fn set_writable_for_test(&mut self, writable: bool) {
+        let path = self.active_path().to_owned();
+        self.file = if writable {
+            segment::open_append(&path).unwrap()
+        } else {
+            fs::File::open(&path).unwrap()
+        };
+    }
+
     /// Writes `checkpoint.vkey` if it is missing or differs.
     fn publish_vkey(&self) -> Result<(), AuditError> {
         let vkey = format!("{}\n", self.signer.verifier().to_vkey());

@@ -307,3 +307,32 @@ fn bodies_are_validated_naming_the_field() {
     ));
     assert_eq!(clip("héllo", 2), "h");
 }
+
+#[test]
+fn a_failed_commit_acknowledges_nothing_and_the_log_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut log = open(tmp.path(), &AuditConfig::default()).unwrap();
+    log.commit(&[&events(1, 2)], 5_000);
+    let head = log.head();
+    log.set_writable_for_test(false);
+    let failed = log.commit(&[&events(3, 2), &events(5, 1)], 6_000);
+    assert_eq!(
+        failed,
+        vec![None, None],
+        "nothing of a failed commit is acknowledged"
+    );
+    assert_eq!((log.last_seq(), log.head()), (2, head), "state rolled back");
+    assert_eq!(log.stats().failed_commits, 1);
+    log.set_writable_for_test(true);
+    let placed = log.commit(&[&events(3, 2)], 7_000);
+    assert_eq!(
+        placed,
+        vec![Some(Committed {
+            first_seq: 3,
+            last_seq: 4
+        })]
+    );
+    drop(log);
+    let report = verify_dir(tmp.path(), &[], None).unwrap();
+    assert_eq!((report.last_seq, report.torn_bytes), (4, 0));
+}
