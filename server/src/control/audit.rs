@@ -101,10 +101,15 @@ impl AuditState {
                 (*to, reply)
             })
             .collect();
+        replies
+    }
+
+    /// After the pass's replies are sent: a checkpoint when one is due (its syncs never
+    /// delay an acknowledgement).
+    pub fn after_pass(&mut self, now_ms: u64) {
         if let Err(e) = self.log.maybe_checkpoint(now_ms, false) {
             tracing::error!(error = %e, "cannot write an audit checkpoint");
         }
-        replies
     }
 
     /// Records after `after`.

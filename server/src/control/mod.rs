@@ -299,6 +299,7 @@ impl ControlPlane {
             let reply = self.audit.read(after, limit);
             self.reply(reply_to, reply);
         }
+        self.audit.after_pass(crate::unix_now_ms());
     }
 
     /// An audit message outside a batch: its own commit.
