@@ -228,6 +228,11 @@ pub enum ControlMsg {
         /// At most this many (≤ `audit::MAX_READ_LIMIT`).
         limit: usize,
     },
+    /// A signed checkpoint of the audit log's current head.
+    AuditCheckpoint {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+    },
     /// A shard's own decisions (denials, delegations), buffered and shipped at most once a
     /// second; never acknowledged, so best effort.
     AuditEvents {
@@ -323,6 +328,13 @@ pub enum ControlReply {
     AuditFailed,
     /// Records read back (personal fields opened).
     AuditRecords(Vec<crate::audit::ReadRecord>),
+    /// The latest checkpoint (`None` while the log is empty) and its verifier key.
+    AuditCheckpoint {
+        /// The signed note.
+        note: Option<String>,
+        /// `name+keyid+key`.
+        vkey: String,
+    },
 }
 
 /// Messages to a shard over the mesh.

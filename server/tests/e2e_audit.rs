@@ -268,20 +268,27 @@ fn a_checkpoint_saved_before_a_rewrite_fails_verification() {
         );
         assert_eq!(resp.status, 200, "{}", resp.body);
     }
-    assert!(server.terminate(), "shutdown writes a checkpoint");
+    // A third party takes a signed checkpoint of the head and the verifier key over HTTP.
+    let resp = server.request(
+        "GET",
+        "/v1/audit/checkpoint",
+        &[("Authorization", &admin())],
+        "",
+    );
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let json = resp.json();
+    let note = json["checkpoint"].as_str().unwrap().to_owned();
+    let vkey = json["verifier_key"].as_str().unwrap().to_owned();
+    assert!(server.terminate());
     let cp_dir = dir.join("audit/checkpoints");
-    let latest = std::fs::read_dir(&cp_dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max()
-        .unwrap();
     let saved = tmp.path().join("saved.note");
-    std::fs::copy(&latest, &saved).unwrap();
-    let note = std::fs::read_to_string(&saved).unwrap();
+    std::fs::write(&saved, &note).unwrap();
     assert_eq!(note.lines().nth(1), Some("10"), "tree size: {note}");
     assert!(note.contains("\n\n\u{2014} subzero/audit "), "{note}");
+    assert!(vkey.starts_with("subzero/audit+"), "{vkey}");
     let saved_arg = saved.to_str().unwrap();
-    assert_eq!(verify(dir, &["--checkpoint", saved_arg]).0, 0);
+    let with_key = ["--checkpoint", saved_arg, "--vkey", vkey.as_str()];
+    assert_eq!(verify(dir, &with_key).0, 0);
 
     // Rewrite record 2 and recompute every later hash, then drop the stored checkpoints, as
     // someone covering their tracks would: the chain alone verifies again...
@@ -308,7 +315,7 @@ fn a_checkpoint_saved_before_a_rewrite_fails_verification() {
     let (code, out, err) = verify(dir, &[]);
     assert_eq!(code, 0, "the recomputed chain links: {out}{err}");
     // ...but not up to the head the saved checkpoint holds.
-    let (code, out, err) = verify(dir, &["--checkpoint", saved_arg]);
+    let (code, out, err) = verify(dir, &with_key);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
         err.contains("saved.note") && err.contains("rewritten"),

@@ -20,6 +20,8 @@ use crate::shard::{Cx, Outcome};
 
 /// The path of both audit endpoints.
 pub(super) const AUDIT_PATH: &str = "/v1/audit/events";
+/// The latest signed checkpoint.
+pub(super) const CHECKPOINT_PATH: &str = "/v1/audit/checkpoint";
 /// Scope a bearer token needs for the audit endpoints.
 pub const AUDIT_SCOPE: &str = "audit";
 /// Records returned when `limit` is not given.
@@ -120,6 +122,35 @@ impl ShardApp {
                 (Outcome::Done, Op::Audit)
             }
         }
+    }
+
+    /// `GET /v1/audit/checkpoint`: a signed checkpoint of the current head (same auth).
+    pub(super) fn audit_checkpoint(
+        &mut self,
+        req: &Request<'_>,
+        cx: &mut Cx<'_>,
+        out: &mut Vec<u8>,
+    ) -> (Outcome, Op) {
+        let ka = req.keep_alive;
+        if req.method != Method::Get {
+            let text = "method not allowed on this path";
+            let allow: &[u8] = b"allow: GET";
+            respond::error_with(
+                out,
+                Status::MethodNotAllowed,
+                "invalid_request",
+                text,
+                &[allow],
+                ka,
+            );
+            return (Outcome::Done, Op::Other);
+        }
+        if let Some(refused) = self.refuse_non_auditor(req, cx, out) {
+            return refused;
+        }
+        self.send_to_control(cx, out, ka, Op::Audit, |reply_to| {
+            ControlMsg::AuditCheckpoint { reply_to }
+        })
     }
 
     /// `None` for the admin token or a valid bearer token with scope `audit`; otherwise the
@@ -273,6 +304,17 @@ pub(super) fn render_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             last_seq,
         } => render_written(out, *first_seq, *last_seq, ka),
         ControlReply::AuditRecords(records) => render_records(out, records, ka),
+        ControlReply::AuditCheckpoint {
+            note: Some(note),
+            vkey,
+        } => {
+            let body = serde_json::json!({ "checkpoint": note, "verifier_key": vkey });
+            http::write_json(out, Status::Ok, body.to_string().as_bytes(), ka);
+        }
+        ControlReply::AuditCheckpoint { note: None, .. } => {
+            let text = "the audit log is empty: there is nothing to checkpoint yet";
+            respond::error(out, Status::NotFound, "invalid_request", text, ka);
+        }
         _ => render_failed(out, ka),
     }
 }

@@ -337,6 +337,7 @@ impl ShardApp {
             }
             (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, audit::AUDIT_PATH) => self.audit_events(req, cx, out),
+            (_, audit::CHECKPOINT_PATH) => self.audit_checkpoint(req, cx, out),
             (_, path) if KNOWN_PATHS.contains(&path) => {
                 respond::error(
                     out,

@@ -140,6 +140,7 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
         ControlReply::Vault(reply) => super::vault::render_reply(out, reply, ka),
         ControlReply::AuditWritten { .. }
         | ControlReply::AuditRecords(_)
+        | ControlReply::AuditCheckpoint { .. }
         | ControlReply::AuditFailed => super::audit::render_reply(out, reply, ka),
         ControlReply::RotateFailed => error(
             out,

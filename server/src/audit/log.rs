@@ -59,6 +59,8 @@ pub struct AuditLog {
     signer: Signer,
     /// Tree size and time (ms) of the last checkpoint.
     last_checkpoint: (u64, u64),
+    /// The last checkpoint's signed note.
+    latest_note: Option<String>,
     /// A failed write could not be undone: the file's tail is unknown until a truncate works.
     dirty: bool,
     buf: Vec<u8>,
@@ -133,6 +135,10 @@ impl AuditLog {
         }
         debug_assert!(recovered.next_seq >= recovered.first_seq);
         let file = segment::open_append(&recovered.path)?;
+        let latest_note = match &latest {
+            Some((path, _)) => Some(fs::read_to_string(path).map_err(io_err("read", path))?),
+            None => None,
+        };
         let last_checkpoint = latest.map_or((0, now_ms), |(_, cp)| (cp.size, now_ms));
         let log = AuditLog {
             dir,
@@ -145,6 +151,7 @@ impl AuditLog {
             key,
             signer,
             last_checkpoint,
+            latest_note,
             dirty: false,
             buf: Vec::with_capacity(1 << 20),
             rng: rand::rngs::StdRng::from_entropy(),
@@ -309,9 +316,17 @@ impl AuditLog {
         let dir = self.dir.join(super::CHECKPOINTS_DIR);
         write_durably(&dir, &format!("{size:020}.note"), note.as_bytes())?;
         self.last_checkpoint = (size, now_ms);
+        self.latest_note = Some(note);
         self.stats.checkpoints += 1;
         prune_checkpoints(&dir)?;
         Ok(true)
+    }
+
+    /// A signed checkpoint of the current head (written first if the head moved since the
+    /// last one); `None` while the log is empty.
+    pub fn checkpoint_now(&mut self, now_ms: u64) -> Result<Option<String>, AuditError> {
+        self.maybe_checkpoint(now_ms, true)?;
+        Ok(self.latest_note.clone())
     }
 
     /// Deletes the oldest closed segments beyond the size or age bound; the active one stays.

@@ -210,6 +210,8 @@ fn a_checkpoint_from_before_a_rewrite_fails_verification_and_start() {
     log.commit(&[&events(1, 6)], 5_000);
     assert!(log.maybe_checkpoint(5_000, true).unwrap());
     assert!(!log.maybe_checkpoint(5_000, true).unwrap(), "nothing new");
+    let note = log.checkpoint_now(5_000).unwrap().unwrap();
+    assert_eq!(log.verifier().open(&note).unwrap().size, 6);
     let vkey = log.verifier().to_vkey();
     drop(log);
     let report = verify_dir(tmp.path(), &[], Some(&vkey)).unwrap();

@@ -123,6 +123,20 @@ impl AuditState {
         }
     }
 
+    /// A checkpoint of the current head, for `GET /v1/audit/checkpoint`.
+    pub fn checkpoint(&mut self, now_ms: u64) -> ControlReply {
+        match self.log.checkpoint_now(now_ms) {
+            Ok(note) => ControlReply::AuditCheckpoint {
+                note,
+                vkey: self.log.verifier().to_vkey(),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write an audit checkpoint");
+                ControlReply::AuditFailed
+            }
+        }
+    }
+
     /// Once a second: a checkpoint when due, retention.
     pub fn tick(&mut self, now_ms: u64) {
         if let Err(e) = self.log.maybe_checkpoint(now_ms, false) {

@@ -246,6 +246,7 @@ impl ControlPlane {
         let mut vault_requests = Vec::new();
         let mut audit_writes = Vec::new();
         let mut audit_reads = Vec::new();
+        let mut audit_checkpoints = Vec::new();
         let mut others = Vec::new();
         for msg in batch.drain(..) {
             match msg {
@@ -274,6 +275,7 @@ impl ControlPlane {
                     limit,
                 } => audit_reads.push((reply_to, after, limit)),
                 ControlMsg::AuditEvents { events } => self.audit.take_shard_events(events),
+                ControlMsg::AuditCheckpoint { reply_to } => audit_checkpoints.push(reply_to),
                 other => others.push(other),
             }
         }
@@ -299,6 +301,10 @@ impl ControlPlane {
             let reply = self.audit.read(after, limit);
             self.reply(reply_to, reply);
         }
+        for reply_to in audit_checkpoints {
+            let reply = self.audit.checkpoint(crate::unix_now_ms());
+            self.reply(reply_to, reply);
+        }
         self.audit.after_pass(crate::unix_now_ms());
     }
 
@@ -317,6 +323,10 @@ impl ControlPlane {
                 limit,
             } => {
                 let reply = self.audit.read(after, limit);
+                self.reply(reply_to, reply);
+            }
+            ControlMsg::AuditCheckpoint { reply_to } => {
+                let reply = self.audit.checkpoint(crate::unix_now_ms());
                 self.reply(reply_to, reply);
             }
             ControlMsg::AuditEvents { events } => {
@@ -418,6 +428,7 @@ impl ControlPlane {
             }
             msg @ (ControlMsg::AuditWrite { .. }
             | ControlMsg::AuditRead { .. }
+            | ControlMsg::AuditCheckpoint { .. }
             | ControlMsg::AuditEvents { .. }) => self.handle_audit(msg),
             ControlMsg::WriteRelationships {
                 reply_to,
