@@ -39,7 +39,10 @@ impl Limit {
             (MIN_RATE_PER_S..=MAX_RATE_PER_S).contains(&rate_per_s),
             "rate {rate_per_s} out of range"
         );
-        assert!((1..=MAX_BURST).contains(&burst), "burst {burst} out of range");
+        assert!(
+            (1..=MAX_BURST).contains(&burst),
+            "burst {burst} out of range"
+        );
         let interval_ns = (NS_PER_S as f64 / rate_per_s).ceil() as u64;
         Limit {
             interval_ns: interval_ns.max(1),
@@ -327,7 +330,10 @@ mod tests {
                 reset_after_s: 2, // 20 units at 10/s
             }
         );
-        assert!(allowed(&mut m, "other", limit, 1, 1000), "keys are independent");
+        assert!(
+            allowed(&mut m, "other", limit, 1, 1000),
+            "keys are independent"
+        );
     }
 
     #[test]
@@ -339,10 +345,15 @@ mod tests {
         }
         assert!(!allowed(&mut m, "k", limit, 1, 0));
         assert!(!allowed(&mut m, "k", limit, 1, 99), "not before 100 ms");
-        assert!(allowed(&mut m, "k", limit, 1, 100), "one unit back after 100 ms");
+        assert!(
+            allowed(&mut m, "k", limit, 1, 100),
+            "one unit back after 100 ms"
+        );
         assert!(!allowed(&mut m, "k", limit, 1, 100));
         // Half a second later the whole burst is back, and no more.
-        let n = (0..10).filter(|_| allowed(&mut m, "k", limit, 1, 600)).count();
+        let n = (0..10)
+            .filter(|_| allowed(&mut m, "k", limit, 1, 600))
+            .count();
         assert_eq!(n, 5);
     }
 
@@ -389,7 +400,10 @@ mod tests {
             let bound = 7 + (3 * now_ms) / 1000;
             assert!(n_allowed <= bound, "{n_allowed} > {bound} at {now_ms} ms");
         }
-        assert!(n_allowed >= 7 + 3 * 9, "and it does allow the rate: {n_allowed}");
+        assert!(
+            n_allowed >= 7 + 3 * 9,
+            "and it does allow the rate: {n_allowed}"
+        );
     }
 
     #[test]
@@ -401,7 +415,10 @@ mod tests {
         let c = m.check("c", limit, 1, 0, u32::MAX).unwrap();
         assert!(c.decision.allowed && !c.tracked, "full: fails open");
         assert_eq!(m.untracked, 1);
-        assert!(!allowed(&mut m, "a", limit, 1, 500), "a tracked key still limits");
+        assert!(
+            !allowed(&mut m, "a", limit, 1, 500),
+            "a tracked key still limits"
+        );
         // After their TATs pass, a and b are evicted and c is tracked.
         let c = m.check("c", limit, 1, 5000, u32::MAX).unwrap();
         assert!(c.tracked);

@@ -60,7 +60,10 @@ impl KeyLimiter {
     /// A limiter over `rules` (first matching prefix wins) holding at most `max_keys` keys.
     pub fn new(rules: &[KeyRule], max_keys: usize) -> KeyLimiter {
         KeyLimiter {
-            limits: rules.iter().map(|r| Limit::new(r.rate_per_s, r.burst)).collect(),
+            limits: rules
+                .iter()
+                .map(|r| Limit::new(r.rate_per_s, r.burst))
+                .collect(),
             counts: vec![RuleCounts::default(); rules.len()],
             rules: rules.to_vec(),
             map: GcraMap::new(max_keys),

@@ -147,7 +147,10 @@ mod tests {
 
     #[test]
     fn route_classes_by_path_and_name() {
-        assert_eq!(RouteClass::of_path("/v1/authenticate"), RouteClass::Authenticate);
+        assert_eq!(
+            RouteClass::of_path("/v1/authenticate"),
+            RouteClass::Authenticate
+        );
         assert_eq!(RouteClass::of_path("/v1/vault/a"), RouteClass::Vault);
         assert_eq!(RouteClass::of_path("/v1/xaa/channel/x"), RouteClass::Xaa);
         assert_eq!(RouteClass::of_path("/nope"), RouteClass::Default);

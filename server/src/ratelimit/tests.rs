@@ -43,7 +43,10 @@ fn a_shadow_rule_counts_what_it_would_deny_and_allows() {
     let shadow: Vec<KeyVerdict> = (0..5).map(|_| l.check("shadow:a", 1, 0).unwrap()).collect();
     assert!(shadow.iter().all(|v| v.decision.allowed && v.shadow));
     assert_eq!(shadow.iter().filter(|v| v.shadow_denied).count(), 3);
-    assert_eq!(shadow[4].decision.remaining, 0, "the numbers are the real ones");
+    assert_eq!(
+        shadow[4].decision.remaining, 0,
+        "the numbers are the real ones"
+    );
     let enforced: Vec<bool> = (0..5)
         .map(|_| l.check("login:a", 1, 0).unwrap().decision.allowed)
         .collect();
@@ -161,18 +164,24 @@ fn route_rules_fall_back_to_the_default_and_shadow_never_refuses() {
     ];
     let mut l = SourceLimiter::new(&rules, 1, 0, 64, 3);
     assert_eq!(l.check(RouteClass::Public, ip, 0), SourceVerdict::Allow);
-    assert!(matches!(
-        l.check(RouteClass::Revoke, ip, 0),
-        SourceVerdict::Limit {
-            route: RouteClass::Default,
-            ..
-        }
-    ), "revoke has no rule: the default's bucket, shared with public");
+    assert!(
+        matches!(
+            l.check(RouteClass::Revoke, ip, 0),
+            SourceVerdict::Limit {
+                route: RouteClass::Default,
+                ..
+            }
+        ),
+        "revoke has no rule: the default's bucket, shared with public"
+    );
     for _ in 0..5 {
         assert_eq!(l.check(RouteClass::Token, ip, 0), SourceVerdict::Allow);
     }
     for _ in 0..100 {
-        assert_eq!(l.check(RouteClass::Authenticate, ip, 0), SourceVerdict::Allow);
+        assert_eq!(
+            l.check(RouteClass::Authenticate, ip, 0),
+            SourceVerdict::Allow
+        );
     }
     let counts: Vec<_> = l.counts().collect();
     assert_eq!(counts[1], ("token", 0, 4, 0));
