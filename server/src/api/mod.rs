@@ -159,6 +159,8 @@ pub struct ShardApp {
     key_limiter: crate::ratelimit::KeyLimiter,
     /// Owned work: tickets waiting for other shards, replies owed to them.
     owned: owned::Owned,
+    /// The `RateLimit-Policy` header line of each key rule, rendered once.
+    rate_policies: Vec<String>,
     last_tick_s: u64,
     sweep_slots_left: usize,
     pool_refill_due: bool,
@@ -226,6 +228,15 @@ impl ShardApp {
                 config.ratelimit.max_tracked_keys,
             ),
             owned: owned::Owned::default(),
+            rate_policies: config
+                .ratelimit
+                .key_rules
+                .iter()
+                .map(|r| {
+                    let window_s = crate::ratelimit::Limit::new(r.rate_per_s, r.burst).window_s();
+                    ratecheck::rate_limit_policy(&r.key_prefix, r.burst, window_s)
+                })
+                .collect(),
             metrics_text: (0, String::new()),
             relationships: None,
             decisions: crate::authz::DecisionCache::new(

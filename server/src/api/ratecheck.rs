@@ -61,15 +61,25 @@ pub(super) fn rate_limit_headers(
     window_s: u64,
     d: &Decision,
 ) -> [String; 2] {
+    [
+        rate_limit_policy(name, quota, window_s),
+        rate_limit_state(name, d),
+    ]
+}
+
+/// The `RateLimit-Policy` line (fixed per rule, so rendered once at start for key rules).
+pub(super) fn rate_limit_policy(name: &str, quota: u32, window_s: u64) -> String {
+    format!("ratelimit-policy: \"{name}\";q={quota};w={window_s}")
+}
+
+/// The `RateLimit` line for one decision.
+fn rate_limit_state(name: &str, d: &Decision) -> String {
     let t = if d.allowed {
         d.reset_after_s
     } else {
         d.retry_after_s
     };
-    [
-        format!("ratelimit-policy: \"{name}\";q={quota};w={window_s}"),
-        format!("ratelimit: \"{name}\";r={};t={t}", d.remaining),
-    ]
+    format!("ratelimit: \"{name}\";r={};t={t}", d.remaining)
 }
 
 impl ShardApp {
@@ -185,7 +195,8 @@ impl ShardApp {
     }
 
     /// `200` or `429` with the verdict as JSON (and the RateLimit headers when a rule
-    /// matched), or `400` for a cost no rule can grant.
+    /// matched), or `400` for a cost no rule can grant. Written without a JSON tree: every
+    /// value is a number, a bool, or a prefix checked at start to need no escaping.
     fn write_rate_verdict(
         &self,
         out: &mut Vec<u8>,
@@ -201,41 +212,49 @@ impl ShardApp {
             }
         };
         let d = &v.decision;
-        let rule = v.rule_idx.and_then(|i| self.key_limiter.rules().get(i));
-        let mut body = serde_json::json!({
-            "allowed": d.allowed,
-            "remaining": d.remaining,
-            "retry_after_s": d.retry_after_s,
-            "reset_after_s": d.reset_after_s,
-            "rule": rule.map(|r| r.key_prefix.as_str()),
-            "shadow": v.shadow,
-        });
-        if v.shadow {
-            body["shadow_denied"] = serde_json::Value::Bool(v.shadow_denied);
+        let rule = v
+            .rule_idx
+            .and_then(|i| Some((self.key_limiter.rules().get(i)?, self.rate_policies.get(i)?)));
+        let mut body = String::with_capacity(160);
+        let _ = write!(
+            body,
+            "{{\"allowed\":{},\"remaining\":{},\"retry_after_s\":{},\"reset_after_s\":{},\"rule\":",
+            d.allowed, d.remaining, d.retry_after_s, d.reset_after_s
+        );
+        match rule {
+            Some((r, _)) => {
+                let _ = write!(body, "\"{}\"", r.key_prefix);
+            }
+            None => body.push_str("null"),
         }
-        let body = body.to_string();
-        let mut headers: Vec<String> = Vec::with_capacity(3);
-        if let Some(rule) = rule {
-            let window_s = crate::ratelimit::Limit::new(rule.rate_per_s, rule.burst).window_s();
-            headers.extend(rate_limit_headers(
-                &rule.key_prefix,
-                rule.burst,
-                window_s,
-                d,
-            ));
+        let _ = write!(body, ",\"shadow\":{}", v.shadow);
+        if v.shadow {
+            let _ = write!(body, ",\"shadow_denied\":{}", v.shadow_denied);
+        }
+        body.push('}');
+        // Declared here, set where needed: the header lines borrow them.
+        let (state, retry): (String, String);
+        let mut lines: [&[u8]; 3] = [&[]; 3];
+        let mut n_lines = 0;
+        if let Some((r, policy)) = rule {
+            state = rate_limit_state(&r.key_prefix, d);
+            lines[0] = policy.as_bytes();
+            lines[1] = state.as_bytes();
+            n_lines = 2;
         }
         let status = if d.allowed {
             Status::Ok
         } else {
-            headers.push(format!("retry-after: {}", d.retry_after_s));
+            retry = format!("retry-after: {}", d.retry_after_s);
+            lines[n_lines] = retry.as_bytes();
+            n_lines += 1;
             Status::TooManyRequests
         };
-        let lines: Vec<&[u8]> = headers.iter().map(String::as_bytes).collect();
         http::write_response(
             out,
             status,
             Some("application/json"),
-            &lines,
+            &lines[..n_lines],
             body.as_bytes(),
             ka,
         );
