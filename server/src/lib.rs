@@ -14,6 +14,7 @@ pub mod http;
 pub mod monitor;
 pub mod plane;
 pub mod pool;
+pub mod ratelimit;
 pub mod serve;
 pub mod shard;
 pub mod store;

@@ -42,8 +42,8 @@ enum Task {
         /// Fewer and shorter runs (under three minutes).
         #[arg(long)]
         quick: bool,
-        /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue, audit,
-        /// permission, mixed, xdp-flood, scaling.
+        /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue,
+        /// revoke, audit, permission, ratelimit, mixed, xdp-flood, scaling.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },

@@ -33,13 +33,15 @@ pub enum Op {
     Vault,
     /// Audit write or read handed to the control plane (shard time only).
     Audit,
+    /// `POST /v1/ratelimit/check` (shard time only when the key's owner is another shard).
+    RateLimitCheck,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 12] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
@@ -50,6 +52,7 @@ impl Op {
         Op::PermissionCheck,
         Op::Vault,
         Op::Audit,
+        Op::RateLimitCheck,
         Op::Other,
     ];
 
@@ -66,6 +69,7 @@ impl Op {
             Op::PermissionCheck => "permission_check",
             Op::Vault => "vault",
             Op::Audit => "audit",
+            Op::RateLimitCheck => "ratelimit_check",
             Op::Other => "other",
         }
     }
