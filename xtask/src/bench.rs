@@ -1501,6 +1501,25 @@ fn scaling(b: &mut Bench, fx: &Fixtures) -> Result<String> {
     Ok(note)
 }
 
+/// The ratelimit scenario on two shards: about half the keys are owned by the other shard (one
+/// mesh hop each). On a machine without a spare core per shard both share the server's CPU.
+fn ratelimit_two_shards(b: &mut Bench, fx: &Fixtures) -> Result<()> {
+    let cpus: Vec<usize> = if b.plan.n_cpus >= 4 {
+        vec![1, 2]
+    } else {
+        vec![b.plan.server_cpu]
+    };
+    let saved = std::mem::replace(
+        &mut b.plan.load_cpus,
+        (0..b.plan.n_cpus).filter(|c| !cpus.contains(c)).collect(),
+    );
+    let result = b
+        .start_subzero(&cpus, 2, CONFIG)
+        .and_then(|mut two| ratelimit(b, &mut two, fx, "2 shards"));
+    b.plan.load_cpus = saved;
+    result
+}
+
 /// The one-shard subzero scenarios, on one server instance.
 fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bool) -> Result<()> {
     let server_cpu = [b.plan.server_cpu];
@@ -1552,22 +1571,7 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     b.op_timings = scrape_op_timings(&server)?;
     drop(server);
     if selected("ratelimit") {
-        // Two shards: about half the keys are owned by the other shard (one mesh hop each).
-        // On a machine without a spare core per shard both share the server's CPU.
-        let cpus: Vec<usize> = if b.plan.n_cpus >= 4 {
-            vec![1, 2]
-        } else {
-            server_cpu.to_vec()
-        };
-        let saved = std::mem::replace(
-            &mut b.plan.load_cpus,
-            (0..b.plan.n_cpus).filter(|c| !cpus.contains(c)).collect(),
-        );
-        let result = b
-            .start_subzero(&cpus, 2, CONFIG)
-            .and_then(|mut two| ratelimit(b, &mut two, fx, "2 shards"));
-        b.plan.load_cpus = saved;
-        result?;
+        ratelimit_two_shards(b, fx)?;
     }
     if selected("auth-cold") || selected("batch") {
         let mut cold = b.start_subzero(&server_cpu, 1, CONFIG_COLD)?;
