@@ -12,7 +12,9 @@ use serde::Deserialize;
 use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
+mod security;
 mod xaa;
+pub use security::{RiskConfig, RiskWeights, SignalWeights, ThreatConfig};
 pub use xaa::XaaConfig;
 
 /// A configuration error: one sentence saying what, where and what to do.
@@ -128,6 +130,10 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
     pub permissions: Option<std::sync::Arc<crate::authz::Schema>>,
+    /// `[threat]`: threat-check signals, weights, thresholds and table bounds.
+    pub threat: ThreatConfig,
+    /// `[risk]`: risk-assessment factors and decision thresholds.
+    pub risk: RiskConfig,
 }
 
 /// `[server]`.
@@ -308,6 +314,8 @@ impl Default for Config {
                 revocations_per_subject_burst: 50,
             },
             permissions: None,
+            threat: ThreatConfig::default(),
+            risk: RiskConfig::default(),
         }
     }
 }
@@ -335,6 +343,10 @@ struct FileConfig {
     ratelimit: FileRateLimit,
     #[serde(default)]
     permissions: FilePermissions,
+    #[serde(default)]
+    threat: security::FileThreat,
+    #[serde(default)]
+    risk: security::FileRisk,
 }
 
 #[derive(Deserialize, Default)]
@@ -505,6 +517,8 @@ impl Config {
         })?;
         let mut c = Config {
             xaa: XaaConfig::from_file(file.xaa),
+            threat: ThreatConfig::from_file(file.threat),
+            risk: RiskConfig::from_file(file.risk),
             ..Config::default()
         };
         apply_server(&mut c.server, file.server, base)?;
@@ -654,6 +668,8 @@ impl Config {
             1 << 24,
         )?;
         self.xaa.validate(&self.auth.issuer)?;
+        self.threat.validate()?;
+        self.risk.validate()?;
         self.validate_id_jag_issuers()?;
         Ok(())
     }
