@@ -4,6 +4,8 @@
 //! zero-width characters removed, every whitespace run one space), with each match mapped back
 //! to its byte span in the original text for the evidence.
 
+use std::collections::HashSet;
+
 use aho_corasick::{AhoCorasick, MatchKind};
 
 use super::{excerpt, Signal, SignalKind};
@@ -70,6 +72,7 @@ impl PromptScanner {
     pub fn from_text(text: &str) -> Result<PromptScanner, PatternError> {
         let mut version = None;
         let mut phrases: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
         for (idx, raw) in text.lines().enumerate() {
             let line = raw.trim();
             // `# ` starts a comment; `###` is a phrase (a chat-template heading).
@@ -89,8 +92,8 @@ impl PromptScanner {
             })?;
             for phrase in expanded {
                 let (normal, _) = normalize(&phrase);
-                let normal = normal.trim().to_owned();
-                if !normal.is_empty() && !phrases.contains(&normal) {
+                let normal = String::from_utf8_lossy(&normal).trim().to_owned();
+                if !normal.is_empty() && seen.insert(normal.clone()) {
                     phrases.push(normal);
                 }
             }
@@ -122,6 +125,11 @@ impl PromptScanner {
         &self.version
     }
 
+    /// Heap bytes of the compiled automaton.
+    pub fn automaton_bytes(&self) -> usize {
+        self.automaton.memory_usage()
+    }
+
     /// How many phrases the set expanded to.
     pub fn n_phrases(&self) -> usize {
         self.bounded.len()
@@ -130,7 +138,7 @@ impl PromptScanner {
     /// Up to [`MAX_MATCHES`] matches, in order of their end, overlapping ones included.
     pub fn scan(&self, text: &str) -> Vec<PromptMatch> {
         let (normal, origin) = normalize(text);
-        let bytes = normal.as_bytes();
+        let bytes = normal.as_slice();
         let mut found: Vec<PromptMatch> = Vec::new();
         for m in self.automaton.find_overlapping_iter(&normal) {
             let (at_start, at_end) = self.bounded[m.pattern().as_usize()];
@@ -144,7 +152,7 @@ impl PromptScanner {
             let last = origin[m.end() - 1] as usize;
             let end = last + text[last..].chars().next().map_or(1, char::len_utf8);
             found.push(PromptMatch {
-                phrase: normal[m.start()..m.end()].to_owned(),
+                phrase: String::from_utf8_lossy(&normal[m.start()..m.end()]).into_owned(),
                 start,
                 end,
             });
@@ -191,32 +199,48 @@ fn invisible(c: char) -> bool {
 }
 
 /// The text lowercased, invisible characters dropped and whitespace runs collapsed to one
-/// space; and for each byte of it, the offset in `text` of the character it came from.
-fn normalize(text: &str) -> (String, Vec<u32>) {
-    let mut out = String::with_capacity(text.len());
+/// space (UTF-8 bytes); and for each byte of it, the offset in `text` of the character it
+/// came from.
+fn normalize(text: &str) -> (Vec<u8>, Vec<u32>) {
+    let mut out: Vec<u8> = Vec::with_capacity(text.len());
     let mut origin: Vec<u32> = Vec::with_capacity(text.len());
     let mut in_space = false;
-    for (idx, c) in text.char_indices() {
+    let bytes = text.as_bytes();
+    let mut idx = 0;
+    while idx < bytes.len() {
+        let b = bytes[idx];
+        let at = idx as u32;
+        // ASCII, the common case, byte by byte; anything else as a character.
+        if b.is_ascii() {
+            idx += 1;
+            if b.is_ascii_whitespace() || b == 0x0b {
+                if !in_space {
+                    out.push(b' ');
+                    origin.push(at);
+                    in_space = true;
+                }
+            } else {
+                out.push(b.to_ascii_lowercase());
+                origin.push(at);
+                in_space = false;
+            }
+            continue;
+        }
+        let c = text[idx..].chars().next().unwrap_or(' ');
+        idx += c.len_utf8();
         if c.is_whitespace() {
             if !in_space {
-                out.push(' ');
-                origin.push(idx as u32);
+                out.push(b' ');
+                origin.push(at);
                 in_space = true;
             }
-            continue;
-        }
-        if invisible(c) {
-            continue;
-        }
-        in_space = false;
-        if c.is_ascii() {
-            out.push(c.to_ascii_lowercase());
-            origin.push(idx as u32);
-        } else {
+        } else if !invisible(c) {
+            in_space = false;
+            let mut buf = [0u8; 4];
             for lower in c.to_lowercase() {
-                out.push(lower);
-                origin.resize(out.len(), idx as u32);
+                out.extend_from_slice(lower.encode_utf8(&mut buf).as_bytes());
             }
+            origin.resize(out.len(), at);
         }
     }
     debug_assert_eq!(out.len(), origin.len());
@@ -284,7 +308,7 @@ mod tests {
         assert!(expand("a }b").is_err());
         assert!(expand("{a{b}}").is_err());
         let (n, origin) = normalize("  IGNORE\u{200B}\t\nAll É");
-        assert_eq!(n, " ignore all é");
+        assert_eq!(n, " ignore all é".as_bytes());
         assert_eq!(origin[1], 2);
         assert_eq!(origin[7], 11, "the collapsed whitespace maps to the tab");
         assert_eq!(
