@@ -594,6 +594,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_block_parses_to_exactly_the_defaults() {
+        let readme = include_str!("../../../README.md");
+        let start = readme
+            .find("[threat]\nflag_threshold")
+            .expect("README has [threat]");
+        let len = readme[start..].find("```").expect("the block ends");
+        let c = Config::from_toml(&readme[start..start + len], Path::new(".")).unwrap();
+        assert_eq!(c.threat, ThreatConfig::default());
+        assert_eq!(c.risk, RiskConfig::default());
+    }
+
+    #[test]
     fn keys_override_the_defaults() {
         let text = r#"
 [threat]

@@ -19,6 +19,10 @@
 //! state lives in exactly one table, so splitting a stream over N owners gives the same signals
 //! as one table (tested in `tests.rs`). A part carries the score of the signals already known
 //! when it was sent (`prior_score`), so each table remembers a recent score for its key.
+//! When the action is `block`, the wiring puts the source on the kernel blocklist for
+//! `threat.block_ttl_s` with reason `threat` and tells the source's owner
+//! ([`SourceTable::note_block`]); the source table also records the blocks its own signals
+//! cause, and two blocks within a second count once.
 //!
 //! Risk ([`parse_risk`]) asks the subject's owner for [`SubjectFacts`]
 //! ([`SubjectTable::risk_facts`]: recent failures, threat score, new device or network, last

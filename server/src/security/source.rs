@@ -286,16 +286,20 @@ fn stuffing(
     now_ms: u64,
 ) -> Option<Signal> {
     let window_ms = ms(cfg.stuffing_window_s);
-    let mut users: Vec<u64> = failures
+    let n_attempts = failures
         .iter()
         .rev()
         .take_while(|(at, _)| now_ms.saturating_sub(*at) <= window_ms)
-        .map(|(_, user)| *user)
-        .collect();
-    let n_attempts = users.len();
+        .count();
     if n_attempts < cfg.stuffing_min_attempts {
         return None;
     }
+    let mut users: Vec<u64> = failures
+        .iter()
+        .rev()
+        .take(n_attempts)
+        .map(|(_, user)| *user)
+        .collect();
     users.sort_unstable();
     users.dedup();
     let n_users = users.len();
