@@ -910,3 +910,38 @@ fn splitting_a_stream_over_n_owners_gives_the_signals_of_one_table() {
         }
     }
 }
+
+#[test]
+fn a_credential_stuffing_run_through_the_bodies_blocks_the_source() {
+    let (c, d) = (cfg(), Detectors::embedded().unwrap());
+    let mut owners = Owners::new(&c, 2);
+    let mut actions = Vec::new();
+    for i in 0..30u64 {
+        let body = format!(
+            r#"{{"event":"login","subject":"victim{i}","source_ip":"203.0.113.9","outcome":"failure"}}"#
+        );
+        let event = parse_threat(body.as_bytes(), c.max_text_bytes).unwrap();
+        let parts = split(event, &c, &d);
+        let mut signals = parts.signals;
+        let source = parts.source.unwrap();
+        let owner = owners.owner(source.source.to_string().as_bytes());
+        signals.extend(owners.sources[owner].observe(&source, T0 + i * 20 * SEC));
+        let (score, action) = combine(&c, &signals);
+        actions.push(action);
+        if i == 24 {
+            let out: serde_json::Value =
+                serde_json::from_slice(&render_threat(score, action, &signals)).unwrap();
+            assert_eq!(out["action"], "block", "{out}");
+            assert_eq!(out["signals"][0]["name"], "credential_stuffing", "{out}");
+            assert_eq!(out["signals"][0]["weight"], 0.9, "{out}");
+        }
+    }
+    assert!(
+        actions[..24].iter().all(|a| *a == Action::None),
+        "{actions:?}"
+    );
+    assert!(
+        actions[24..].iter().all(|a| *a == Action::Block),
+        "{actions:?}"
+    );
+}
