@@ -945,3 +945,20 @@ fn a_credential_stuffing_run_through_the_bodies_blocks_the_source() {
         "{actions:?}"
     );
 }
+
+#[test]
+fn parts_facts_and_tables_can_cross_the_mesh() {
+    fn send<T: Send + 'static>() {}
+    send::<SourcePart>();
+    send::<SubjectPart>();
+    send::<DomainPart>();
+    send::<SubjectQuery>();
+    send::<SourceFacts>();
+    send::<SubjectFacts>();
+    send::<Vec<Signal>>();
+    send::<SourceTable>();
+    send::<SubjectTable>();
+    send::<DomainTable>();
+    fn shared<T: Send + Sync>() {}
+    shared::<Detectors>();
+}
