@@ -949,6 +949,7 @@ fn a_credential_stuffing_run_through_the_bodies_blocks_the_source() {
 #[test]
 fn parts_facts_and_tables_can_cross_the_mesh() {
     fn send<T: Send + 'static>() {}
+    fn shared<T: Send + Sync>() {}
     send::<SourcePart>();
     send::<SubjectPart>();
     send::<DomainPart>();
@@ -959,6 +960,5 @@ fn parts_facts_and_tables_can_cross_the_mesh() {
     send::<SourceTable>();
     send::<SubjectTable>();
     send::<DomainTable>();
-    fn shared<T: Send + Sync>() {}
     shared::<Detectors>();
 }
