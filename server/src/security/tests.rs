@@ -962,3 +962,18 @@ fn parts_facts_and_tables_can_cross_the_mesh() {
     send::<DomainTable>();
     shared::<Detectors>();
 }
+
+#[test]
+fn risk_saturation_counts_are_capped_at_what_the_tables_remember() {
+    use std::path::Path;
+
+    use crate::config::Config;
+    let parse = |key: &str, n: usize| {
+        Config::from_toml(&format!("[risk]\n{key} = {n}\n"), Path::new("."))
+            .and_then(|c| c.validate().map(|()| c))
+    };
+    assert!(parse("failures_saturate", MAX_RECENT_FAILURES).is_ok());
+    assert!(parse("failures_saturate", MAX_RECENT_FAILURES + 1).is_err());
+    assert!(parse("blocks_saturate", MAX_BLOCKS_REMEMBERED).is_ok());
+    assert!(parse("blocks_saturate", MAX_BLOCKS_REMEMBERED + 1).is_err());
+}
