@@ -13,6 +13,7 @@ pub mod http;
 pub mod monitor;
 pub mod plane;
 pub mod pool;
+pub mod ratelimit;
 pub mod security;
 pub mod serve;
 pub mod shard;

@@ -326,6 +326,23 @@ pub enum ShardMsg {
         /// One per token.
         verdicts: Vec<Verdict>,
     },
+    /// Work on state this shard owns (the owner of a key), for a request that arrived on
+    /// shard `origin`; answered with `OwnedDone` to `origin`.
+    Owned {
+        /// Shard that holds the deferred response.
+        origin: usize,
+        /// The deferred response at the origin.
+        ticket: Ticket,
+        /// What to do.
+        work: OwnedWork,
+    },
+    /// The owner's answer to `Owned`, back at the origin.
+    OwnedDone {
+        /// The deferred response it completes.
+        ticket: Ticket,
+        /// What the owner decided.
+        result: OwnedResult,
+    },
     /// The control plane's answer to a deferred request.
     Reply {
         /// The deferred response it completes.
@@ -333,6 +350,26 @@ pub enum ShardMsg {
         /// What happened.
         reply: ControlReply,
     },
+}
+
+/// Work a key's owner shard does on state only it holds. The shard that received the
+/// request validated it (and its caller) already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedWork {
+    /// `POST /v1/ratelimit/check`: take `cost` units for `key`.
+    Rate {
+        /// The key (1 to `ratelimit::MAX_KEY_BYTES` bytes).
+        key: String,
+        /// Units to take (at least 1).
+        cost: u32,
+    },
+}
+
+/// What the owner decided for an [`OwnedWork`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedResult {
+    /// The rate check's verdict, or why the cost can never be granted.
+    Rate(Result<crate::ratelimit::KeyVerdict, crate::ratelimit::CostError>),
 }
 
 /// A vault operation; the shard has authenticated the caller and validated the name, the

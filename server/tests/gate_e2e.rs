@@ -465,6 +465,102 @@ fn rate_limit_offender_lands_on_the_kernel_blocklist() {
     );
 }
 
+/// The per-source route limit on two shards, end to end with the kernel: a source over its
+/// `route = "public"` rate gets 429s with `Retry-After` and the RateLimit headers (its one
+/// connection sits on one shard, which enforces half the burst), is reported and listed with
+/// reason `ratelimit`, is dropped by XDP on the veth, and is served again once the short
+/// `gate.block_ttl_s` has passed.
+#[test]
+fn route_limit_offender_is_blocked_in_the_kernel_then_served_after_the_ttl() {
+    let Some(_g) = setup("gate e2e route-limit offender with TTL") else {
+        return;
+    };
+    let ns = NetNs::veth('r');
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
+    let [good, offender] = ns.peer_ips;
+    let (block_after, ttl_s) = (3usize, 3u64);
+    let config = dir.path().join("subzero.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\ndata_dir = \"{}\"\nshards = 2\n\
+             [gate]\nxdp = [\"{}\"]\nblock_ttl_s = {ttl_s}\n\
+             [ratelimit]\nblock_after_rejections = {block_after}\n\
+             [[ratelimit.rules]]\nroute = \"public\"\nrate_per_s = 1.0\nburst = 4\n",
+            dir.path().join("data").display(),
+            ns.host_if
+        ),
+    )
+    .unwrap();
+    let args = vec!["--config".to_owned(), config.display().to_string()];
+    let _server = Server::start(&args, None, addr, &ns, good);
+    assert_eq!(block_list(), serde_json::json!([]), "nothing blocked yet");
+
+    let (statuses, heads) = ns.run(move || {
+        let mut s = support::connect_from(offender, addr, Duration::from_secs(5)).unwrap();
+        let (mut statuses, mut heads) = (Vec::new(), Vec::new());
+        while statuses.iter().filter(|&&c| c == 429).count() < block_after {
+            assert!(statuses.len() < 20, "never refused: {statuses:?}");
+            let (status, head) = healthz_keep_alive(&mut s).expect("an answer before the block");
+            statuses.push(status);
+            heads.push(head);
+        }
+        abort_on_close(&s);
+        (statuses, heads)
+    });
+    let mut want = vec![200; 2];
+    want.extend(vec![429; block_after]);
+    assert_eq!(
+        statuses, want,
+        "this shard's half of the burst, then refused"
+    );
+    let refused = &heads[2];
+    assert!(refused.contains("retry-after: 2\r\n"), "{refused}");
+    assert!(
+        refused.contains("ratelimit-policy: \"public\";q=4;w=4\r\n"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("ratelimit: \"public\";r=0;t=2\r\n"),
+        "{refused}"
+    );
+
+    let list = wait_for("the offender on the blocklist", COUNT_WAIT, || {
+        let list = block_list();
+        if list.as_array().is_some_and(|v| !v.is_empty()) {
+            Ok(list)
+        } else {
+            Err(list)
+        }
+    });
+    assert_eq!(list[0]["cidr"], format!("{offender}/32"), "{list}");
+    assert_eq!(list[0]["reason"], "ratelimit", "{list}");
+    assert!(list[0]["expires_in_s"].as_u64() <= Some(ttl_s), "{list}");
+
+    // Dropped in the kernel while listed (one SYN counted as drop_block), the other source
+    // served; then, past the TTL, served again.
+    let before = stats();
+    let blocked = ns.run(move || healthz_from(offender, addr, T));
+    assert!(blocked.is_err(), "the offender gets no answer: {blocked:?}");
+    wait_for("drop_block counts its SYN", COUNT_WAIT, || {
+        let doc = stats();
+        if counter(&doc, "drop_block") > counter(&before, "drop_block") {
+            Ok(())
+        } else {
+            Err(doc)
+        }
+    });
+    let served = ns.run(move || healthz_from(good, addr, T));
+    assert!(served.is_ok_and(|l| l.contains("200")));
+    wait_for("the offender served after the TTL", COUNT_WAIT, || match ns
+        .run(move || healthz_from(offender, addr, T))
+    {
+        Ok(line) if line.contains("200") => Ok(()),
+        other => Err(other),
+    });
+}
+
 /// Makes `close` send one RST instead of a FIN that would be retransmitted.
 fn abort_on_close(s: &std::net::TcpStream) {
     use std::os::fd::AsRawFd as _;

@@ -79,6 +79,8 @@ const FLOOD_PPS: u64 = 200_000;
 const PERMISSION_RATE_RPS: u64 = 20_000;
 /// Fixed offered rate for cold-verify latency: well under one core's verify rate.
 const COLD_RATE_RPS: u64 = 5_000;
+/// Keys the ratelimit scenario rotates through (all under one generous rule).
+const N_RATE_KEYS: usize = 10_000;
 /// Fixed offered rate for the token-issue pool-hit measurement.
 const TOKEN_RATE_RPS: u64 = 1_000;
 
@@ -711,6 +713,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 /// Everything shared by the subzero scenarios.
 struct Fixtures {
     bearer: String,
+    /// A token with scope `ratelimit`, for `POST /v1/ratelimit/check`.
+    ratelimit_bearer: String,
     n_tokens: usize,
     tokens_file: PathBuf,
     batch_body: PathBuf,
@@ -743,11 +747,21 @@ fn prepare(b: &mut Bench) -> Result<Fixtures> {
              # scenario measures the revocation path itself.\n\
              [admin]\ntoken_file = \"{ADMIN_TOKEN_FILE}\"\n\
              [permissions]\nschema_file = \"{PERMISSION_SCHEMA_FILE}\"\n\
-             [ratelimit]\nrevocations_per_s = 0\n\n{clients}"
+             [ratelimit]\nrevocations_per_s = 0\n\
+             [[ratelimit.rules]]\nkey_prefix = \"bench:\"\nrate_per_s = 1000000.0\nburst = 1000000\n\n{clients}"
         ),
     )?;
     let subzero = b.bin("subzero")?;
     let token = issue_tokens(&subzero, &data_dir, 1)?.remove(0);
+    let ratelimit_token = util::output(
+        Command::new(&subzero)
+            .args(["token", "issue", "--data-dir"])
+            .arg(&data_dir)
+            .args(["--sub", "bench", "--aud", "subzero", "--ttl-s", "3600"])
+            .args(["--scope", "ratelimit"]),
+    )?
+    .trim()
+    .to_string();
     let started = std::time::Instant::now();
     let tokens = issue_tokens(&subzero, &data_dir, N_TOKENS)?;
     println!(
@@ -762,6 +776,7 @@ fn prepare(b: &mut Bench) -> Result<Fixtures> {
     write_json_body(&batch_body, &serde_json::json!({ "tokens": batch }))?;
     Ok(Fixtures {
         bearer: format!("Bearer {token}"),
+        ratelimit_bearer: format!("Bearer {ratelimit_token}"),
         n_tokens: tokens.len(),
         tokens_file,
         batch_body,
@@ -1200,6 +1215,91 @@ fn permission(b: &mut Bench, server: &mut Server, fx: &Fixtures) -> Result<()> {
     Ok(())
 }
 
+/// `POST /v1/ratelimit/check` against a cache-hit authenticate on the same server, in the
+/// same run: rotating keys under one generous rule (every check allowed, every one does the
+/// GCRA work), a bearer token with scope `ratelimit` (a cache hit, like the baseline). On two
+/// shards about half the checks go to the key's owner over the mesh.
+fn ratelimit(b: &mut Bench, server: &mut Server, fx: &Fixtures, shards: &str) -> Result<()> {
+    let probe = util::http_request(
+        server.addr,
+        "POST",
+        "/v1/ratelimit/check",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", &fx.ratelimit_bearer),
+        ],
+        b"{\"key\":\"bench:probe\"}",
+    )?;
+    if probe.status != 200 {
+        b.rows.push(Row::unmeasured(
+            "ratelimit",
+            SUBZERO,
+            &format!("check, {shards}"),
+            if probe.status == 404 {
+                Status::NotImplemented
+            } else {
+                Status::Failed
+            },
+            &format!(
+                "POST /v1/ratelimit/check answered {}: {}",
+                probe.status,
+                probe.body.trim()
+            ),
+        ));
+        return Ok(());
+    }
+    let baseline = Load::Wrk {
+        path: AUTH_PATH,
+        headers: vec![("Authorization", fx.bearer.as_str())],
+        script: None,
+        n_connections: b.plan.n_connections,
+    };
+    b.warm_up(server, &baseline)?;
+    b.measure(
+        server,
+        "ratelimit",
+        &format!("auth-hit baseline, {shards}"),
+        &baseline,
+        "GET /v1/authenticate cache hit on the same server, just before the checks",
+    );
+    let script = write_script(
+        b,
+        "ratelimit.lua",
+        &wrk::ratelimit_rotate_script(&fx.ratelimit_bearer, N_RATE_KEYS),
+    )?;
+    let checks = Load::Wrk {
+        path: "/v1/ratelimit/check",
+        headers: vec![],
+        script: Some(script),
+        n_connections: b.plan.n_connections,
+    };
+    b.warm_up(server, &checks)?;
+    let before = scrape(server)?;
+    b.measure(
+        server,
+        "ratelimit",
+        &format!("check, {shards}"),
+        &checks,
+        &format!("{N_RATE_KEYS} rotating keys, all allowed; bearer token with scope ratelimit (cache hit)"),
+    );
+    let after = scrape(server)?;
+    let delta = |name: &str| metrics::sum(&after, name) - metrics::sum(&before, name);
+    let hops = delta("subzero_owned_hops_sent_total");
+    let checks_done = delta("subzero_ratelimit_checks_total");
+    if let Some(row) = b.rows.last_mut().filter(|r| r.status == Status::Measured) {
+        let _ = write!(
+            row.note,
+            "; {:.0}% of checks crossed the mesh to their owner shard",
+            if checks_done > 0.0 {
+                hops * 100.0 / checks_done
+            } else {
+                0.0
+            }
+        );
+    }
+    Ok(())
+}
+
 fn mixed(
     b: &mut Bench,
     server: &mut Server,
@@ -1350,8 +1450,29 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     if selected("mixed") {
         mixed(b, &mut server, fx, token_req.as_ref())?;
     }
+    if selected("ratelimit") {
+        ratelimit(b, &mut server, fx, "1 shard")?;
+    }
     b.op_timings = scrape_op_timings(&server)?;
     drop(server);
+    if selected("ratelimit") {
+        // Two shards: about half the keys are owned by the other shard (one mesh hop each).
+        // On a machine without a spare core per shard both share the server's CPU.
+        let cpus: Vec<usize> = if b.plan.n_cpus >= 4 {
+            vec![1, 2]
+        } else {
+            server_cpu.to_vec()
+        };
+        let saved = std::mem::replace(
+            &mut b.plan.load_cpus,
+            (0..b.plan.n_cpus).filter(|c| !cpus.contains(c)).collect(),
+        );
+        let result = b
+            .start_subzero(&cpus, 2, CONFIG)
+            .and_then(|mut two| ratelimit(b, &mut two, fx, "2 shards"));
+        b.plan.load_cpus = saved;
+        result?;
+    }
     if selected("auth-cold") || selected("batch") {
         let mut cold = b.start_subzero(&server_cpu, 1, CONFIG_COLD)?;
         if selected("auth-cold") {

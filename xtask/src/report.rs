@@ -9,13 +9,14 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "auth-hit",
     "auth-cold",
     "batch",
     "token-issue",
     "revoke",
     "permission",
+    "ratelimit",
     "mixed",
     "xdp-flood",
     "scaling",
@@ -23,6 +24,8 @@ pub const SCENARIOS: [&str; 9] = [
 
 /// Our server's name in rows.
 pub const SUBZERO: &str = "subzero";
+/// The ratelimit scenario's target: a check costs at most this many cache-hit authenticates.
+pub const RATELIMIT_CHECK_MAX_RATIO: f64 = 1.2;
 pub const HYPER_HELLO: &str = "peer-hyper-hello";
 pub const HYPER_GATEWAY: &str = "peer-hyper-gateway";
 pub const GLOMMIO_HELLO: &str = "peer-glommio-hello";
@@ -256,6 +259,7 @@ impl Report {
         let mut targets = Vec::new();
         self.hit_targets(rates_rps, &mut targets);
         self.crypto_targets(scaling_note, &mut targets);
+        self.ratelimit_targets(&mut targets);
         self.targets = targets;
     }
 
@@ -336,6 +340,34 @@ impl Report {
                 None => "no offered rate that both servers sustained (≥ 95% achieved)".to_string(),
             },
         );
+    }
+
+    /// A rate-limit check against a cache-hit authenticate on the same server in the same run.
+    fn ratelimit_targets(&self, targets: &mut Vec<Target>) {
+        let cpu = |r: &Row| r.cpu_us_per_req;
+        for (shards, what) in [
+            ("1 shard", "all local"),
+            ("2 shards", "about half cross-shard"),
+        ] {
+            let check = self.metric("ratelimit", SUBZERO, &format!("check, {shards}"), cpu);
+            let base = self.metric(
+                "ratelimit",
+                SUBZERO,
+                &format!("auth-hit baseline, {shards}"),
+                cpu,
+            );
+            targets.push(target(
+                &format!("ratelimit check CPU/req ÷ auth-hit CPU/req ({shards}, {what})"),
+                Cmp::AtMost,
+                RATELIMIT_CHECK_MAX_RATIO,
+                ratio(check, base),
+                format!(
+                    "server CPU µs per request, wrk saturation, same server and run: check {} µs, auth-hit {} µs",
+                    fmt_num(check, 2),
+                    fmt_num(base, 2)
+                ),
+            ));
+        }
     }
 
     fn crypto_targets(&self, scaling_note: &str, targets: &mut Vec<Target>) {

@@ -12,6 +12,8 @@ mod authz;
 mod batch;
 mod budget;
 mod channel;
+mod owned;
+mod ratecheck;
 mod ratelimit;
 mod respond;
 mod token;
@@ -151,7 +153,14 @@ pub struct ShardApp {
     hists: OpHistograms,
     counters: Counters,
     batches: batch::Batches,
-    limiter: ratelimit::IpLimiter,
+    /// The per-source limits of every request (this shard's share of each route rule).
+    source_limiter: crate::ratelimit::SourceLimiter,
+    /// The `POST /v1/ratelimit/check` keys this shard owns.
+    key_limiter: crate::ratelimit::KeyLimiter,
+    /// Owned work: tickets waiting for other shards, replies owed to them.
+    owned: owned::Owned,
+    /// The `RateLimit-Policy` header line of each key rule, rendered once.
+    rate_policies: Vec<String>,
     last_tick_s: u64,
     sweep_slots_left: usize,
     pool_refill_due: bool,
@@ -193,6 +202,7 @@ impl ShardApp {
         let cache = CuckooCache::new(config.auth.cache_entries_per_shard, cache_seed);
         let verifier = keys.verifier.clone();
         let default_keys = token::default_pool_keys(config);
+        let n_shards = outbox.n_shards();
         ShardApp {
             idx,
             control,
@@ -206,12 +216,27 @@ impl ShardApp {
             hists: OpHistograms::new(),
             counters: Counters::new(),
             batches: batch::Batches::default(),
-            limiter: ratelimit::IpLimiter::new(
-                config.ratelimit.per_ip_rps,
-                config.ratelimit.per_ip_burst,
+            source_limiter: crate::ratelimit::SourceLimiter::new(
+                &config.ratelimit.route_rules,
+                n_shards,
+                idx,
                 config.ratelimit.max_tracked_ips,
                 config.ratelimit.block_after_rejections,
             ),
+            key_limiter: crate::ratelimit::KeyLimiter::new(
+                &config.ratelimit.key_rules,
+                config.ratelimit.max_tracked_keys,
+            ),
+            owned: owned::Owned::default(),
+            rate_policies: config
+                .ratelimit
+                .key_rules
+                .iter()
+                .map(|r| {
+                    let window_s = crate::ratelimit::Limit::new(r.rate_per_s, r.burst).window_s();
+                    ratecheck::rate_limit_policy(&r.key_prefix, r.burst, window_s)
+                })
+                .collect(),
             metrics_text: (0, String::new()),
             relationships: None,
             decisions: crate::authz::DecisionCache::new(
@@ -285,6 +310,7 @@ impl ShardApp {
             (Method::Post, "/v1/token") => self.issue_token(req, cx, out),
             (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
             (Method::Post, "/v1/permissions/check") => self.permission_check(req, cx, out),
+            (Method::Post, ratecheck::RATELIMIT_CHECK_PATH) => self.ratelimit_check(req, cx, out),
             (Method::Post, "/v1/relationships") => self.write_relationships(req, cx, out, false),
             (Method::Delete, "/v1/relationships") => self.write_relationships(req, cx, out, true),
             (Method::Get, "/v1/relationships") => done(self.list_relationships(req, out)),
@@ -355,26 +381,45 @@ impl ShardApp {
         }
     }
 
-    /// Routes `req` if its source is within its rate, else answers 429 (and reports a repeat
+    /// Routes `req` if its source is within its rate for the request's route class, else
+    /// answers 429 with `Retry-After` and the RateLimit headers (and reports a repeat
     /// offender to the control plane for the kernel blocklist).
     fn limited(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> (Outcome, Op) {
-        let now_ms = crate::unix_now_ms();
-        let verdict = self.limiter.check(cx.peer, now_ms);
-        match self.refusal(verdict, cx.peer) {
-            None => self.route(req, cx, out),
-            Some(retry_after_s) => {
-                let retry = format!("retry-after: {retry_after_s}");
-                respond::error_with(
-                    out,
-                    Status::TooManyRequests,
-                    "rate_limited",
-                    "too many requests from this address",
-                    &[retry.as_bytes()],
-                    req.keep_alive,
-                );
-                (Outcome::Done, Op::Other)
-            }
+        let class = crate::ratelimit::RouteClass::of_path(req.path);
+        let verdict = self
+            .source_limiter
+            .check(class, cx.peer, crate::unix_now_ms());
+        let crate::ratelimit::SourceVerdict::Limit {
+            route,
+            decision,
+            report,
+        } = verdict
+        else {
+            return self.route(req, cx, out);
+        };
+        if report {
+            self.report_offender(cx.peer);
         }
+        let mut headers = vec![format!("retry-after: {}", decision.retry_after_s)];
+        if let Some(rule) = self.source_limiter.rule_for(class) {
+            let window_s = crate::ratelimit::Limit::new(rule.rate_per_s, rule.burst).window_s();
+            headers.extend(ratecheck::rate_limit_headers(
+                route.label(),
+                rule.burst,
+                window_s,
+                &decision,
+            ));
+        }
+        let lines: Vec<&[u8]> = headers.iter().map(String::as_bytes).collect();
+        respond::error_with(
+            out,
+            Status::TooManyRequests,
+            "rate_limited",
+            "too many requests from this address",
+            &lines,
+            req.keep_alive,
+        );
+        (Outcome::Done, Op::Other)
     }
 
     /// `Some(retry_after_s)` for a limited verdict; a source that crossed its report threshold
@@ -457,7 +502,10 @@ impl ShardApp {
             ("subzero_pool_refilled_total", p.refilled),
             ("subzero_pool_tokens", p.tokens as u64),
             ("subzero_revoked_jti", self.revoked.len() as u64),
-            ("subzero_ratelimit_tracked_ips", self.limiter.len() as u64),
+            (
+                "subzero_ratelimit_tracked_ips",
+                self.source_limiter.n_tracked() as u64,
+            ),
         ];
         let r = &self.runtime;
         let runtime = [
@@ -489,6 +537,7 @@ impl ShardApp {
             self.shared.mesh_gauges.depth(shard)
         );
         self.xaa.render_metrics(shard, &mut text);
+        self.render_rate_metrics(&mut text);
         self.shared.board.publish_shard(shard, text);
     }
 }
@@ -500,6 +549,7 @@ const KNOWN_PATHS: &[&str] = &[
     "/v1/revoke",
     "/v1/keys/rotate",
     "/v1/permissions/check",
+    "/v1/ratelimit/check",
     "/v1/relationships",
     "/v1/xaa/channel",
     "/v1/xaa/delegate",
@@ -515,7 +565,7 @@ impl Handler for ShardApp {
     fn handle(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> Outcome {
         let started = Instant::now();
         let out_start = out.len();
-        let (outcome, op) = if self.limiter.enabled() {
+        let (outcome, op) = if self.source_limiter.enabled() {
             self.limited(req, cx, out)
         } else {
             self.route(req, cx, out)
@@ -523,7 +573,8 @@ impl Handler for ShardApp {
         if outcome == Outcome::Later {
             // Offered again at the connection's next turn: charge it then, not twice.
             debug_assert_eq!(out.len(), out_start, "Later writes nothing");
-            self.limiter.refund(cx.peer);
+            let class = crate::ratelimit::RouteClass::of_path(req.path);
+            self.source_limiter.refund(class, cx.peer);
             return outcome;
         }
         if req.method == Method::Head {
@@ -559,6 +610,7 @@ impl Handler for ShardApp {
             let deferred_timeout_s = self.config().server.limits.deferred_timeout_s;
             self.echo_tickets
                 .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
+            self.owned.expire(now_s, deferred_timeout_s);
             self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
             self.pool_refill_due = true;
             self.publish_metrics();
@@ -578,6 +630,7 @@ impl Handler for ShardApp {
         }
         // Batch jobs: a chunk per pass, after the requests of the pass.
         more |= self.run_jobs(now_s, ready);
+        more |= self.owned.flush(&mut self.outbox);
         self.echo_deferred(ready, n_ready);
         more
     }
@@ -610,6 +663,23 @@ impl ShardApp {
                 offset,
                 verdicts,
             } => self.on_batch_done(batch_id, offset, verdicts, ready),
+            ShardMsg::Owned {
+                origin,
+                ticket,
+                work,
+            } => {
+                let result = self.do_owned(work);
+                self.owned.reply(&mut self.outbox, origin, ticket, result);
+            }
+            ShardMsg::OwnedDone { ticket, result } => {
+                // `None`: answered 503 by the runtime's deferred timeout already.
+                if let Some(keep_alive) = self.owned.complete(ticket) {
+                    let mut response = Vec::new();
+                    self.render_owned(&mut response, &result, keep_alive);
+                    self.counters.count_status(respond::status_of(&response));
+                    ready.push((ticket, response));
+                }
+            }
             ShardMsg::Relationships(snapshot) => self.relationships = Some(snapshot),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));

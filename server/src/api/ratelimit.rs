@@ -1,6 +1,7 @@
-//! Rate limits of one shard: a token bucket per key (a source IP, or a token subject) in a
-//! bounded map. A source that keeps hitting the limit is reported to the control plane, which
-//! blocks it in the kernel.
+//! Budgets of one shard for costly work: a token bucket per key (a source IP, or a token
+//! subject) in a bounded map, for failed verifications and revocations. A source that keeps
+//! hitting one is reported to the control plane, which blocks it in the kernel. (The request
+//! rate limits are GCRA, in `crate::ratelimit`.)
 //!
 //! Decision code: takes `now_ms`, does no I/O.
 
@@ -61,11 +62,6 @@ impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
         }
     }
 
-    /// Whether the limiter is on.
-    pub fn enabled(&self) -> bool {
-        self.rps > 0
-    }
-
     /// Whether `ip` has no whole token now, without taking one (refills first). A source it
     /// does not track has a full bucket.
     pub fn exhausted(&mut self, ip: K, now_ms: u64) -> bool {
@@ -80,14 +76,6 @@ impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
         bucket.milli_tokens = (bucket.milli_tokens + elapsed_ms * rps).min(burst * 1000);
         bucket.last_ms = now_ms;
         bucket.milli_tokens < 1000
-    }
-
-    /// Gives back the token `check` took for a request that was not served after all (it is
-    /// offered again later and will be checked again).
-    pub fn refund(&mut self, ip: K) {
-        if let Some(bucket) = self.buckets.get_mut(&ip) {
-            bucket.milli_tokens = (bucket.milli_tokens + 1000).min(self.burst * 1000);
-        }
     }
 
     /// Takes one token for `ip`.
@@ -140,11 +128,6 @@ impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
         let (rps, burst) = (self.rps, self.burst);
         self.buckets
             .retain(|_, b| b.milli_tokens + now_ms.saturating_sub(b.last_ms) * rps < burst * 1000);
-    }
-
-    /// Sources tracked now.
-    pub fn len(&self) -> usize {
-        self.buckets.len()
     }
 }
 
@@ -219,10 +202,10 @@ mod tests {
         assert_eq!(l.check(ip(2), 0), Verdict::Allow);
         assert_eq!(l.check(ip(3), 0), Verdict::Allow);
         assert_eq!(l.untracked, 1);
-        assert_eq!(l.len(), 2);
+        assert_eq!(l.buckets.len(), 2);
         // Once the others refill they are evicted and the new source is tracked.
         assert_eq!(l.check(ip(3), 5000), Verdict::Allow);
-        assert!(l.len() <= 2);
+        assert!(l.buckets.len() <= 2);
         assert_eq!(l.untracked, 1, "ip 3 is tracked now");
         // A flood of new sources scans for evictions at most once a second.
         for n in 10..20 {
@@ -234,7 +217,6 @@ mod tests {
     #[test]
     fn disabled_allows_everything() {
         let mut l = IpLimiter::new(0, 0, 2, 3);
-        assert!(!l.enabled());
         for n in 0..10 {
             assert_eq!(l.check(ip(n), 0), Verdict::Allow);
         }

@@ -12,8 +12,10 @@ use serde::Deserialize;
 use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
+mod ratelimit;
 mod security;
 mod xaa;
+pub use ratelimit::{MAX_RULES, MAX_TRACKED_KEYS};
 pub use security::{RiskConfig, RiskWeights, SignalWeights, ThreatConfig};
 pub use xaa::XaaConfig;
 
@@ -231,9 +233,10 @@ pub struct PoolConfig {
 /// `[ratelimit]`.
 #[derive(Debug, Clone)]
 pub struct RateLimitConfig {
-    /// Sustained requests per second per source IP, per shard; 0 disables.
+    /// Sustained requests per second per source IP for the whole server (the `default` route
+    /// rule, split over the shards); 0: no default rule.
     pub per_ip_rps: u32,
-    /// Burst per source IP.
+    /// Burst per source IP (0: one second's worth).
     pub per_ip_burst: u32,
     /// Source IPs tracked per shard (bounded map).
     pub max_tracked_ips: usize,
@@ -255,6 +258,14 @@ pub struct RateLimitConfig {
     pub revocations_per_subject_per_s: u32,
     /// Burst of holder revocations per subject.
     pub revocations_per_subject_burst: u32,
+    /// `[[ratelimit.rules]]` with `key_prefix`, in order (first match wins).
+    pub key_rules: Vec<crate::ratelimit::KeyRule>,
+    /// `[[ratelimit.rules]]` with `route`, plus `per_ip_rps` as the `default` route; each
+    /// limits a source for the whole server (every shard enforces its share).
+    pub route_rules: Vec<crate::ratelimit::RouteRule>,
+    /// Keys of `POST /v1/ratelimit/check` tracked per shard (bounded map; fails open when
+    /// full).
+    pub max_tracked_keys: usize,
 }
 
 impl Default for Config {
@@ -312,6 +323,9 @@ impl Default for Config {
                 revocations_burst: 100,
                 revocations_per_subject_per_s: 10,
                 revocations_per_subject_burst: 50,
+                key_rules: Vec::new(),
+                route_rules: Vec::new(),
+                max_tracked_keys: 65_536,
             },
             permissions: None,
             threat: ThreatConfig::default(),
@@ -456,6 +470,9 @@ struct FileRateLimit {
     revocations_burst: Option<u32>,
     revocations_per_subject_per_s: Option<u32>,
     revocations_per_subject_burst: Option<u32>,
+    max_tracked_keys: Option<usize>,
+    #[serde(default)]
+    rules: Vec<ratelimit::FileRule>,
 }
 
 /// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
@@ -607,6 +624,14 @@ impl Config {
             &mut c.ratelimit.revocations_per_subject_burst,
             r.revocations_per_subject_burst,
         );
+        set(&mut c.ratelimit.max_tracked_keys, r.max_tracked_keys);
+        let (key_rules, route_rules) = ratelimit::parse_rules(r.rules)?;
+        c.ratelimit.key_rules = key_rules;
+        c.ratelimit.route_rules = ratelimit::with_per_ip_default(
+            route_rules,
+            c.ratelimit.per_ip_rps,
+            c.ratelimit.per_ip_burst,
+        )?;
         Ok(c)
     }
 
@@ -666,6 +691,12 @@ impl Config {
             self.ratelimit.max_tracked_ips,
             16,
             1 << 24,
+        )?;
+        check_range(
+            "ratelimit.max_tracked_keys",
+            self.ratelimit.max_tracked_keys,
+            16,
+            MAX_TRACKED_KEYS,
         )?;
         self.xaa.validate(&self.auth.issuer)?;
         self.threat.validate()?;

@@ -31,13 +31,15 @@ pub enum Op {
     PermissionCheck,
     /// Vault request handed to the control plane (shard time only, not the round trip).
     Vault,
+    /// `POST /v1/ratelimit/check` (shard time only when the key's owner is another shard).
+    RateLimitCheck,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 10] = [
+    pub const ALL: [Op; 11] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
@@ -47,6 +49,7 @@ impl Op {
         Op::PermissionHit,
         Op::PermissionCheck,
         Op::Vault,
+        Op::RateLimitCheck,
         Op::Other,
     ];
 
@@ -62,6 +65,7 @@ impl Op {
             Op::PermissionHit => "permission_cache_hit",
             Op::PermissionCheck => "permission_check",
             Op::Vault => "vault",
+            Op::RateLimitCheck => "ratelimit_check",
             Op::Other => "other",
         }
     }
