@@ -589,12 +589,7 @@ impl Config {
         }
         apply_gate(&mut c.gate, file.gate);
         c.gate.data_dir.clone_from(&c.server.data_dir);
-        let p = file.pool;
-        set(&mut c.pool.min_remaining_s, p.min_remaining_s);
-        set(&mut c.pool.freshness_s, p.freshness_s);
-        set(&mut c.pool.max_per_key, p.max_per_key);
-        set(&mut c.pool.max_total, p.max_total);
-        set(&mut c.pool.refill_budget, p.refill_budget);
+        apply_pool(&mut c.pool, &file.pool);
         let r = file.ratelimit;
         set(&mut c.ratelimit.per_ip_rps, r.per_ip_rps);
         set(&mut c.ratelimit.per_ip_burst, r.per_ip_burst);
@@ -763,6 +758,14 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// `[gate]` keys onto the gate's defaults. A rate given without its burst gets a burst of two
 /// seconds' worth, so setting a rate alone never leaves its bucket off.
+fn apply_pool(pool: &mut PoolConfig, p: &FilePool) {
+    set(&mut pool.min_remaining_s, p.min_remaining_s);
+    set(&mut pool.freshness_s, p.freshness_s);
+    set(&mut pool.max_per_key, p.max_per_key);
+    set(&mut pool.max_total, p.max_total);
+    set(&mut pool.refill_budget, p.refill_budget);
+}
+
 fn apply_gate(gate: &mut GateConfig, g: FileGate) {
     gate.xdp_ifaces = g.xdp;
     if let Some(rate) = g.syn_rate_per_s {

@@ -300,8 +300,8 @@ impl ControlPlane {
                 let reply = self.redeem_id_jag(reply_to, iss, jti, keep_until_s, token, now_s);
                 self.reply(reply_to, reply);
             }
-            ControlMsg::Block { ip, reason } => {
-                match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
+            ControlMsg::Block { ip, reason, ttl_s } => {
+                match self.gate.block(Cidr::host(ip), ttl_s, reason, boot_ns()) {
                     Ok(()) => tracing::warn!(%ip, ?reason, "source blocked in the kernel gate"),
                     Err(e) => tracing::debug!(%ip, error = %e, "cannot block source"),
                 }

@@ -33,13 +33,17 @@ pub enum Op {
     Vault,
     /// `POST /v1/ratelimit/check` (shard time only when the key's owner is another shard).
     RateLimitCheck,
+    /// `POST /v1/threat/check` (shard time only, at the origin, when a part crossed the mesh).
+    ThreatCheck,
+    /// `POST /v1/risk/assess` (likewise).
+    RiskAssess,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 11] = [
+    pub const ALL: [Op; 13] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
@@ -50,6 +54,8 @@ impl Op {
         Op::PermissionCheck,
         Op::Vault,
         Op::RateLimitCheck,
+        Op::ThreatCheck,
+        Op::RiskAssess,
         Op::Other,
     ];
 
@@ -66,6 +72,8 @@ impl Op {
             Op::PermissionCheck => "permission_check",
             Op::Vault => "vault",
             Op::RateLimitCheck => "ratelimit_check",
+            Op::ThreatCheck => "threat_check",
+            Op::RiskAssess => "risk_assess",
             Op::Other => "other",
         }
     }
