@@ -84,19 +84,18 @@ impl Drop for Serve {
     }
 }
 
-#[test]
-fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat_ttl() {
-    if !privileged("gate threat block") {
-        return;
-    }
-    let _pins = PinLock::take_and_clear_pins();
-    let ns = NetNs::veth('t');
-    let dir = tempfile::tempdir().unwrap();
-    let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
-    let [caller, attacker] = ns.peer_ips;
-    let (gate_ttl_s, threat_ttl_s) = (900u64, 3u64);
-    std::fs::write(dir.path().join("admin.token"), ADMIN).unwrap();
-    let config = dir.path().join("subzero.toml");
+/// Starts `subzero serve` on two shards with the gate on `ns`'s veth and waits until a
+/// namespace address gets `/healthz`.
+fn start(
+    ns: &NetNs,
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    gate_ttl_s: u64,
+    threat_ttl_s: u64,
+) -> Serve {
+    let probe = ns.peer_ips[0];
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    let config = dir.join("subzero.toml");
     std::fs::write(
         &config,
         format!(
@@ -104,7 +103,7 @@ fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat
              [admin]\ntoken_file = \"admin.token\"\n\
              [gate]\nxdp = [\"{}\"]\nblock_ttl_s = {gate_ttl_s}\n\
              [threat]\nblock_ttl_s = {threat_ttl_s}\n",
-            dir.path().join("data").display(),
+            dir.join("data").display(),
             ns.host_if
         ),
     )
@@ -116,15 +115,30 @@ fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start subzero serve");
-    let _server = Serve(child);
+    let server = Serve(child);
     wait_for(
         "the server answers /healthz",
         Duration::from_secs(30),
-        || match ns.run(move || healthz_from(attacker, addr, T)) {
+        || match ns.run(move || healthz_from(probe, addr, T)) {
             Ok(line) if line.contains("200") => Ok(()),
             other => Err(other),
         },
     );
+    server
+}
+
+#[test]
+fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat_ttl() {
+    if !privileged("gate threat block") {
+        return;
+    }
+    let _pins = PinLock::take_and_clear_pins();
+    let ns = NetNs::veth('t');
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
+    let [caller, attacker] = ns.peer_ips;
+    let (gate_ttl_s, threat_ttl_s) = (900u64, 3u64);
+    let _server = start(&ns, dir.path(), addr, gate_ttl_s, threat_ttl_s);
     assert_eq!(block_list(), serde_json::json!([]), "nothing blocked yet");
 
     // The login service (caller) reports 25 failed logins of 25 users from the attacker, one
