@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 10] = [
+pub const SCENARIOS: [&str; 11] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -17,6 +17,7 @@ pub const SCENARIOS: [&str; 10] = [
     "revoke",
     "permission",
     "ratelimit",
+    "threat",
     "mixed",
     "xdp-flood",
     "scaling",
