@@ -95,6 +95,36 @@ fn part_route(part: &ThreatPart, idx: usize, n_shards: usize) -> Route {
     }
 }
 
+/// Sources this shard blocked recently, remembered at most [`MAX_RECENT_BLOCKS`].
+const MAX_RECENT_BLOCKS: usize = 4096;
+
+/// The sources this shard sent to the blocklist and until when it will not send them again
+/// (half the block's TTL, so a source that keeps attacking is re-blocked before its entry
+/// expires, and the control plane, which persists the blocklist on every change, sees one block
+/// per source per half-TTL per shard instead of one per check). Bounded by
+/// [`MAX_RECENT_BLOCKS`]: when full of live entries, a new source is blocked without being
+/// remembered.
+#[derive(Debug, Default)]
+struct RecentBlocks {
+    until_ms: std::collections::HashMap<IpAddr, u64>,
+}
+
+impl RecentBlocks {
+    /// Whether to send a block for `ip` now (and remember it until `now_ms + quiet_ms`).
+    fn should_send(&mut self, ip: IpAddr, now_ms: u64, quiet_ms: u64) -> bool {
+        if self.until_ms.get(&ip).is_some_and(|&until| until > now_ms) {
+            return false;
+        }
+        if self.until_ms.len() >= MAX_RECENT_BLOCKS {
+            self.until_ms.retain(|_, until| *until > now_ms);
+        }
+        if self.until_ms.len() < MAX_RECENT_BLOCKS || self.until_ms.contains_key(&ip) {
+            self.until_ms.insert(ip, now_ms.saturating_add(quiet_ms));
+        }
+        true
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Debug, Default)]
 struct SecCounters {
@@ -114,6 +144,8 @@ struct SecCounters {
     blocks: u64,
     /// Blocks dropped because the control queue was full (the next block check reports again).
     blocks_dropped: u64,
+    /// Blocking checks whose source this shard had blocked within the last half-TTL.
+    blocks_repeated: u64,
     /// Block notes to a source's owner dropped because its edge was full.
     notes_dropped: u64,
 }
@@ -125,6 +157,7 @@ pub(super) struct SecurityState {
     subjects: SubjectTable,
     domains: DomainTable,
     gathers: Gathers,
+    recent_blocks: RecentBlocks,
     counters: SecCounters,
 }
 
@@ -135,6 +168,7 @@ impl SecurityState {
             subjects: SubjectTable::new(&config.threat, seed.rotate_left(13) ^ 0x5b1e),
             domains: DomainTable::new(&config.threat),
             gathers: Gathers::default(),
+            recent_blocks: RecentBlocks::default(),
             counters: SecCounters::default(),
         }
     }
@@ -420,16 +454,26 @@ impl ShardApp {
     }
 
     /// Puts `ip` on the kernel blocklist for `threat.block_ttl_s` (best effort: a full control
-    /// queue drops it, and the source's next blocking check reports again) and tells its owner.
+    /// queue drops it, and the source's next blocking check reports again) and tells its owner;
+    /// at most once per half-TTL per source from this shard (`RecentBlocks`).
     fn block_threat(&mut self, ip: IpAddr, now_ms: u64) {
+        let ttl_s = self.shared.config.threat.block_ttl_s;
+        let quiet_ms = ttl_s.saturating_mul(500);
+        if !self.sec.recent_blocks.should_send(ip, now_ms, quiet_ms) {
+            self.sec.counters.blocks_repeated += 1;
+            return;
+        }
         let msg = ControlMsg::Block {
             ip,
             reason: crate::gate::BlockReason::Threat,
-            ttl_s: Some(self.shared.config.threat.block_ttl_s),
+            ttl_s: Some(ttl_s),
         };
         match self.control.try_send(msg) {
             Ok(()) => self.sec.counters.blocks += 1,
-            Err(_) => self.sec.counters.blocks_dropped += 1,
+            Err(_) => {
+                self.sec.counters.blocks_dropped += 1;
+                self.sec.recent_blocks.until_ms.remove(&ip); // the next check tries again
+            }
         }
         match source_route(ip, self.idx, self.outbox.n_shards()) {
             Route::Local => self.sec.sources.note_block(ip, now_ms),
@@ -475,7 +519,8 @@ impl ShardApp {
             ("subzero_threat_table_keys", "gauge", "Keys held in this shard's threat tables."),
             ("subzero_threat_table_evictions_total", "counter", "Keys evicted from full threat tables."),
             ("subzero_threat_parts_total", "counter", "Keyed parts of threat checks and risk queries: observed locally, sent to their owner shard, or served for another shard."),
-            ("subzero_threat_blocks_total", "counter", "Sources sent to the kernel blocklist by threat checks (dropped: the control queue was full)."),
+            ("subzero_threat_blocks_total", "counter", "Blocking threat checks: block sent to the control plane, dropped (control queue full), repeated (sent by this shard within the last half-TTL), or the owner's note dropped."),
+            ("subzero_security_gather_stray_total", "counter", "Owner answers that matched no open gather (their ticket had timed out)."),
             ("subzero_risk_assessments_total", "counter", "Risk assessments answered, by decision."),
             ("subzero_security_gathers_open", "gauge", "Threat checks and risk assessments waiting for owner shards."),
         ];
@@ -524,8 +569,10 @@ impl ShardApp {
             text,
             "subzero_threat_blocks_total{{shard=\"{shard}\",result=\"sent\"}} {}\n\
              subzero_threat_blocks_total{{shard=\"{shard}\",result=\"dropped\"}} {}\n\
-             subzero_threat_blocks_total{{shard=\"{shard}\",result=\"note_dropped\"}} {}",
-            c.blocks, c.blocks_dropped, c.notes_dropped
+             subzero_threat_blocks_total{{shard=\"{shard}\",result=\"repeated\"}} {}\n\
+             subzero_threat_blocks_total{{shard=\"{shard}\",result=\"note_dropped\"}} {}\n\
+             subzero_security_gather_stray_total{{shard=\"{shard}\"}} {}",
+            c.blocks, c.blocks_dropped, c.blocks_repeated, c.notes_dropped, s.gathers.n_stray
         );
         for (d, n) in DECISIONS.iter().zip(&c.assessments) {
             let _ = writeln!(
@@ -539,5 +586,36 @@ impl ShardApp {
             "subzero_security_gathers_open{{shard=\"{shard}\"}} {}",
             s.gathers.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_is_blocked_once_per_half_ttl_and_the_memory_is_bounded() {
+        let mut r = RecentBlocks::default();
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(r.should_send(ip, 0, 1000));
+        assert!(!r.should_send(ip, 999, 1000), "within the quiet time");
+        assert!(
+            r.should_send(ip, 1000, 1000),
+            "re-blocked before the TTL ends"
+        );
+        let mut r = RecentBlocks::default();
+        for i in 0..MAX_RECENT_BLOCKS as u32 {
+            assert!(r.should_send(IpAddr::from(i.to_be_bytes()), 0, 1000));
+        }
+        let extra: IpAddr = "198.51.100.1".parse().unwrap();
+        assert!(r.should_send(extra, 10, 1000), "full: sent, not remembered");
+        assert!(r.should_send(extra, 11, 1000));
+        assert_eq!(r.until_ms.len(), MAX_RECENT_BLOCKS);
+        assert!(
+            r.should_send(extra, 2000, 1000),
+            "expired entries make room"
+        );
+        assert_eq!(r.until_ms.len(), 1);
+        assert!(!r.should_send(extra, 2001, 1000));
     }
 }
