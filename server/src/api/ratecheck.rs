@@ -190,8 +190,12 @@ impl ShardApp {
                 OwnedResult::Rate(self.key_limiter.check(&key, cost, now_ms))
             }
             OwnedWork::Threat(part) => OwnedResult::Threat(self.observe_part(&part, now_ms, true)),
-            OwnedWork::RiskSubject(q) => OwnedResult::RiskSubject(self.subject_facts(&q, now_ms)),
-            OwnedWork::RiskSource(ip) => OwnedResult::RiskSource(self.source_facts(ip, now_ms)),
+            OwnedWork::RiskSubject(q) => {
+                OwnedResult::RiskSubject(self.subject_facts(&q, now_ms, true))
+            }
+            OwnedWork::RiskSource(ip) => {
+                OwnedResult::RiskSource(self.source_facts(ip, now_ms, true))
+            }
         }
     }
 

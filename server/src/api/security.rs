@@ -302,9 +302,9 @@ impl ShardApp {
             return done;
         };
         let now_ms = crate::unix_now_ms();
-        let subject = local_query.map(|q| self.subject_facts(&q, now_ms));
-        let source =
-            (source_route == Route::Local).then(|| self.source_facts(request.source_ip, now_ms));
+        let subject = local_query.map(|q| self.subject_facts(&q, now_ms, false));
+        let source = (source_route == Route::Local)
+            .then(|| self.source_facts(request.source_ip, now_ms, false));
         match deferred {
             None => {
                 let (subject, source) = (subject.unwrap_or_default(), source.unwrap_or_default());
@@ -360,12 +360,7 @@ impl ShardApp {
         now_ms: u64,
         for_other: bool,
     ) -> Vec<Signal> {
-        let c = &mut self.sec.counters;
-        if for_other {
-            c.parts_served += 1;
-        } else {
-            c.parts_local += 1;
-        }
+        self.count_part(for_other);
         match part {
             ThreatPart::Source(p) => self.sec.sources.observe(p, now_ms),
             ThreatPart::Subject(p) => self.sec.subjects.observe(p, now_ms),
@@ -373,15 +368,31 @@ impl ShardApp {
         }
     }
 
+    fn count_part(&mut self, for_other: bool) {
+        let c = &mut self.sec.counters;
+        if for_other {
+            c.parts_served += 1;
+        } else {
+            c.parts_local += 1;
+        }
+    }
+
     /// Owner side (or local): the subject's facts for risk.
-    pub(super) fn subject_facts(&mut self, q: &SubjectQuery, now_ms: u64) -> SubjectFacts {
+    pub(super) fn subject_facts(
+        &mut self,
+        q: &SubjectQuery,
+        now_ms: u64,
+        for_other: bool,
+    ) -> SubjectFacts {
+        self.count_part(for_other);
         self.sec
             .subjects
             .risk_facts(q, &self.shared.config.risk, now_ms)
     }
 
     /// Owner side (or local): the source's facts for risk.
-    pub(super) fn source_facts(&mut self, ip: IpAddr, now_ms: u64) -> SourceFacts {
+    pub(super) fn source_facts(&mut self, ip: IpAddr, now_ms: u64, for_other: bool) -> SourceFacts {
+        self.count_part(for_other);
         self.sec
             .sources
             .risk_facts(ip, &self.shared.config.risk, now_ms)
