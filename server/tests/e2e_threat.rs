@@ -292,6 +292,23 @@ fn credential_stuffing_over_many_connections_blocks_at_the_25th_attempt() {
 fn risk_is_allow_for_a_known_subject_and_step_up_for_a_failing_one() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
+    // A subject never seen: only the unknown network and the missing strong authentication
+    // count (0.15 and 0.2: 1 - 0.85 × 0.8 = 0.32).
+    let out = assess(
+        &server,
+        &json!({"subject": "newcomer", "source_ip": "10.7.0.1", "scopes": ["read"]}),
+    );
+    assert_eq!(out["decision"], "allow", "{out}");
+    assert_eq!(out["score"], 0.32, "{out}");
+    assert_eq!(
+        out["factors"][5],
+        json!({"name": "new_network", "contribution": 0.15})
+    );
+    assert_eq!(
+        out["factors"][7],
+        json!({"name": "stale_strong_auth", "contribution": 0.2})
+    );
+
     // dave logged in with MFA from his laptop: the same laptop and network ask for read.
     let mut ok = login("dave", "10.8.0.1", "success");
     ok["device"] = json!("laptop");
@@ -337,7 +354,7 @@ fn risk_is_allow_for_a_known_subject_and_step_up_for_a_failing_one() {
     let recent = out["factors"][0]["contribution"].as_f64().unwrap();
     assert!((recent - 0.24).abs() < 1e-9, "3 of 5 × 0.4: {out}");
     server.wait_metrics("assessments by decision", |t| {
-        metric_sum_matching(t, "subzero_risk_assessments_total", "decision=\"allow\"") == 1
+        metric_sum_matching(t, "subzero_risk_assessments_total", "decision=\"allow\"") == 2
             && metric_sum_matching(t, "subzero_risk_assessments_total", "decision=\"step_up\"") == 1
     });
 }
