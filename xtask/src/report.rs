@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -18,6 +18,7 @@ pub const SCENARIOS: [&str; 11] = [
     "audit",
     "permission",
     "ratelimit",
+    "threat",
     "mixed",
     "xdp-flood",
     "scaling",
