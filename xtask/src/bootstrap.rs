@@ -279,6 +279,7 @@ pub fn package(out_dir: Option<&Path>) -> Result<()> {
         binary: &binary,
         version: &version,
         out_dir: &out_dir,
+        compression: "xz",
     })
     .context("could not build the Debian package")?;
     println!("{}", deb.display());
