@@ -207,7 +207,8 @@ fn unit_limit(unit: &str, key: &str, resource: libc::__rlimit_resource_t) -> lib
         rlim_max: 0,
     };
     // SAFETY: valid out-pointer.
-    assert_eq!(unsafe { libc::getrlimit(resource, &raw mut cur) }, 0);
+    let rc = unsafe { libc::getrlimit(resource, &raw mut cur) };
+    assert_eq!(rc, 0);
     if want > cur.rlim_max {
         eprintln!(
             "{key}={text}: this process may grant at most {} (no CAP_SYS_RESOURCE); using that",
