@@ -23,6 +23,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use subzero::config::Config;
 use support::{connect_from, privileged, wait_for, NetNs, PinLock};
 
 /// The capabilities the unit must grant, no more (systemd's spelling).
@@ -347,6 +348,24 @@ fn assert_authenticates(ns: &NetNs, addr: SocketAddr) {
     );
     let refused = http_from(ns, ns.peer_ips[0], addr, "/v1/authenticate", "not.a.token");
     assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+}
+
+/// The conffile spells out the built-in defaults: parsed, it is the configuration an empty file
+/// gives, except `data_dir`. Runs everywhere (no root needed).
+#[test]
+fn conffile_spells_out_the_built_in_defaults() {
+    let base = Path::new("/etc/subzero");
+    let mut packaged = Config::from_toml(package::CONFIG, base).expect("the conffile parses");
+    assert_eq!(packaged.server.data_dir, Path::new(package::DATA_DIR));
+    let built_in = Config::from_toml("", base).unwrap();
+    packaged
+        .server
+        .data_dir
+        .clone_from(&built_in.server.data_dir);
+    // The gate keeps its own copy (for blocklist.json).
+    assert_eq!(packaged.gate.data_dir, Path::new(package::DATA_DIR));
+    packaged.gate.data_dir.clone_from(&built_in.gate.data_dir);
+    assert_eq!(format!("{packaged:#?}"), format!("{built_in:#?}"));
 }
 
 /// Checks the user, the files and their modes, the conffile and the unit after `dpkg -i`.
