@@ -251,6 +251,44 @@ pub fn test() -> Result<()> {
 /// the XDP object), build release and exec `subzero serve ARGS`.
 pub fn run(args: &[String]) -> Result<()> {
     use std::os::unix::process::CommandExt as _;
+    build_release()?;
+    let binary = util::target_dir().join("release/subzero");
+    let mut cmd = Command::new(&binary);
+    cmd.arg("serve").args(args);
+    println!("    $ {}", util::display(&cmd));
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("could not exec {}", binary.display()))
+}
+
+/// `cargo xtask package [--out-dir DIR]`: build release and the Debian package from it
+/// (`crate::package`); prints the `.deb`'s path.
+pub fn package(out_dir: Option<&Path>) -> Result<()> {
+    build_release()?;
+    let binary = util::target_dir().join("release/subzero");
+    let out_dir = out_dir.map_or_else(|| util::target_dir().join("debian"), Path::to_path_buf);
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("could not create {}", out_dir.display()))?;
+    let manifest = std::fs::read_to_string(util::workspace_root().join("server/Cargo.toml"))
+        .context("could not read server/Cargo.toml")?;
+    let version = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = "))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .context("no version in server/Cargo.toml")?;
+    let deb = crate::package::build(&crate::package::PackageSpec {
+        binary: &binary,
+        version: &version,
+        out_dir: &out_dir,
+        compression: "xz",
+    })
+    .context("could not build the Debian package")?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
+/// Installs the eBPF build toolchain if missing (the server embeds the XDP object) and builds
+/// the release binary.
+fn build_release() -> Result<()> {
     let mut timings: Vec<(String, Duration)> = Vec::new();
     let mut apt = Apt::default();
     step(&mut timings, "llvm-22-dev (for bpf-linker)", || {
@@ -267,13 +305,7 @@ pub fn run(args: &[String]) -> Result<()> {
         &format!("bpf-linker {BPF_LINKER_VERSION} (LLVM 22)"),
         ensure_bpf_linker,
     )?;
-    util::run(util::cargo().args(["build", "--release", "-p", "subzero"]))?;
-    let binary = util::target_dir().join("release/subzero");
-    let mut cmd = Command::new(&binary);
-    cmd.arg("serve").args(args);
-    println!("    $ {}", util::display(&cmd));
-    let err = cmd.exec();
-    Err(err).with_context(|| format!("could not exec {}", binary.display()))
+    util::run(util::cargo().args(["build", "--release", "-p", "subzero"]))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod bootstrap;
 mod loadgen;
 mod metrics;
 mod netns;
+mod package;
 mod procstat;
 mod report;
 mod svg;
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "xtask",
-    about = "subzero project tasks: `cargo xtask test | run | bench`"
+    about = "subzero project tasks: `cargo xtask test | run | package | bench`"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +37,13 @@ enum Task {
         /// Arguments passed to `subzero serve`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Build release and a Debian package (binary, systemd unit, /etc/subzero/subzero.toml,
+    /// maintainer scripts) with `dpkg-deb`; prints the `.deb`'s path.
+    Package {
+        /// Where the `.deb` goes (default: target/debian).
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
     },
     /// Benchmark subzero against its peers; writes target/bench/report.{md,json,svg}.
     Bench {
@@ -66,6 +74,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.task {
         Task::Test => bootstrap::test(),
         Task::Run { args } => bootstrap::run(&args),
+        Task::Package { out_dir } => bootstrap::package(out_dir.as_deref()),
         Task::Bench { quick, scenarios } => bench::bench(&bench::BenchArgs { quick, scenarios }),
         Task::Flood {
             src,
