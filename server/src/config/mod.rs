@@ -13,6 +13,7 @@ use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
 mod audit;
+mod monitor;
 mod ratelimit;
 mod xaa;
 pub use audit::AuditConfig;
@@ -134,6 +135,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
     pub permissions: Option<std::sync::Arc<crate::authz::Schema>>,
+    /// `[monitor]`: histograms and perf counters, degradation detector.
+    pub monitor: crate::monitor::MonitorSettings,
 }
 
 /// `[server]`.
@@ -311,6 +314,7 @@ impl Default for Config {
             },
             xaa: XaaConfig::default(),
             audit: AuditConfig::default(),
+            monitor: crate::monitor::MonitorSettings::default(),
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -356,6 +360,8 @@ struct FileConfig {
     ratelimit: FileRateLimit,
     #[serde(default)]
     permissions: FilePermissions,
+    #[serde(default)]
+    monitor: monitor::FileMonitor,
 }
 
 #[derive(Deserialize, Default)]
@@ -522,12 +528,17 @@ impl Config {
     }
 
     /// Parses TOML text; relative paths resolve against `base`.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one flat mapping of every section's keys onto its setting"
+    )]
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
             message: e.to_string().trim().replace('\n', " "),
         })?;
         let mut c = Config {
+            monitor: monitor::from_file(file.monitor)?,
             xaa: XaaConfig::from_file(file.xaa),
             audit: AuditConfig::from_file(file.audit),
             ..Config::default()

@@ -709,6 +709,7 @@ impl ControlPlane {
             ),
         );
         self.audit.render_metrics(&mut text);
+        crate::monitor::process::render(&mut text);
         self.board.publish_control(text);
     }
 
