@@ -217,4 +217,42 @@ mod tests {
         );
         assert_eq!(family_of("x_count"), "x_count");
     }
+
+    /// The shipped dashboard and alerting rules name only metrics the server exposes.
+    #[test]
+    fn dashboards_use_registered_names() {
+        for (file, text) in [
+            (
+                "scripts/grafana-dashboard.json",
+                include_str!("../../../scripts/grafana-dashboard.json"),
+            ),
+            (
+                "scripts/prometheus-alerts.yml",
+                include_str!("../../../scripts/prometheus-alerts.yml"),
+            ),
+        ] {
+            let mut n_names = 0;
+            for (start, _) in text
+                .match_indices("subzero_")
+                .chain(text.match_indices("process_"))
+            {
+                if start > 0 && text.as_bytes()[start - 1].is_ascii_alphanumeric() {
+                    continue;
+                }
+                let name: String = text[start..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if name == "subzero_" || name.ends_with('_') {
+                    continue;
+                }
+                assert!(
+                    lookup(family_of(&name)).is_some(),
+                    "{file} names {name}, which /metrics does not have"
+                );
+                n_names += 1;
+            }
+            assert!(n_names >= 10, "{file}: {n_names} names");
+        }
+    }
 }
