@@ -239,7 +239,7 @@ fn prometheus_scrapes_rates_per_shard_and_a_cross_shard_p99() {
     let loaders = load(&server, &token, 8, &stop);
     let rates = poll(
         "request rates of both shards",
-        Duration::from_secs(60),
+        Duration::from_mins(1),
         || {
             let r = query(
                 &prom,
