@@ -175,13 +175,19 @@ fn shard_rows(now: &[Sample], before: Option<(&[Sample], f64)>) -> Vec<serde_jso
     rows
 }
 
+/// A count from the document as a whole number, or `-`.
+fn whole(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map_or_else(|| "-".to_owned(), |n| format!("{n:.0}"))
+}
+
 /// The screen (or JSON document) of one refresh.
 fn render(doc: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "subzero at {}", doc["server"].as_str().unwrap_or("?"));
     let _ = writeln!(
         out,
-        "{:>5} {:>10} {:>10} {:>26} {:>6} {:>7} {:>12} {:>10}  degraded",
+        "{:>5} {:>10} {:>10} {:>34} {:>6} {:>7} {:>12} {:>10}  degraded",
         "shard", "req/s", "requests", "worst p99 (op)", "cpu", "conns", "ctx switch", "faults"
     );
     for row in doc["shards"].as_array().into_iter().flatten() {
@@ -200,15 +206,15 @@ fn render(doc: &serde_json::Value) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "{:>5} {:>10} {:>10} {:>26} {:>5.0}% {:>7} {:>12} {:>10}  {}",
+            "{:>5} {:>10} {:>10} {:>34} {:>5.0}% {:>7} {:>12} {:>10}  {}",
             row["shard"].as_str().unwrap_or("?"),
             rate,
-            row["requests_total"],
+            whole(&row["requests_total"]),
             p99,
             row["cpu"].as_f64().unwrap_or(0.0) * 100.0,
-            row["connections_open"],
-            row["perf"]["context_switches"],
-            row["perf"]["page_faults"],
+            whole(&row["connections_open"]),
+            whole(&row["perf"]["context_switches"]),
+            whole(&row["perf"]["page_faults"]),
             if degraded.is_empty() {
                 "no".to_owned()
             } else {
@@ -229,7 +235,10 @@ fn render(doc: &serde_json::Value) -> String {
     }
     match doc["gate"].as_object() {
         Some(gate) => {
-            let parts: Vec<String> = gate.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            let parts: Vec<String> = gate
+                .iter()
+                .map(|(k, v)| format!("{k} {}", whole(v)))
+                .collect();
             let _ = writeln!(out, "eBPF gate: {}", parts.join("  "));
         }
         None => {
