@@ -134,6 +134,16 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ("subzero_xaa_id_jags_redeemed_total", C, "ID-JAGs redeemed."),
     ("subzero_xaa_id_jags_refused_total", C, "ID-JAGs refused."),
     ("subzero_xaa_id_jag_replays_total", C, "ID-JAG replays refused."),
+    // Threat and risk (api/security.rs).
+    ("subzero_threat_checks_total", C, "Threat checks answered, by event and action."),
+    ("subzero_threat_signals_total", C, "Threat signals fired, by name."),
+    ("subzero_threat_table_keys", G, "Keys held in this shard's threat tables."),
+    ("subzero_threat_table_evictions_total", C, "Keys evicted from full threat tables."),
+    ("subzero_threat_parts_total", C, "Keyed parts of threat checks and risk queries: observed locally, sent to their owner shard, or served for another shard."),
+    ("subzero_threat_blocks_total", C, "Blocking threat checks: block sent to the control plane, dropped (control queue full), repeated, or the owner's note dropped."),
+    ("subzero_security_gather_stray_total", C, "Owner answers that matched no open gather (their ticket had timed out)."),
+    ("subzero_risk_assessments_total", C, "Risk assessments answered, by decision."),
+    ("subzero_security_gathers_open", G, "Threat checks and risk assessments waiting for owner shards."),
     // Audit (api/audit.rs, control/audit.rs).
     ("subzero_audit_dropped_total", C, "Audit events dropped (buffer or control queue full)."),
     ("subzero_audit_shipped_total", C, "Audit events shipped to the control plane."),
