@@ -15,6 +15,7 @@ pub mod monitor;
 pub mod plane;
 pub mod pool;
 pub mod ratelimit;
+pub mod security;
 pub mod serve;
 pub mod shard;
 pub mod store;

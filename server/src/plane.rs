@@ -169,12 +169,16 @@ pub enum ControlMsg {
         /// The access token the shard signed for it, released only on first use.
         token: GrantedToken,
     },
-    /// A source exceeded its request rate repeatedly: block it in the kernel for the gate's TTL.
+    /// Block a source in the kernel: one that exceeded its request rate repeatedly (for the
+    /// gate's TTL), or one a threat check scored over `threat.block_threshold` (for
+    /// `threat.block_ttl_s`).
     Block {
         /// The offender.
         ip: std::net::IpAddr,
         /// Why.
         reason: BlockReason,
+        /// How long; `None` is the gate's `block_ttl_s`.
+        ttl_s: Option<u64>,
     },
     /// Rotate the signing key, then reply.
     RotateKeys {
@@ -390,6 +394,12 @@ pub enum ShardMsg {
         /// What the owner decided.
         result: OwnedResult,
     },
+    /// A threat check blocked `source`, whose owner is this shard: remember the block for risk
+    /// (fire and forget; the owner's table counts two blocks within a second once).
+    ThreatBlocked {
+        /// The blocked source.
+        source: std::net::IpAddr,
+    },
     /// The control plane's answer to a deferred request.
     Reply {
         /// The deferred response it completes.
@@ -401,7 +411,7 @@ pub enum ShardMsg {
 
 /// Work a key's owner shard does on state only it holds. The shard that received the
 /// request validated it (and its caller) already.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OwnedWork {
     /// `POST /v1/ratelimit/check`: take `cost` units for `key`.
     Rate {
@@ -410,13 +420,36 @@ pub enum OwnedWork {
         /// Units to take (at least 1).
         cost: u32,
     },
+    /// `POST /v1/threat/check`: observe one keyed part of an event in the owner's table.
+    Threat(ThreatPart),
+    /// `POST /v1/risk/assess`: what the subject's owner knows about it.
+    RiskSubject(crate::security::SubjectQuery),
+    /// `POST /v1/risk/assess`: what the source's owner knows about it.
+    RiskSource(std::net::IpAddr),
+}
+
+/// One keyed part of a threat event, for the owner of its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ThreatPart {
+    /// Keyed by the source address.
+    Source(crate::security::SourcePart),
+    /// Keyed by the subject.
+    Subject(crate::security::SubjectPart),
+    /// Keyed by the e-mail domain.
+    Domain(crate::security::DomainPart),
 }
 
 /// What the owner decided for an [`OwnedWork`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum OwnedResult {
     /// The rate check's verdict, or why the cost can never be granted.
     Rate(Result<crate::ratelimit::KeyVerdict, crate::ratelimit::CostError>),
+    /// The signals a threat part fired in its owner's table.
+    Threat(Vec<crate::security::Signal>),
+    /// The subject's facts for risk.
+    RiskSubject(crate::security::SubjectFacts),
+    /// The source's facts for risk.
+    RiskSource(crate::security::SourceFacts),
 }
 
 /// A vault operation; the shard has authenticated the caller and validated the name, the

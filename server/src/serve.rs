@@ -36,6 +36,9 @@ pub enum ServeError {
     /// Keys could not be loaded or generated.
     #[error(transparent)]
     Keys(#[from] crate::auth::KeyError),
+    /// The shipped prompt-injection phrase set does not build (a packaging fault).
+    #[error("cannot build the threat detectors: {0}")]
+    Detectors(#[from] crate::security::PatternError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}; is another process using it? choose another with --listen")]
     Bind {
@@ -147,6 +150,7 @@ pub fn run(
         config: Arc::clone(&config),
         mesh_gauges,
         board,
+        detectors: crate::security::Detectors::embedded()?,
     });
 
     let cpus = allowed_cpus();

@@ -501,7 +501,14 @@ fn the_default_failure_budget_cuts_a_costly_token_flood_off_with_429() {
             401 => n_401 += 1,
             429 => {
                 n_429 += 1;
-                assert!(resp.header("retry-after").is_some());
+                let retry = resp.header("retry-after").expect("retry-after");
+                // The IETF headers name the budget: 200 failures, back in full in 4 s at 50/s.
+                assert_eq!(
+                    resp.header("ratelimit-policy"),
+                    Some("\"verify_failures\";q=200;w=4")
+                );
+                let state = format!("\"verify_failures\";r=0;t={retry}");
+                assert_eq!(resp.header("ratelimit"), Some(state.as_str()));
             }
             other => panic!("status {other}"),
         }
@@ -563,6 +570,10 @@ fn holder_revocations_are_bounded_per_source_and_per_subject() {
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert!(refused.error_description().contains("subject"));
     assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        refused.header("ratelimit-policy"),
+        Some("\"subject_revocations\";q=3;w=3")
+    );
     assert_eq!(revoke(&server, &other).status, 200);
     drop(server);
     // Per source: the fourth revocation from one address is refused, whatever the subject.

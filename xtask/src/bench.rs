@@ -25,6 +25,8 @@ use crate::svg;
 use crate::util::{self, step, ChildGuard};
 use crate::wrk::{self, MixEntry};
 
+mod threat;
+
 /// Peer binaries built from `subzero-benches`.
 const PEER_BINS: [&str; 6] = [
     HYPER_HELLO,
@@ -1600,6 +1602,7 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     if selected("ratelimit") {
         ratelimit(b, &mut server, fx, "1 shard")?;
     }
+    threat::threat(b, &mut server, fx, selected("threat"))?;
     b.op_timings = scrape_op_timings(&server)?;
     drop(server);
     if selected("ratelimit") {

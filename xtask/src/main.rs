@@ -43,7 +43,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue,
-        /// revoke, audit, permission, ratelimit, mixed, xdp-flood, scaling.
+        /// revoke, audit, permission, ratelimit, threat, mixed, xdp-flood, scaling.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },

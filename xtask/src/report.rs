@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -19,6 +19,7 @@ pub const SCENARIOS: [&str; 12] = [
     "permission",
     "ratelimit",
     "monitor",
+    "threat",
     "mixed",
     "xdp-flood",
     "scaling",

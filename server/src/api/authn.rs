@@ -118,7 +118,7 @@ impl ShardApp {
             }
             Check::Later => Err((Outcome::Later, Op::Other)),
             Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 Err((Outcome::Done, Op::Other))
             }
         }
@@ -195,7 +195,7 @@ impl ShardApp {
             Check::Done(result, op) => (result, op),
             Check::Later => return (Outcome::Later, Op::Other),
             Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 return (Outcome::Done, Op::Other);
             }
         };
@@ -241,7 +241,7 @@ impl ShardApp {
             Check::Done(result, op) => (result, op),
             Check::Later => return (Outcome::Later, Op::Other),
             Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 return (Outcome::Done, Op::Other);
             }
         };

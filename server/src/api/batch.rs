@@ -102,7 +102,7 @@ impl ShardApp {
             return done;
         }
         if let Some(retry_after_s) = self.over_failure_budget(cx) {
-            respond::too_many_failures(out, retry_after_s, ka);
+            respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
             return done;
         }
         let tokens: Vec<&[u8]> = body.tokens.iter().map(|t| t.as_bytes()).collect();

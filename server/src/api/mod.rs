@@ -13,10 +13,12 @@ mod authz;
 mod batch;
 mod budget;
 mod channel;
+mod gather;
 mod owned;
 mod ratecheck;
 mod ratelimit;
 mod respond;
+mod security;
 mod token;
 mod vault;
 mod xaa;
@@ -33,7 +35,7 @@ use crate::config::Config;
 use crate::http::{self, Method, Request, Status};
 use crate::monitor::{Board, Op, ShardMonitor};
 pub use crate::plane::Denial;
-use crate::plane::{ControlMsg, Denylist, KeySnapshot, ShardMsg};
+use crate::plane::{ControlMsg, Denylist, KeySnapshot, OwnedResult, ShardMsg};
 use crate::pool::{PoolLimits, TokenPool};
 use crate::shard::mesh::{MeshGauges, Outbox};
 use crate::shard::{Cx, Handler, Outcome, Ready, RuntimeStats, Ticket};
@@ -46,6 +48,9 @@ pub struct AppShared {
     pub mesh_gauges: MeshGauges<ShardMsg>,
     /// `/metrics` sections.
     pub board: Arc<Board>,
+    /// The threat checks' read-only detectors (phrase automaton, disposable domains), built
+    /// once per process.
+    pub detectors: crate::security::Detectors,
 }
 
 /// How one shard reaches the rest of the server; moved into the shard's thread.
@@ -160,6 +165,8 @@ pub struct ShardApp {
     key_limiter: crate::ratelimit::KeyLimiter,
     /// Owned work: tickets waiting for other shards, replies owed to them.
     owned: owned::Owned,
+    /// Threat and risk state this shard owns, its open gathers and its counters.
+    sec: security::SecurityState,
     /// The `RateLimit-Policy` header line of each key rule, rendered once.
     rate_policies: Vec<String>,
     last_tick_s: u64,
@@ -235,6 +242,7 @@ impl ShardApp {
                 config.ratelimit.max_tracked_keys,
             ),
             owned: owned::Owned::default(),
+            sec: security::SecurityState::new(config, cache_seed),
             rate_policies: config
                 .ratelimit
                 .key_rules
@@ -319,6 +327,8 @@ impl ShardApp {
             (Method::Post, "/v1/revoke") => self.revoke(req, cx, out),
             (Method::Post, "/v1/permissions/check") => self.permission_check(req, cx, out),
             (Method::Post, ratecheck::RATELIMIT_CHECK_PATH) => self.ratelimit_check(req, cx, out),
+            (Method::Post, security::THREAT_CHECK_PATH) => self.threat_check(req, cx, out),
+            (Method::Post, security::RISK_ASSESS_PATH) => self.risk_assess(req, cx, out),
             (Method::Post, "/v1/relationships") => self.write_relationships(req, cx, out, false),
             (Method::Delete, "/v1/relationships") => self.write_relationships(req, cx, out, true),
             (Method::Get, "/v1/relationships") => done(self.list_relationships(req, out)),
@@ -455,6 +465,7 @@ impl ShardApp {
         let msg = ControlMsg::Block {
             ip,
             reason: crate::gate::BlockReason::RateLimit,
+            ttl_s: None,
         };
         let _ = self.control.try_send(msg);
     }
@@ -556,6 +567,7 @@ impl ShardApp {
         );
         self.xaa.render_metrics(shard, &mut text);
         self.render_rate_metrics(&mut text);
+        self.render_security_metrics(&mut text);
         self.shared.board.publish_shard(shard, text);
     }
 }
@@ -568,6 +580,8 @@ const KNOWN_PATHS: &[&str] = &[
     "/v1/keys/rotate",
     "/v1/permissions/check",
     "/v1/ratelimit/check",
+    "/v1/threat/check",
+    "/v1/risk/assess",
     "/v1/relationships",
     "/v1/xaa/channel",
     "/v1/xaa/delegate",
@@ -636,6 +650,7 @@ impl Handler for ShardApp {
             self.echo_tickets
                 .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
             self.owned.expire(now_s, deferred_timeout_s);
+            self.sec.expire(now_s, deferred_timeout_s);
             self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
             self.pool_refill_due = true;
             self.ship_audit_events();
@@ -698,15 +713,22 @@ impl ShardApp {
                 let result = self.do_owned(work);
                 self.owned.reply(&mut self.outbox, origin, ticket, result);
             }
-            ShardMsg::OwnedDone { ticket, result } => {
+            ShardMsg::OwnedDone {
+                ticket,
+                result: OwnedResult::Rate(verdict),
+            } => {
                 // `None`: answered 503 by the runtime's deferred timeout already.
                 if let Some(keep_alive) = self.owned.complete(ticket) {
                     let mut response = Vec::new();
-                    self.render_owned(&mut response, &result, keep_alive);
+                    self.render_owned(&mut response, &verdict, keep_alive);
                     self.counters.count_status(respond::status_of(&response));
                     ready.push((ticket, response));
                 }
             }
+            ShardMsg::OwnedDone { ticket, result } => {
+                self.security_part_done(ticket, result, ready);
+            }
+            ShardMsg::ThreatBlocked { source } => self.note_threat_block(source),
             ShardMsg::Relationships(snapshot) => self.relationships = Some(snapshot),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));

@@ -2,7 +2,9 @@
 //! owns a key (a rate-limit key today; a source address, a subject or an email domain next)
 //! is `owner_of(key)`. A request on the owner is answered at once; elsewhere its response is
 //! deferred (a ticket), the work goes to the owner's inbox as `ShardMsg::Owned`, and the
-//! owner pushes `ShardMsg::OwnedDone` back, which completes the ticket.
+//! owner pushes `ShardMsg::OwnedDone` back, which completes the ticket. A request whose work
+//! has several keys (a threat check: source, subject, e-mail domain) sends one part per
+//! remote owner under the same ticket and gathers the answers (`gather.rs`).
 //!
 //! Bounds: at most `MAX_OWNED_IN_FLIGHT` deferred tickets per shard wait for owners (beyond
 //! it, and when the owner's edge is full, the request is answered `503` at once); an owner
@@ -105,6 +107,33 @@ impl Owned {
         };
         let replaced = self.in_flight.insert(ticket, waiting);
         debug_assert!(replaced.is_none(), "tickets are unique per shard");
+        Ok(())
+    }
+
+    /// Origin side: hands one more part of `ticket`'s work to shard `owner`, after a first
+    /// part went through [`Owned::send`] (the ticket counts once against the in-flight bound;
+    /// a threat check has at most three parts).
+    pub fn send_also(
+        &mut self,
+        outbox: &mut Outbox<ShardMsg>,
+        owner: usize,
+        ticket: Ticket,
+        work: OwnedWork,
+    ) -> Result<(), Busy> {
+        let crate::shard::mesh::Sender::Shard(origin) = outbox.sender() else {
+            return Err(Busy);
+        };
+        debug_assert!(self.in_flight.contains_key(&ticket), "send first");
+        let msg = ShardMsg::Owned {
+            origin,
+            ticket,
+            work,
+        };
+        if outbox.send(owner, msg).is_err() {
+            self.n_busy += 1;
+            return Err(Busy);
+        }
+        self.n_sent += 1;
         Ok(())
     }
 

@@ -91,7 +91,7 @@ impl ShardApp {
     ) -> (Outcome, Op) {
         let ka = req.keep_alive;
         let done = (Outcome::Done, Op::RateLimitCheck);
-        if let Some(answer) = self.refuse_non_ratelimit_caller(req, cx, out) {
+        if let Some(answer) = self.refuse_unless_scoped(req, cx, out, RATELIMIT_SCOPE) {
             return answer;
         }
         let (key, cost) = match parse_body(req.body) {
@@ -133,25 +133,28 @@ impl ShardApp {
         }
     }
 
-    /// `Some(answer)` unless `req` carries the admin token or a valid token with scope
-    /// `ratelimit`.
-    fn refuse_non_ratelimit_caller(
+    /// `Some(answer)` unless `req` carries the admin token or a valid token with `scope`
+    /// (`ratelimit`, `threat`, `risk`): `401` with a challenge without a bearer token, the
+    /// token's own `401` when it is not valid, `403 insufficient_scope` without the scope.
+    pub(super) fn refuse_unless_scoped(
         &mut self,
         req: &Request<'_>,
         cx: &Cx<'_>,
         out: &mut Vec<u8>,
+        scope: &str,
     ) -> Option<(Outcome, Op)> {
         let ka = req.keep_alive;
         if self.is_admin(req) {
             return None;
         }
         let Some(token) = req.bearer() else {
-            let text = "a bearer token with scope ratelimit (or the admin token) is required";
+            let text =
+                format!("a bearer token with scope {scope} (or the admin token) is required");
             respond::error_with(
                 out,
                 Status::Unauthorized,
                 "invalid_request",
-                text,
+                &text,
                 &[authn::CHALLENGE_NONE],
                 ka,
             );
@@ -161,18 +164,19 @@ impl ShardApp {
             Ok(caller) => caller,
             Err(answer) => return Some(answer),
         };
-        if caller.claims.has_scope(RATELIMIT_SCOPE) {
+        if caller.claims.has_scope(scope) {
             return None;
         }
-        let text = "this token lacks scope ratelimit";
-        let challenge: &[u8] =
-            b"www-authenticate: Bearer realm=\"subzero\", error=\"insufficient_scope\", scope=\"ratelimit\"";
+        let text = format!("this token lacks scope {scope}");
+        let challenge = format!(
+            "www-authenticate: Bearer realm=\"subzero\", error=\"insufficient_scope\", scope=\"{scope}\""
+        );
         respond::error_with(
             out,
             Status::Forbidden,
             "insufficient_scope",
-            text,
-            &[challenge],
+            &text,
+            &[challenge.as_bytes()],
             ka,
         );
         Some((Outcome::Done, Op::Other))
@@ -180,18 +184,29 @@ impl ShardApp {
 
     /// Owner side: the work another shard sent.
     pub(super) fn do_owned(&mut self, work: OwnedWork) -> OwnedResult {
+        let now_ms = crate::unix_now_ms();
         match work {
             OwnedWork::Rate { key, cost } => {
-                OwnedResult::Rate(self.key_limiter.check(&key, cost, crate::unix_now_ms()))
+                OwnedResult::Rate(self.key_limiter.check(&key, cost, now_ms))
+            }
+            OwnedWork::Threat(part) => OwnedResult::Threat(self.observe_part(&part, now_ms, true)),
+            OwnedWork::RiskSubject(q) => {
+                OwnedResult::RiskSubject(self.subject_facts(&q, now_ms, true))
+            }
+            OwnedWork::RiskSource(ip) => {
+                OwnedResult::RiskSource(self.source_facts(ip, now_ms, true))
             }
         }
     }
 
-    /// Renders an owner's answer for the origin's deferred response.
-    pub(super) fn render_owned(&self, out: &mut Vec<u8>, result: &OwnedResult, ka: bool) {
-        match result {
-            OwnedResult::Rate(verdict) => self.write_rate_verdict(out, verdict, ka),
-        }
+    /// Renders a rate owner's answer for the origin's deferred response.
+    pub(super) fn render_owned(
+        &self,
+        out: &mut Vec<u8>,
+        verdict: &Result<KeyVerdict, CostError>,
+        ka: bool,
+    ) {
+        self.write_rate_verdict(out, verdict, ka);
     }
 
     /// `200` or `429` with the verdict as JSON (and the RateLimit headers when a rule

@@ -62,6 +62,12 @@ impl<K: Hash + Eq + Copy> KeyedLimiter<K> {
         }
     }
 
+    /// `(quota, window_s)` of the policy this limiter enforces, for the `RateLimit-Policy`
+    /// header: `burst` units, back in full within `window_s` seconds.
+    pub fn policy(&self) -> (u64, u64) {
+        (self.burst, self.burst.div_ceil(self.rps.max(1)))
+    }
+
     /// Whether `ip` has no whole token now, without taking one (refills first). A source it
     /// does not track has a full bucket.
     pub fn exhausted(&mut self, ip: K, now_ms: u64) -> bool {

@@ -41,15 +41,48 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
 /// `reason` of a revocation the denylist already covered.
 const REVOKED_ALREADY: &str = "the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored";
 
-/// `429` for a source over its budget of failed verifications.
-pub(super) fn too_many_failures(out: &mut Vec<u8>, retry_after_s: u64, ka: bool) {
-    let retry = format!("retry-after: {retry_after_s}");
+/// `429` for a source over its budget of failed verifications (`policy` from the limiter).
+pub(super) fn too_many_failures(
+    out: &mut Vec<u8>,
+    policy: (u64, u64),
+    retry_after_s: u64,
+    ka: bool,
+) {
+    over_budget(
+        out,
+        ("verify_failures", policy),
+        retry_after_s,
+        "too many invalid tokens from this address; retry later",
+        ka,
+    );
+}
+
+/// `429` from one of the shard's own budgets: `Retry-After`, and the IETF `RateLimit-Policy`
+/// and `RateLimit` lines naming the budget (`quota` units per `window_s`; none left, the next
+/// in `retry_after_s`).
+pub(super) fn over_budget(
+    out: &mut Vec<u8>,
+    (name, (quota, window_s)): (&str, (u64, u64)),
+    retry_after_s: u64,
+    description: &str,
+    ka: bool,
+) {
+    let lines = [
+        format!("retry-after: {retry_after_s}"),
+        format!("ratelimit-policy: \"{name}\";q={quota};w={window_s}"),
+        format!("ratelimit: \"{name}\";r=0;t={retry_after_s}"),
+    ];
+    let lines: [&[u8]; 3] = [
+        lines[0].as_bytes(),
+        lines[1].as_bytes(),
+        lines[2].as_bytes(),
+    ];
     error_with(
         out,
         Status::TooManyRequests,
         "rate_limited",
-        "too many invalid tokens from this address; retry later",
-        &[retry.as_bytes()],
+        description,
+        &lines,
         ka,
     );
 }

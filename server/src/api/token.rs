@@ -558,12 +558,11 @@ impl ShardApp {
             leeway_s: self.config().auth.leeway_s,
         };
         if let Some(retry_after_s) = self.over_revocation_budget(cx) {
-            respond::error_with(
+            respond::over_budget(
                 out,
-                Status::TooManyRequests,
-                "rate_limited",
+                ("revocations", self.revocation_limiter.policy()),
+                retry_after_s,
                 "too many revocations from this address; retry later",
-                &[format!("retry-after: {retry_after_s}").as_bytes()],
                 ka,
             );
             return done;
@@ -571,7 +570,7 @@ impl ShardApp {
         if params.token.is_some() {
             // A holder's token is verified: costly work, and a failure counts.
             if let Some(retry_after_s) = self.over_failure_budget(cx) {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 return done;
             }
             if !self.pass_budget.take(cx.pass, 1) {
@@ -591,12 +590,11 @@ impl ShardApp {
             // Holders revoke within their subject's (their client's) rate too: one client
             // cannot fill the live table however many addresses it uses.
             if let Some(retry_after_s) = self.over_subject_revocation_budget(iss, sub) {
-                respond::error_with(
+                respond::over_budget(
                     out,
-                    Status::TooManyRequests,
-                    "rate_limited",
+                    ("subject_revocations", self.subject_revocations.policy()),
+                    retry_after_s,
                     "too many revocations for this token's subject; retry later",
-                    &[format!("retry-after: {retry_after_s}").as_bytes()],
                     ka,
                 );
                 return done;

@@ -114,7 +114,7 @@ impl ShardApp {
             }
             Check::Later => return Err((Outcome::Later, Op::Other)),
             Check::Limited { retry_after_s } => {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 return Err(done);
             }
         };

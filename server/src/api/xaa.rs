@@ -450,7 +450,7 @@ impl ShardApp {
         match stop {
             Stop::Later => (Outcome::Later, Op::Other),
             Stop::Limited(retry_after_s) => {
-                respond::too_many_failures(out, retry_after_s, ka);
+                respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
                 (Outcome::Done, Op::Other)
             }
             Stop::Refused(e) => self.exchange_refused(&e, out, ka),
@@ -490,7 +490,7 @@ impl ShardApp {
             Some(a) => a,
         };
         if let Some(retry_after_s) = self.over_failure_budget(cx) {
-            respond::too_many_failures(out, retry_after_s, ka);
+            respond::too_many_failures(out, self.failures.policy(), retry_after_s, ka);
             return (Outcome::Done, Op::Other);
         }
         // One verification and one signature. Never cached: an assertion is single use.

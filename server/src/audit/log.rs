@@ -462,13 +462,33 @@ fn load_signer(dir: &Path, origin: &str) -> Result<Signer, AuditError> {
     Ok(Signer::new(origin, &seed))
 }
 
-/// Scans the last segment: cuts a torn tail, refuses a record that does not verify, and
+/// Whether the line at `offset` starts with a zero byte (a never-written range).
+fn zero_filled_at(bytes: &[u8], offset: u64) -> bool {
+    usize::try_from(offset).is_ok_and(|o| bytes.get(o) == Some(&0))
+}
+
+/// Scans the last segment: cuts a torn tail (an unterminated last line, or everything from a
+/// zero-filled line on), refuses a record that does not verify, and
 /// checks the checkpoint's head if its record is in this segment.
 fn recover(path: &Path, latest: Option<&(PathBuf, Checkpoint)>) -> Result<Recovered, AuditError> {
     let bytes = fs::read(path).map_err(io_err("read", path))?;
     let want = latest.map(|(_, cp)| cp.size);
     let want: Vec<u64> = want.into_iter().collect();
-    let scan = segment::scan(path, &bytes, &want)?;
+    let scan = match segment::scan(path, &bytes, &want) {
+        // A line that starts with a zero byte is a range the file system extended but never
+        // wrote: after a crash, pages written after the last completed `fdatasync` may be
+        // missing, and everything after that sync was never acknowledged. Cut from there,
+        // unless a checkpoint already covers that record (then it was acknowledged: refuse).
+        Err(AuditError::Corrupt { seq, offset, .. })
+            if zero_filled_at(&bytes, offset) && latest.is_none_or(|(_, cp)| cp.size < seq) =>
+        {
+            let whole = usize::try_from(offset).unwrap_or(bytes.len());
+            let mut scan = segment::scan(path, &bytes[..whole], &want)?;
+            scan.torn_bytes = bytes.len() as u64 - offset;
+            scan
+        }
+        other => other?,
+    };
     if scan.torn_bytes > 0 {
         tracing::warn!(
             segment = %path.display(),

@@ -132,6 +132,50 @@ fn a_torn_tail_is_cut_at_start_and_never_shows() {
 }
 
 #[test]
+fn a_zero_filled_tail_after_a_crash_is_cut_unless_a_checkpoint_covers_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = AuditConfig::default();
+    let mut log = open(tmp.path(), &config).unwrap();
+    log.commit(&[&events(1, 3)], 5_000);
+    drop(log);
+    let seg = &segments(tmp.path())[0];
+    let whole = fs::read(seg).unwrap();
+    // A crash after the file grew but before its pages were written: zeros, then a record
+    // line that did reach the disk (neither was acknowledged: no fdatasync completed).
+    let mut crashed = whole.clone();
+    crashed.extend_from_slice(&[0; 300]);
+    crashed.extend_from_slice(b"\n{\"seq\":5}\n");
+    fs::write(seg, &crashed).unwrap();
+    let mut log = open(tmp.path(), &config).unwrap();
+    assert_eq!(
+        fs::read(seg).unwrap(),
+        whole,
+        "cut back to the last whole record"
+    );
+    assert_eq!(log.last_seq(), 3);
+    assert_eq!(log.commit(&[&events(4, 1)], 6_000)[0].unwrap().first_seq, 4);
+    drop(log);
+
+    // The same damage over a record a checkpoint covers: that record was acknowledged.
+    let mut log = open(tmp.path(), &config).unwrap();
+    log.checkpoint_now(7_000).unwrap();
+    drop(log);
+    let bytes = fs::read(seg).unwrap();
+    let last_line = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let mut zeroed = bytes.clone();
+    zeroed[last_line..bytes.len() - 1].fill(0);
+    fs::write(seg, &zeroed).unwrap();
+    let Err(err) = open(tmp.path(), &config) else {
+        panic!("a checkpointed record that reads as zeros must refuse the start")
+    };
+    assert!(matches!(err, AuditError::Corrupt { seq: 4, .. }), "{err}");
+}
+
+#[test]
 fn a_flipped_byte_is_refused_at_start_and_by_verify_naming_the_record() {
     let tmp = tempfile::tempdir().unwrap();
     let config = AuditConfig::default();

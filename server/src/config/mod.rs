@@ -15,9 +15,11 @@ use crate::shard::ShardLimits;
 mod audit;
 mod monitor;
 mod ratelimit;
+mod security;
 mod xaa;
 pub use audit::AuditConfig;
 pub use ratelimit::{MAX_RULES, MAX_TRACKED_KEYS};
+pub use security::{RiskConfig, RiskWeights, SignalWeights, ThreatConfig};
 pub use xaa::XaaConfig;
 
 /// A configuration error: one sentence saying what, where and what to do.
@@ -137,6 +139,10 @@ pub struct Config {
     pub permissions: Option<std::sync::Arc<crate::authz::Schema>>,
     /// `[monitor]`: histograms and perf counters, degradation detector.
     pub monitor: crate::monitor::MonitorSettings,
+    /// `[threat]`: threat-check signals, weights, thresholds and table bounds.
+    pub threat: ThreatConfig,
+    /// `[risk]`: risk-assessment factors and decision thresholds.
+    pub risk: RiskConfig,
 }
 
 /// `[server]`.
@@ -331,6 +337,8 @@ impl Default for Config {
                 max_tracked_keys: 65_536,
             },
             permissions: None,
+            threat: ThreatConfig::default(),
+            risk: RiskConfig::default(),
         }
     }
 }
@@ -362,6 +370,10 @@ struct FileConfig {
     permissions: FilePermissions,
     #[serde(default)]
     monitor: monitor::FileMonitor,
+    #[serde(default)]
+    threat: security::FileThreat,
+    #[serde(default)]
+    risk: security::FileRisk,
 }
 
 #[derive(Deserialize, Default)]
@@ -528,10 +540,6 @@ impl Config {
     }
 
     /// Parses TOML text; relative paths resolve against `base`.
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one flat mapping of every section's keys onto its setting"
-    )]
     pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<text>"),
@@ -541,6 +549,8 @@ impl Config {
             monitor: monitor::from_file(file.monitor)?,
             xaa: XaaConfig::from_file(file.xaa),
             audit: AuditConfig::from_file(file.audit),
+            threat: ThreatConfig::from_file(file.threat),
+            risk: RiskConfig::from_file(file.risk),
             ..Config::default()
         };
         apply_server(&mut c.server, file.server, base)?;
@@ -594,12 +604,7 @@ impl Config {
         }
         apply_gate(&mut c.gate, file.gate);
         c.gate.data_dir.clone_from(&c.server.data_dir);
-        let p = file.pool;
-        set(&mut c.pool.min_remaining_s, p.min_remaining_s);
-        set(&mut c.pool.freshness_s, p.freshness_s);
-        set(&mut c.pool.max_per_key, p.max_per_key);
-        set(&mut c.pool.max_total, p.max_total);
-        set(&mut c.pool.refill_budget, p.refill_budget);
+        apply_pool(&mut c.pool, &file.pool);
         let r = file.ratelimit;
         set(&mut c.ratelimit.per_ip_rps, r.per_ip_rps);
         set(&mut c.ratelimit.per_ip_burst, r.per_ip_burst);
@@ -705,6 +710,8 @@ impl Config {
         )?;
         self.xaa.validate(&self.auth.issuer)?;
         self.audit.validate()?;
+        self.threat.validate()?;
+        self.risk.validate()?;
         self.validate_id_jag_issuers()?;
         Ok(())
     }
@@ -767,6 +774,14 @@ pub fn allowed_cpus() -> Vec<usize> {
 
 /// `[gate]` keys onto the gate's defaults. A rate given without its burst gets a burst of two
 /// seconds' worth, so setting a rate alone never leaves its bucket off.
+fn apply_pool(pool: &mut PoolConfig, p: &FilePool) {
+    set(&mut pool.min_remaining_s, p.min_remaining_s);
+    set(&mut pool.freshness_s, p.freshness_s);
+    set(&mut pool.max_per_key, p.max_per_key);
+    set(&mut pool.max_total, p.max_total);
+    set(&mut pool.refill_budget, p.refill_budget);
+}
+
 fn apply_gate(gate: &mut GateConfig, g: FileGate) {
     gate.xdp_ifaces = g.xdp;
     if let Some(rate) = g.syn_rate_per_s {

@@ -419,8 +419,8 @@ impl ControlPlane {
                     .note(&actor, "xaa.id_jag.redeem", &resource, outcome, "-");
                 self.reply(reply_to, reply);
             }
-            ControlMsg::Block { ip, reason } => {
-                let outcome = match self.gate.block(Cidr::host(ip), None, reason, boot_ns()) {
+            ControlMsg::Block { ip, reason, ttl_s } => {
+                let outcome = match self.gate.block(Cidr::host(ip), ttl_s, reason, boot_ns()) {
                     Ok(()) => {
                         tracing::warn!(%ip, ?reason, "source blocked in the kernel gate");
                         "ok"

@@ -47,13 +47,17 @@ pub enum Op {
     Audit,
     /// `POST /v1/ratelimit/check` (shard time only when the key's owner is another shard).
     RateLimitCheck,
+    /// `POST /v1/threat/check` (shard time only, at the origin, when a part crossed the mesh).
+    ThreatCheck,
+    /// `POST /v1/risk/assess` (likewise).
+    RiskAssess,
     /// Everything else (health, jwks, metrics, errors).
     Other,
 }
 
 impl Op {
     /// All ops, in exposition order.
-    pub const ALL: [Op; 12] = [
+    pub const ALL: [Op; 14] = [
         Op::AuthenticateHit,
         Op::AuthenticateVerify,
         Op::AuthenticateBatch,
@@ -65,6 +69,8 @@ impl Op {
         Op::Vault,
         Op::Audit,
         Op::RateLimitCheck,
+        Op::ThreatCheck,
+        Op::RiskAssess,
         Op::Other,
     ];
 
@@ -82,6 +88,8 @@ impl Op {
             Op::Vault => "vault",
             Op::Audit => "audit",
             Op::RateLimitCheck => "ratelimit_check",
+            Op::ThreatCheck => "threat_check",
+            Op::RiskAssess => "risk_assess",
             Op::Other => "other",
         }
     }

@@ -41,7 +41,7 @@ impl Default for MonitorSettings {
 }
 
 /// Default p99 SLO of each op in µs (server time on the shard, not the client's round trip).
-pub const DEFAULT_SLO_P99_US: [(Op, u64); 12] = [
+pub const DEFAULT_SLO_P99_US: [(Op, u64); Op::ALL.len()] = [
     (Op::AuthenticateHit, 1_000),
     (Op::AuthenticateVerify, 5_000),
     (Op::AuthenticateBatch, 50_000),
@@ -53,6 +53,8 @@ pub const DEFAULT_SLO_P99_US: [(Op, u64); 12] = [
     (Op::Vault, 5_000),
     (Op::Audit, 5_000),
     (Op::RateLimitCheck, 1_000),
+    (Op::ThreatCheck, 5_000),
+    (Op::RiskAssess, 5_000),
     (Op::Other, 10_000),
 ];
 
