@@ -42,17 +42,17 @@ fn token_request(server: &Server) -> String {
     resp.json()["access_token"].as_str().unwrap().to_owned()
 }
 
-/// The metric family a sample or `# TYPE` line belongs to (summary `_count`/`_sum` samples
-/// belong to their summary).
+/// The metric family a sample, `# HELP` or `# TYPE` line belongs to (`_bucket`/`_count`/`_sum`
+/// samples belong to their histogram or summary).
 fn family_of(line: &str) -> &str {
-    let name = match line.strip_prefix("# TYPE ") {
+    let name = match line
+        .strip_prefix("# TYPE ")
+        .or_else(|| line.strip_prefix("# HELP "))
+    {
         Some(rest) => rest.split(' ').next().unwrap(),
         None => line.split(['{', ' ']).next().unwrap(),
     };
-    name.strip_suffix("_count")
-        .or_else(|| name.strip_suffix("_sum"))
-        .filter(|base| *base == "subzero_request_duration_seconds")
-        .unwrap_or(name)
+    subzero::monitor::families::family_of(name)
 }
 
 #[test]
@@ -82,7 +82,10 @@ fn metrics_has_every_family_the_readme_promises_for_every_shard() {
     // README: per-shard latency quantiles per operation, cache and pool counters, responses
     // by status, mesh depths, gate mode.
     let per_shard = [
-        "subzero_request_duration_seconds",
+        "subzero_request_duration_seconds_bucket",
+        "subzero_shard_cpu_utilization",
+        "subzero_degraded",
+        "subzero_perf_available",
         "subzero_cache_hits_total",
         "subzero_cache_misses_total",
         "subzero_cache_entries",
@@ -102,51 +105,72 @@ fn metrics_has_every_family_the_readme_promises_for_every_shard() {
         }
     }
     assert!(
-        text.lines().any(|l| l.starts_with(
-            "subzero_request_duration_seconds{shard=\"0\",op=\"authenticate_cache_hit\",quantile=\"0.99\"}"
-        )) || text.lines().any(|l| l.starts_with(
-            "subzero_request_duration_seconds{shard=\"1\",op=\"authenticate_cache_hit\",quantile=\"0.99\"}"
-        )),
-        "no p99 of cache-hit authentication:\n{text}"
+        (0..2).any(|shard| text.lines().any(|l| l.starts_with(&format!(
+            "subzero_request_duration_seconds_bucket{{shard=\"{shard}\",op=\"authenticate_cache_hit\",le=\"+Inf\"}}"
+        )))),
+        "no histogram of cache-hit authentication:\n{text}"
+    );
+    assert!(
+        (0..2).any(|shard| text.lines().any(|l| l.starts_with(&format!(
+            "subzero_request_latency_seconds{{shard=\"{shard}\",op=\"authenticate_cache_hit\",quantile=\"0.99\"}}"
+        )))),
+        "no exact p99 of cache-hit authentication:\n{text}"
     );
     assert_eq!(
         metric(&text, "subzero_gate_mode{mode=\"off\"}"),
         Some(1),
         "{text}"
     );
-    // Families that declare a type keep it: the quantiles are a summary, the gate mode a gauge.
+    // Families that declare a type keep it: the buckets are a histogram, the exact quantiles a
+    // summary, the gate mode a gauge.
     for declared in [
-        "# TYPE subzero_request_duration_seconds summary",
+        "# TYPE subzero_request_duration_seconds histogram",
+        "# TYPE subzero_request_latency_seconds summary",
         "# TYPE subzero_gate_mode gauge",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE subzero_degraded gauge",
+        "# TYPE subzero_perf_available gauge",
     ] {
         assert!(
             text.lines().any(|l| l == declared),
             "no {declared:?}:\n{text}"
         );
     }
-    // Text format: each family's lines are contiguous, its `# TYPE` (at most one) first.
+    assert_help_and_type_once(&text);
+}
+
+/// Text format: each family's lines are contiguous and open with exactly one `# HELP` and one
+/// `# TYPE`, and every family is in the registry (monitor/families.rs).
+fn assert_help_and_type_once(text: &str) {
     let mut done: Vec<&str> = Vec::new();
     let mut current = "";
-    let mut samples_seen = false;
+    let mut headers = 0;
     for line in text.lines().filter(|l| !l.is_empty()) {
-        if line.starts_with('#') && !line.starts_with("# TYPE ") {
-            continue;
-        }
         let family = family_of(line);
         if family != current {
             assert!(!done.contains(&family), "{family} is split:\n{text}");
+            assert!(
+                current.is_empty() || headers == 2,
+                "{current}: no HELP+TYPE"
+            );
             done.push(current);
             current = family;
-            samples_seen = false;
-        }
-        if line.starts_with("# TYPE ") {
+            headers = 0;
             assert!(
-                !samples_seen,
-                "{family}: # TYPE after samples or twice:\n{text}"
+                line.starts_with("# HELP "),
+                "{family} does not open with # HELP:\n{text}"
             );
         }
-        samples_seen = true;
+        if line.starts_with('#') {
+            headers += 1;
+            assert!(headers <= 2, "{family}: HELP or TYPE twice:\n{text}");
+            assert!(
+                !line.contains(subzero::monitor::families::UNDOCUMENTED),
+                "{family} is not in monitor/families.rs"
+            );
+        }
     }
+    assert!(done.len() > 60, "{} families", done.len());
 }
 
 #[test]

@@ -18,7 +18,8 @@ use crate::netns;
 use crate::procstat;
 use crate::report::{
     self, load_rate, median, Machine, Report, Row, Status, GLOMMIO_HELLO, HYPER_GATEWAY,
-    HYPER_HELLO, LOAD_PIPE, LOAD_SAT, NGINX, SCENARIOS, SUBZERO, URING_HELLO,
+    HYPER_HELLO, LOAD_MONITOR_OFF, LOAD_MONITOR_ON, LOAD_PIPE, LOAD_SAT, NGINX, SCENARIOS, SUBZERO,
+    URING_HELLO,
 };
 use crate::svg;
 use crate::util::{self, step, ChildGuard};
@@ -39,6 +40,8 @@ const CLIENT_ID: &str = "bench";
 /// Server configs written under target/bench: the default one and a tiny-cache one for cold verify.
 const CONFIG: &str = "subzero.toml";
 const CONFIG_COLD: &str = "subzero-cold.toml";
+/// The default config with `[monitor] enabled = false` (the monitor scenario's baseline).
+const CONFIG_MONITOR_OFF: &str = "subzero-monitor-off.toml";
 /// Unique tokens for auth-cold (rotating) and the batch body.
 const N_TOKENS: usize = report::BATCH_TOKENS;
 /// The smallest verified-token cache the server accepts; far fewer than the rotating tokens.
@@ -752,6 +755,11 @@ fn prepare(b: &mut Bench) -> Result<Fixtures> {
              [ratelimit]\nrevocations_per_s = 0\n\
              [[ratelimit.rules]]\nkey_prefix = \"bench:\"\nrate_per_s = 1000000.0\nburst = 1000000\n\n{clients}"
         ),
+    )?;
+    let config = fs::read_to_string(b.dir.join(CONFIG))?;
+    fs::write(
+        b.dir.join(CONFIG_MONITOR_OFF),
+        format!("{config}\n[monitor]\nenabled = false\n"),
     )?;
     let subzero = b.bin("subzero")?;
     let token = issue_tokens(&subzero, &data_dir, 1)?.remove(0);
@@ -1522,6 +1530,30 @@ fn ratelimit_two_shards(b: &mut Bench, fx: &Fixtures) -> Result<()> {
     result
 }
 
+/// Cache-hit saturation with the monitor on, then off, one shard each, in the same run.
+fn monitor_overhead(b: &mut Bench, fx: &Fixtures) -> Result<()> {
+    let server_cpu = [b.plan.server_cpu];
+    for (config, load_name, note) in [
+        (CONFIG, LOAD_MONITOR_ON, "[monitor] enabled (default)"),
+        (
+            CONFIG_MONITOR_OFF,
+            LOAD_MONITOR_OFF,
+            "[monitor] enabled = false: no request timing, histograms or perf counters",
+        ),
+    ] {
+        let mut server = b.start_subzero(&server_cpu, 1, config)?;
+        let sat = Load::Wrk {
+            path: AUTH_PATH,
+            headers: vec![("Authorization", &fx.bearer)],
+            script: None,
+            n_connections: b.plan.n_connections,
+        };
+        b.warm_up(&mut server, &sat)?;
+        b.measure(&mut server, "monitor", load_name, &sat, note);
+    }
+    Ok(())
+}
+
 /// The one-shard subzero scenarios, on one server instance.
 fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bool) -> Result<()> {
     let server_cpu = [b.plan.server_cpu];
@@ -1575,6 +1607,9 @@ fn subzero_scenarios(b: &mut Bench, fx: &Fixtures, selected: &dyn Fn(&str) -> bo
     drop(server);
     if selected("ratelimit") {
         ratelimit_two_shards(b, fx)?;
+    }
+    if selected("monitor") {
+        monitor_overhead(b, fx)?;
     }
     if selected("auth-cold") || selected("batch") {
         let mut cold = b.start_subzero(&server_cpu, 1, CONFIG_COLD)?;

@@ -87,7 +87,7 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
         if in_ci() {
             bail!("CI=true but not running as root: cannot install packages");
         }
-        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace by hand)");
+        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus by hand)");
         return Ok(());
     }
     apt.ensure("llvm-22-dev")?;
@@ -98,6 +98,8 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
     // e2e_lifecycle runs the server under strace to order fdatasync before the 200 and to
     // inject a failing fdatasync.
     apt.ensure("strace")?;
+    // e2e_prometheus scrapes the server with the real Prometheus and lints with promtool.
+    apt.ensure("prometheus")?;
     Ok(())
 }
 
@@ -192,7 +194,7 @@ pub fn test() -> Result<()> {
     let result = (|| {
         step(
             &mut timings,
-            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace)",
+            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus)",
             || ensure_packages(&mut apt),
         )?;
         step(&mut timings, "rust-src for nightly", ensure_rust_src)?;

@@ -67,7 +67,7 @@ pub fn sum(samples: &[Sample], name: &str) -> f64 {
         .sum()
 }
 
-/// Server time for one operation, from `subzero_request_duration_seconds` (worst shard).
+/// Server time for one operation, from `subzero_request_latency_seconds` (worst shard).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OpTiming {
     pub op: String,
@@ -79,7 +79,7 @@ pub struct OpTiming {
 pub fn op_timings(samples: &[Sample]) -> Vec<OpTiming> {
     let mut ops: Vec<String> = samples
         .iter()
-        .filter(|s| s.name == "subzero_request_duration_seconds")
+        .filter(|s| s.name == "subzero_request_latency_seconds")
         .filter_map(|s| s.label("op").map(str::to_string))
         .collect();
     ops.sort();
@@ -90,7 +90,7 @@ pub fn op_timings(samples: &[Sample]) -> Vec<OpTiming> {
                 samples
                     .iter()
                     .filter(|s| {
-                        s.name == "subzero_request_duration_seconds"
+                        s.name == "subzero_request_latency_seconds"
                             && s.label("op") == Some(op.as_str())
                             && s.label("quantile") == Some(q)
                     })
@@ -100,7 +100,7 @@ pub fn op_timings(samples: &[Sample]) -> Vec<OpTiming> {
             let count = samples
                 .iter()
                 .filter(|s| {
-                    s.name == "subzero_request_duration_seconds_count"
+                    s.name == "subzero_request_latency_seconds_count"
                         && s.label("op") == Some(op.as_str())
                 })
                 .map(|s| s.value as u64)
@@ -123,12 +123,12 @@ pub fn op_timings(samples: &[Sample]) -> Vec<OpTiming> {
 mod tests {
     use super::*;
 
-    const SAMPLE: &str = "# TYPE subzero_request_duration_seconds summary
-subzero_request_duration_seconds{shard=\"0\",op=\"token_pool_hit\",quantile=\"0.5\"} 0.000000750
-subzero_request_duration_seconds{shard=\"0\",op=\"token_pool_hit\",quantile=\"0.99\"} 0.000002000
-subzero_request_duration_seconds_count{shard=\"0\",op=\"token_pool_hit\"} 1200
-subzero_request_duration_seconds{shard=\"1\",op=\"token_pool_hit\",quantile=\"0.5\"} 0.000000900
-subzero_request_duration_seconds_count{shard=\"1\",op=\"token_pool_hit\"} 300
+    const SAMPLE: &str = "# TYPE subzero_request_latency_seconds summary
+subzero_request_latency_seconds{shard=\"0\",op=\"token_pool_hit\",quantile=\"0.5\"} 0.000000750
+subzero_request_latency_seconds{shard=\"0\",op=\"token_pool_hit\",quantile=\"0.99\"} 0.000002000
+subzero_request_latency_seconds_count{shard=\"0\",op=\"token_pool_hit\"} 1200
+subzero_request_latency_seconds{shard=\"1\",op=\"token_pool_hit\",quantile=\"0.5\"} 0.000000900
+subzero_request_latency_seconds_count{shard=\"1\",op=\"token_pool_hit\"} 300
 subzero_cache_hits_total{shard=\"0\"} 10
 subzero_cache_hits_total{shard=\"1\"} 5
 subzero_signing_keys 1

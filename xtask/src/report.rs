@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 12] = [
+pub const SCENARIOS: [&str; 13] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -18,6 +18,7 @@ pub const SCENARIOS: [&str; 12] = [
     "audit",
     "permission",
     "ratelimit",
+    "monitor",
     "threat",
     "mixed",
     "xdp-flood",
@@ -28,6 +29,12 @@ pub const SCENARIOS: [&str; 12] = [
 pub const SUBZERO: &str = "subzero";
 /// The ratelimit scenario's target: a check costs at most this many cache-hit authenticates.
 pub const RATELIMIT_CHECK_MAX_RATIO: f64 = 1.2;
+/// The monitor scenario's target: server CPU per cache-hit request with the monitor on, at
+/// most this many times the CPU with it off (`[monitor] enabled = false`).
+pub const MONITOR_MAX_RATIO: f64 = 1.03;
+/// Load names of the monitor scenario's two rows.
+pub const LOAD_MONITOR_ON: &str = "wrk saturation, monitor on";
+pub const LOAD_MONITOR_OFF: &str = "wrk saturation, monitor off";
 pub const HYPER_HELLO: &str = "peer-hyper-hello";
 pub const HYPER_GATEWAY: &str = "peer-hyper-gateway";
 pub const GLOMMIO_HELLO: &str = "peer-glommio-hello";
@@ -270,6 +277,7 @@ impl Report {
         self.crypto_targets(scaling_note, &mut targets);
         self.audit_targets(&mut targets);
         self.ratelimit_targets(&mut targets);
+        self.monitor_targets(&mut targets);
         self.targets = targets;
     }
 
@@ -376,6 +384,24 @@ impl Report {
                 None => "no offered rate that both servers sustained (≥ 95% achieved)".to_string(),
             },
         );
+    }
+
+    /// The monitor's overhead: cache-hit CPU per request on vs off, same run.
+    fn monitor_targets(&self, targets: &mut Vec<Target>) {
+        let cpu = |r: &Row| r.cpu_us_per_req;
+        let on = self.metric("monitor", SUBZERO, LOAD_MONITOR_ON, cpu);
+        let off = self.metric("monitor", SUBZERO, LOAD_MONITOR_OFF, cpu);
+        targets.push(target(
+            "monitor on ÷ off, server CPU µs per cache-hit request",
+            Cmp::AtMost,
+            MONITOR_MAX_RATIO,
+            ratio(on, off),
+            format!(
+                "wrk saturation, one shard, same run: on {} µs, off {} µs (histograms, perf counters, detector)",
+                fmt_num(on, 2),
+                fmt_num(off, 2)
+            ),
+        ));
     }
 
     /// A rate-limit check against a cache-hit authenticate on the same server in the same run.

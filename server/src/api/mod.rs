@@ -28,13 +28,12 @@ use std::fmt::Write as _;
 use std::rc::Rc;
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::auth::{Claims, Verifier};
 use crate::cache::CuckooCache;
 use crate::config::Config;
 use crate::http::{self, Method, Request, Status};
-use crate::monitor::{Board, Op, OpHistograms};
+use crate::monitor::{Board, Op, ShardMonitor};
 pub use crate::plane::Denial;
 use crate::plane::{ControlMsg, Denylist, KeySnapshot, OwnedResult, ShardMsg};
 use crate::pool::{PoolLimits, TokenPool};
@@ -156,7 +155,8 @@ pub struct ShardApp {
     pool: TokenPool,
     /// Pool key of each client's default grant, so the common request allocates no key.
     default_keys: Vec<crate::pool::PoolKey>,
-    hists: OpHistograms,
+    /// Latency histograms, perf counters, degradation detector.
+    monitor: ShardMonitor,
     counters: Counters,
     batches: batch::Batches,
     /// The per-source limits of every request (this shard's share of each route rule).
@@ -223,7 +223,11 @@ impl ShardApp {
             revoked,
             pool,
             default_keys,
-            hists: OpHistograms::new(),
+            monitor: ShardMonitor::new(
+                idx,
+                &config.monitor,
+                &mut crate::monitor::perf::PerfEventOpener,
+            ),
             counters: Counters::new(),
             batches: batch::Batches::default(),
             source_limiter: crate::ratelimit::SourceLimiter::new(
@@ -477,7 +481,7 @@ impl ShardApp {
     fn publish_metrics(&self) {
         let mut text = String::new();
         let shard = self.idx;
-        self.hists.render(shard, &mut text);
+        self.monitor.render(&mut text);
         let c = self.cache.stats();
         let p = self.pool.stats();
         let statuses = self.counters.responses_by_status.iter().enumerate();
@@ -554,6 +558,13 @@ impl ShardApp {
             "subzero_mesh_queue_depth{{shard=\"{shard}\"}} {}",
             self.shared.mesh_gauges.depth(shard)
         );
+        let ratio = |hits: u64, misses: u64| hits as f64 / (hits + misses).max(1) as f64;
+        let _ = writeln!(
+            text,
+            "subzero_cache_hit_ratio{{shard=\"{shard}\"}} {:.4}\nsubzero_pool_hit_ratio{{shard=\"{shard}\"}} {:.4}",
+            ratio(c.hits, c.misses),
+            ratio(p.hits, p.misses)
+        );
         self.xaa.render_metrics(shard, &mut text);
         self.render_rate_metrics(&mut text);
         self.render_security_metrics(&mut text);
@@ -584,7 +595,7 @@ impl Handler for ShardApp {
     type Msg = ShardMsg;
 
     fn handle(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> Outcome {
-        let started = Instant::now();
+        let started = self.monitor.start();
         let out_start = out.len();
         let (outcome, op) = if self.source_limiter.enabled() {
             self.limited(req, cx, out)
@@ -621,7 +632,7 @@ impl Handler for ShardApp {
                 _ => {}
             }
         }
-        self.hists.record(op, started.elapsed().as_nanos() as u64);
+        self.monitor.record(op, started);
         outcome
     }
 
@@ -643,6 +654,7 @@ impl Handler for ShardApp {
             self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
             self.pool_refill_due = true;
             self.ship_audit_events();
+            self.monitor.tick(self.shared.mesh_gauges.depth(self.idx));
             self.publish_metrics();
         }
         let n_ready = ready.len();

@@ -3,6 +3,8 @@
 //!
 //! Errors are one sentence on stderr; exit codes: 0 ok, 1 runtime failure, 2 usage or config.
 
+mod stats;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,7 +35,9 @@ enum Command {
     /// Issue or verify tokens offline.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// eBPF gate stats from the pinned maps: counts per reason and CPU, blocklist, top offenders.
+    /// eBPF gate stats from the pinned maps: counts per reason and CPU, blocklist, top
+    /// offenders; with `--server`, each shard's requests/s, p99, CPU, perf counters and
+    /// degraded flags beside the gate's counters.
     Stats {
         /// Print JSON.
         #[arg(long)]
@@ -41,6 +45,10 @@ enum Command {
         /// Then print rates every SECS seconds until interrupted.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
+        /// A running server to read (`http://127.0.0.1:8080`): its `/metrics`, scraped
+        /// twice a second apart (or every SECS with `--watch`).
+        #[arg(long, value_name = "URL")]
+        server: Option<String>,
     },
     /// Edit the kernel blocklist through the pinned maps (works while the server runs).
     #[command(subcommand)]
@@ -251,9 +259,16 @@ fn run(cli: Cli) -> Result<(), Failure> {
             aud,
             token,
         }) => verify(data_dir.as_deref(), jwks.as_deref(), aud, &token, now_s),
-        Command::Stats { json, watch } => {
-            crate::gate::cli_stats(json, watch).map_err(|e| gate_failure(&e))
-        }
+        Command::Stats {
+            json,
+            watch,
+            server: Some(server),
+        } => stats::server_stats(&server, json, watch).map_err(runtime),
+        Command::Stats {
+            json,
+            watch,
+            server: None,
+        } => crate::gate::cli_stats(json, watch).map_err(|e| gate_failure(&e)),
         Command::Block(BlockCommand::Add {
             cidr,
             ttl_s,

@@ -13,6 +13,7 @@ use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
 mod audit;
+mod monitor;
 mod ratelimit;
 mod security;
 mod xaa;
@@ -136,6 +137,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     /// `[permissions]`: the schema, parsed at start; `None` turns the permission endpoints off.
     pub permissions: Option<std::sync::Arc<crate::authz::Schema>>,
+    /// `[monitor]`: histograms and perf counters, degradation detector.
+    pub monitor: crate::monitor::MonitorSettings,
     /// `[threat]`: threat-check signals, weights, thresholds and table bounds.
     pub threat: ThreatConfig,
     /// `[risk]`: risk-assessment factors and decision thresholds.
@@ -317,6 +320,7 @@ impl Default for Config {
             },
             xaa: XaaConfig::default(),
             audit: AuditConfig::default(),
+            monitor: crate::monitor::MonitorSettings::default(),
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -364,6 +368,8 @@ struct FileConfig {
     ratelimit: FileRateLimit,
     #[serde(default)]
     permissions: FilePermissions,
+    #[serde(default)]
+    monitor: monitor::FileMonitor,
     #[serde(default)]
     threat: security::FileThreat,
     #[serde(default)]
@@ -540,6 +546,7 @@ impl Config {
             message: e.to_string().trim().replace('\n', " "),
         })?;
         let mut c = Config {
+            monitor: monitor::from_file(file.monitor)?,
             xaa: XaaConfig::from_file(file.xaa),
             audit: AuditConfig::from_file(file.audit),
             threat: ThreatConfig::from_file(file.threat),

@@ -113,6 +113,10 @@ pub struct ControlPlane {
     seen_id_jags: SeenJtis,
     /// The audit log and this pass's pending events.
     audit: AuditState,
+    /// Messages taken from the control queue since start, and the most taken at once since
+    /// the last tick (what was waiting: the queue's high-water mark over that second).
+    n_received: u64,
+    batch_high_water: usize,
 }
 
 /// What the control plane owns, loaded at start.
@@ -183,6 +187,8 @@ impl ControlPlane {
             now_s: crate::unix_now_s,
             seen_id_jags: SeenJtis::new(MAX_SEEN_ID_JAGS),
             audit: AuditState::new(audit),
+            n_received: 0,
+            batch_high_water: 0,
         };
         control.publish_metrics();
         control
@@ -220,6 +226,8 @@ impl ControlPlane {
                     // Group commit: everything already queued shares one fdatasync.
                     batch.push(msg);
                     batch.extend(inbox.try_iter().take(MAX_CONTROL_BATCH - 1));
+                    self.n_received += batch.len() as u64;
+                    self.batch_high_water = self.batch_high_water.max(batch.len());
                     self.handle_batch(&mut batch);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -687,6 +695,7 @@ impl ControlPlane {
             Err(e) => tracing::warn!(error = %e, "cannot purge expired records"),
         }
         self.publish_metrics();
+        self.batch_high_water = 0;
     }
 
     /// Renders the control plane's `/metrics` section (gate, revocations, keys).
@@ -709,6 +718,14 @@ impl ControlPlane {
             ),
         );
         self.audit.render_metrics(&mut text);
+        crate::monitor::process::render(&mut text);
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!(
+                "subzero_control_messages_total {}\nsubzero_control_queue_high_water {}\nsubzero_control_queue_capacity {CONTROL_QUEUE_DEPTH}\n",
+                self.n_received, self.batch_high_water
+            ),
+        );
         self.board.publish_control(text);
     }
 

@@ -196,6 +196,15 @@ pub fn cli_stats(json: bool, watch_s: Option<u64>) -> Result<(), GateError> {
     }
 }
 
+/// The gate's counter totals per reason (for `subzero stats --server`).
+pub fn cli_gate_totals() -> Result<Vec<(&'static str, u64)>, GateError> {
+    let totals = totals_of(&open()?)?;
+    Ok(Reason::ALL
+        .iter()
+        .map(|&r| (r.as_str(), totals[r as usize]))
+        .collect())
+}
+
 fn totals_of(maps: &GateMaps) -> Result<[u64; N_REASONS as usize], GateError> {
     let mut totals = [0u64; N_REASONS as usize];
     for row in maps.counters_per_cpu()? {

@@ -20,7 +20,7 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 pub use cidr::{parse_block_reason, BlockReason, Cidr, CidrError};
-pub use cli::{cli_block_add, cli_block_del, cli_block_list, cli_stats};
+pub use cli::{cli_block_add, cli_block_del, cli_block_list, cli_gate_totals, cli_stats};
 pub use maps::{BlockItem, GateMaps, RateItem};
 pub use snapshot::GateSnapshot;
 pub use subzero_common::{Reason, N_REASONS, PIN_DIR};

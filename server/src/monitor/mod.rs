@@ -1,16 +1,28 @@
-//! Monitor: per-shard latency histograms and counters, and the Prometheus text exposition.
+//! Monitor: per-shard latency histograms, perf-event counters and the degradation detector,
+//! and the Prometheus text exposition.
 //!
-//! Each shard records into its own histograms (no sharing on the request path) and, once a
-//! second on its background queue, renders its section of `/metrics` into its slot on the
-//! [`Board`]. Any shard answering `/metrics` concatenates the slots.
+//! Each shard records into its own [`ShardMonitor`] (no sharing on the request path) and, once
+//! a second on its background queue, reads its perf counters, closes the interval, feeds the
+//! detector and renders its section of `/metrics` into its slot on the [`Board`]. Any shard
+//! answering `/metrics` concatenates the slots; the board adds each family's `# HELP` and
+//! `# TYPE` from [`families`].
+
+pub mod detector;
+pub mod families;
+pub mod hist;
+pub mod perf;
+pub mod process;
+mod shard;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use hdrhistogram::Histogram;
+pub use detector::DetectorConfig;
+pub use hist::OpHistograms;
+pub use shard::{MonitorSettings, ShardMonitor};
 
-/// Gateway operations we time; the label in `/metrics`.
+/// Gateway operations we time; the label in `/metrics`. `op as usize` indexes [`Op::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     /// Authenticate answered from the cache.
@@ -83,69 +95,6 @@ impl Op {
     }
 }
 
-/// Latency histograms (nanoseconds of server time per request) for every op.
-pub struct OpHistograms {
-    hists: Vec<Histogram<u64>>,
-}
-
-impl Default for OpHistograms {
-    fn default() -> Self {
-        OpHistograms::new()
-    }
-}
-
-impl OpHistograms {
-    /// 1 ns .. 60 s at 2 significant figures; allocated once at start.
-    pub fn new() -> OpHistograms {
-        let hists = Op::ALL
-            .iter()
-            .map(|_| {
-                Histogram::new_with_bounds(1, 60_000_000_000, 2)
-                    .unwrap_or_else(|_| Histogram::new(2).unwrap_or_else(|_| unreachable!()))
-            })
-            .collect();
-        OpHistograms { hists }
-    }
-
-    /// Records one request of `op` that took `ns`.
-    pub fn record(&mut self, op: Op, ns: u64) {
-        let idx = Op::ALL
-            .iter()
-            .position(|&o| o == op)
-            .unwrap_or(Op::ALL.len() - 1);
-        self.hists[idx].saturating_record(ns.max(1));
-    }
-
-    /// Renders summaries (quantiles in seconds, count) labelled with `shard`.
-    pub fn render(&self, shard: usize, out: &mut String) {
-        for (op, hist) in Op::ALL.iter().zip(&self.hists) {
-            if hist.is_empty() {
-                continue;
-            }
-            for q in [0.5, 0.9, 0.99, 0.999] {
-                let _ = writeln!(
-                    out,
-                    "subzero_request_duration_seconds{{shard=\"{shard}\",op=\"{}\",quantile=\"{q}\"}} {:.9}",
-                    op.label(),
-                    hist.value_at_quantile(q) as f64 / 1e9
-                );
-            }
-            let _ = writeln!(
-                out,
-                "subzero_request_duration_seconds_count{{shard=\"{shard}\",op=\"{}\"}} {}",
-                op.label(),
-                hist.len()
-            );
-        }
-    }
-
-    /// p99 of `op` in nanoseconds (0 when empty).
-    pub fn p99_ns(&self, op: Op) -> u64 {
-        let idx = Op::ALL.iter().position(|&o| o == op).unwrap_or(0);
-        self.hists[idx].value_at_quantile(0.99)
-    }
-}
-
 /// Where shards and the control plane publish their `/metrics` sections.
 pub struct Board {
     shards: Vec<Mutex<String>>,
@@ -186,9 +135,10 @@ impl Board {
     }
 
     /// The whole exposition, with every metric family's lines grouped together (the text
-    /// format requires it; each section lists its own shard's samples of many families).
+    /// format requires it; each section lists its own shard's samples of many families), each
+    /// family led by exactly one `# HELP` and one `# TYPE` from the registry.
     pub fn render(&self, out: &mut String) {
-        let mut text = String::from("# TYPE subzero_request_duration_seconds summary\n");
+        let mut text = String::new();
         for slot in &self.shards {
             if let Ok(section) = slot.lock() {
                 text.push_str(&section);
@@ -202,46 +152,69 @@ impl Board {
 }
 
 /// Regroups exposition lines by metric family, keeping first-seen order of families and of
-/// samples within one; `# HELP`/`# TYPE` lines are kept once, ahead of their samples. The
-/// `_count`/`_sum` samples of a summary join its family.
+/// samples within one, and writes each family's `# HELP` and `# TYPE` once, ahead of its
+/// samples: a section's own header lines win, then the registry's, then a guess (see
+/// [`families`]). `_bucket`/`_count`/`_sum` samples join their histogram or summary.
 fn group_families(text: &str, out: &mut String) {
+    struct Family<'a> {
+        help: Option<&'a str>,
+        kind: Option<&'a str>,
+        samples: Vec<&'a str>,
+    }
     let mut order: Vec<&str> = Vec::new();
-    let mut families: std::collections::HashMap<&str, (Vec<&str>, Vec<&str>)> =
-        std::collections::HashMap::new();
+    let mut by_name: std::collections::HashMap<&str, Family<'_>> = std::collections::HashMap::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
-        let (name, is_header) = if let Some(rest) = line
-            .strip_prefix("# HELP ")
-            .or_else(|| line.strip_prefix("# TYPE "))
-        {
-            (rest.split(' ').next().unwrap_or(""), true)
+        let (name, help, kind) = if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            (name, Some(help), None)
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            (name, None, Some(kind))
         } else if line.starts_with('#') {
             continue;
         } else {
-            let name = line.split(['{', ' ']).next().unwrap_or("");
-            let base = name
-                .strip_suffix("_count")
-                .or_else(|| name.strip_suffix("_sum"))
-                .filter(|base| families.contains_key(base));
-            (base.unwrap_or(name), false)
+            (
+                families::family_of(line.split(['{', ' ']).next().unwrap_or("")),
+                None,
+                None,
+            )
         };
-        let family = families.entry(name).or_insert_with(|| {
+        let family = by_name.entry(name).or_insert_with(|| {
             order.push(name);
-            (Vec::new(), Vec::new())
-        });
-        if is_header {
-            if !family.0.contains(&line) {
-                family.0.push(line);
+            Family {
+                help: None,
+                kind: None,
+                samples: Vec::new(),
             }
-        } else {
-            family.1.push(line);
+        });
+        match (help, kind) {
+            (Some(h), _) => {
+                family.help.get_or_insert(h);
+            }
+            (_, Some(k)) => {
+                family.kind.get_or_insert(k);
+            }
+            _ => family.samples.push(line),
         }
     }
     for name in order {
-        if let Some((headers, samples)) = families.get(name) {
-            for line in headers.iter().chain(samples) {
-                out.push_str(line);
-                out.push('\n');
-            }
+        let Some(family) = by_name.get(name) else {
+            continue;
+        };
+        let registered = families::lookup(name);
+        let help = family
+            .help
+            .or(registered.map(|r| r.1))
+            .unwrap_or(families::UNDOCUMENTED);
+        let kind = family.kind.unwrap_or_else(|| {
+            registered
+                .map_or_else(|| families::guess_kind(name), |r| r.0)
+                .as_str()
+        });
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        for line in &family.samples {
+            out.push_str(line);
+            out.push('\n');
         }
     }
 }
@@ -251,65 +224,80 @@ mod tests {
     use super::*;
 
     #[test]
-    fn board_groups_each_family_across_shards() {
+    fn board_groups_each_family_across_shards_with_one_help_and_type() {
         let board = Board::new(2);
-        board.publish_shard(0, "a_total{shard=\"0\"} 1\nb_total{shard=\"0\"} 2\n".into());
-        board.publish_shard(1, "a_total{shard=\"1\"} 3\nb_total{shard=\"1\"} 4\n".into());
-        board.publish_control("# TYPE g gauge\ng 7\n".into());
+        board.publish_shard(
+            0,
+            "subzero_cache_hits_total{shard=\"0\"} 1\nnew_thing{shard=\"0\"} 2\n".into(),
+        );
+        board.publish_shard(
+            1,
+            "subzero_cache_hits_total{shard=\"1\"} 3\nnew_thing{shard=\"1\"} 4\n".into(),
+        );
+        board.publish_control("# HELP g Own help.\n# TYPE g gauge\ng 7\n".into());
         let mut out = String::new();
         board.render(&mut out);
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines,
             vec![
-                "# TYPE subzero_request_duration_seconds summary",
-                "a_total{shard=\"0\"} 1",
-                "a_total{shard=\"1\"} 3",
-                "b_total{shard=\"0\"} 2",
-                "b_total{shard=\"1\"} 4",
+                "# HELP subzero_cache_hits_total Token cache hits.",
+                "# TYPE subzero_cache_hits_total counter",
+                "subzero_cache_hits_total{shard=\"0\"} 1",
+                "subzero_cache_hits_total{shard=\"1\"} 3",
+                &format!("# HELP new_thing {}", families::UNDOCUMENTED),
+                "# TYPE new_thing gauge",
+                "new_thing{shard=\"0\"} 2",
+                "new_thing{shard=\"1\"} 4",
+                "# HELP g Own help.",
                 "# TYPE g gauge",
                 "g 7",
             ]
         );
-        let mut h = OpHistograms::new();
-        h.record(Op::Other, 10);
-        let mut a = String::new();
-        h.render(0, &mut a);
-        let mut b = String::new();
-        h.render(1, &mut b);
-        board.publish_shard(0, a);
-        board.publish_shard(1, b);
-        let mut out = String::new();
-        board.render(&mut out);
-        let names: Vec<&str> = out
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| l.split('{').next().unwrap())
-            .collect();
-        // The summary family (quantiles and `_count` of both shards) is one contiguous group.
-        assert_eq!(names.len(), 11, "{names:?}");
-        assert!(
-            names[..10]
-                .iter()
-                .all(|n| n.starts_with("subzero_request_duration_seconds")),
-            "{names:?}"
-        );
-        assert_eq!(names[10], "g 7");
     }
 
     #[test]
-    fn records_and_renders_quantiles() {
-        let mut h = OpHistograms::new();
-        for ns in 1..=1000 {
-            h.record(Op::AuthenticateHit, ns * 1000);
+    fn histograms_of_two_shards_form_one_family() {
+        let board = Board::new(2);
+        for shard in 0..2 {
+            let mut h = OpHistograms::new();
+            h.record(Op::Other, 10);
+            h.tick();
+            let mut text = String::new();
+            h.render(shard, &mut text);
+            board.publish_shard(shard, text);
         }
         let mut out = String::new();
-        h.render(3, &mut out);
-        assert!(out.contains(
-            "subzero_request_duration_seconds_count{shard=\"3\",op=\"authenticate_cache_hit\"} 1000"
-        ));
-        let p99 = h.p99_ns(Op::AuthenticateHit);
-        assert!((980_000..=1_000_000).contains(&p99), "{p99}");
-        assert!(!out.contains("token_sign"), "empty ops are not rendered");
+        board.render(&mut out);
+        let mut seen: Vec<&str> = Vec::new();
+        let mut current = "";
+        for line in out.lines() {
+            let family = match line
+                .strip_prefix("# HELP ")
+                .or(line.strip_prefix("# TYPE "))
+            {
+                Some(rest) => rest.split(' ').next().unwrap(),
+                None => families::family_of(line.split(['{', ' ']).next().unwrap()),
+            };
+            if family != current {
+                assert!(!seen.contains(&family), "{family} split:\n{out}");
+                seen.push(family);
+                current = family;
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                "subzero_request_duration_seconds",
+                "subzero_request_latency_seconds",
+                "subzero_request_p99_seconds"
+            ]
+        );
+        assert_eq!(
+            out.matches("# TYPE subzero_request_duration_seconds histogram")
+                .count(),
+            1
+        );
+        assert_eq!(out.matches("_bucket{").count(), 2 * (hist::N_BOUNDS + 1));
     }
 }
