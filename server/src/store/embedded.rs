@@ -92,8 +92,13 @@ impl RedbStore {
             .open(&path)
             .map_err(StoreError::io(&path))?;
         let backend = FileBackend::new(file).map_err(StoreError::engine)?;
+        // Every page's checksum is verified at open: a file damaged outside redb (disk, hand
+        // edit) then fails to open with `Corrupted`, naming the file, where a plain open trusts
+        // it and a later read may panic (seen with a 16-byte overwrite in e2e_faults). It reads
+        // the whole file once per start, which is small next to what the server keeps in memory.
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
+            .set_check_integrity_on_open(true)
             .create_with_backend(backend)
             .map_err(StoreError::engine)?;
         let mut store = RedbStore {
