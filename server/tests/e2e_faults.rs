@@ -233,3 +233,356 @@ fn a_panicking_shard_takes_the_process_down_with_a_log_line() {
         .unwrap_or_else(|| panic!("no error line: {stderr}"));
     assert!(line.contains("sz-shard-1"), "{line}");
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily, so a straggling file handle cannot keep
+/// it) when dropped.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount -t tmpfs failed: {status}");
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Root can mount a tmpfs; with CI=true a missing privilege fails the test loudly, otherwise
+/// the test is skipped with the reason printed.
+fn can_mount() -> bool {
+    // SAFETY: no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    assert!(
+        root || !ci,
+        "CI=true: the full-disk test needs root (mount -t tmpfs)"
+    );
+    if !root {
+        println!("skipped: the full-disk test needs root to mount a tmpfs");
+    }
+    root
+}
+
+/// Writes zeros to `path` until the file system says it is full.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => break,
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    // Small writes fill the last partial pages.
+    while file.write(&[0u8]).is_ok_and(|n| n == 1) {
+        written += 1;
+    }
+    written
+}
+
+/// The durable write kinds.
+const KINDS: [&str; 5] = [
+    "revocation",
+    "relationship",
+    "vault entry",
+    "channel",
+    "audit batch",
+];
+
+/// Sends write `n` of `kind`: revokes `victim`, adds `doc:n#viewer@user:alice`, puts vault
+/// entry `entry-n`, opens a channel, or appends an audit batch with actions `n{n}-*`.
+fn write_once(
+    server: &Server,
+    kind: &str,
+    n: usize,
+    user: &str,
+    agent: &str,
+    victim: &str,
+) -> common::Response {
+    let admin = bearer(ADMIN);
+    match kind {
+        "revocation" => send(
+            server,
+            "POST",
+            "/v1/revoke",
+            "",
+            &serde_json::json!({ "token": victim }).to_string(),
+        ),
+        "relationship" => send(
+            server,
+            "POST",
+            "/v1/relationships",
+            &admin,
+            &format!(
+                r#"{{"tuples":[{{"object":"doc:{n}","relation":"viewer","subject":"user:alice"}}]}}"#
+            ),
+        ),
+        "vault entry" => send(
+            server,
+            "PUT",
+            &format!("/v1/vault/entry-{n}"),
+            &bearer(user),
+            &format!(r#"{{"token":"value-{n}"}}"#),
+        ),
+        "channel" => send(
+            server,
+            "POST",
+            "/v1/xaa/channel",
+            &bearer(user),
+            &serde_json::json!({ "agent_token": agent }).to_string(),
+        ),
+        // 16 events of about 1 KiB: more than the tmpfs page the segment's tail may still
+        // have free, so on a full disk the batch cannot land in space already allocated.
+        "audit batch" => send(server, "POST", "/v1/audit/events", &admin, &audit_batch(n)),
+        _ => unreachable!("{kind}"),
+    }
+}
+
+/// A write that got its `200`, and what shows it later.
+struct Acked {
+    kind: &'static str,
+    n: usize,
+    victim: String,
+    /// The channel's app token (a channel write).
+    channel_token: Option<String>,
+}
+
+/// Whether acknowledged write `w` is visible on `server`.
+fn is_visible(server: &Server, user: &str, w: &Acked) -> bool {
+    let admin = bearer(ADMIN);
+    match w.kind {
+        "revocation" => {
+            send(server, "GET", "/v1/authenticate", &bearer(&w.victim), "").status == 401
+        }
+        "relationship" => {
+            let body = format!(
+                r#"{{"subject":"user:alice","permission":"view","object":"doc:{}"}}"#,
+                w.n
+            );
+            send(server, "POST", "/v1/permissions/check", &admin, &body).json()["allowed"] == true
+        }
+        "vault entry" => {
+            let resp = send(
+                server,
+                "GET",
+                &format!("/v1/vault/entry-{}", w.n),
+                &bearer(user),
+                "",
+            );
+            resp.status == 200 && resp.json()["token"] == format!("value-{}", w.n)
+        }
+        "channel" => {
+            send(
+                server,
+                "GET",
+                "/v1/authenticate",
+                &bearer(w.channel_token.as_deref().unwrap()),
+                "",
+            )
+            .status
+                == 200
+        }
+        "audit batch" => {
+            let resp = send(
+                server,
+                "GET",
+                "/v1/audit/events?after=0&limit=10000",
+                &admin,
+                "",
+            );
+            let want = format!("n{}-15", w.n);
+            resp.json()["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["action"] == want.as_str()))
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// An audit batch of 16 events of about 1 KiB each.
+fn audit_batch(n: usize) -> String {
+    let resource = "r".repeat(1000);
+    let events: Vec<serde_json::Value> = (0..16)
+        .map(|i| {
+            serde_json::json!({"actor": "a", "action": format!("n{n}-{i}"), "resource": resource, "outcome": "ok", "source": "s"})
+        })
+        .collect();
+    serde_json::json!({ "events": events }).to_string()
+}
+
+fn send(server: &Server, method: &str, path: &str, auth: &str, body: &str) -> common::Response {
+    let headers: Vec<(&str, &str)> = if auth.is_empty() {
+        vec![("Content-Type", "application/json")]
+    } else {
+        vec![
+            ("Authorization", auth),
+            ("Content-Type", "application/json"),
+        ]
+    };
+    server.request(method, path, &headers, body)
+}
+
+#[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario in order: free space, full disk, space back, kill -9 and restart"
+)]
+fn a_full_data_disk_answers_writes_503_while_reads_go_on_and_writes_resume() {
+    /// Writes of one kind tried on the full disk before a 503 must have come: the store may
+    /// first fill pages its file already holds (a durable write, rightly a 200).
+    const MAX_TRIES: usize = 64;
+    if !can_mount() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmpfs = Tmpfs::mount(&dir.path().join("mnt"), "24m");
+    let data = tmpfs.path.join("data");
+    std::fs::write(dir.path().join("schema.zed"), "definition user {}\ndefinition doc {\n  relation viewer: user\n  permission view = viewer\n}\n").unwrap();
+    let config = write_config(dir.path(), "[permissions]\nschema_file = \"schema.zed\"\n");
+    let args = ["--shards", "2", "--config", config.to_str().unwrap()];
+    let server = Server::start(&data, &args);
+    let user = issue(&data, "alice", "subzero", &["read"]);
+    let agent = issue(&data, "agent-7", "subzero", &["read"]);
+    let auth = bearer(&user);
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut refused: Vec<Acked> = Vec::new();
+    let mut attempt = |server: &Server, kind: &'static str, n: usize| -> u16 {
+        let victim = issue(&data, &format!("victim-{n}"), "subzero", &[]);
+        let resp = write_once(server, kind, n, &user, &agent, &victim);
+        let channel_token = (kind == "channel" && resp.status == 200)
+            .then(|| resp.json()["app_token"].as_str().unwrap().to_owned());
+        let w = Acked {
+            kind,
+            n,
+            victim,
+            channel_token,
+        };
+        match resp.status {
+            200 => acked.push(w),
+            503 => {
+                assert!(
+                    resp.body.contains("temporarily_unavailable"),
+                    "{kind}: {}",
+                    resp.body
+                );
+                refused.push(w);
+            }
+            other => panic!("{kind} write {n}: status {other} {}", resp.body),
+        }
+        resp.status
+    };
+
+    // On free space every write kind is acknowledged.
+    for (k, kind) in KINDS.iter().enumerate() {
+        assert_eq!(attempt(&server, kind, k), 200, "{kind} on free space");
+    }
+
+    let filler = tmpfs.path.join("filler");
+    let filled = fill(&filler);
+    println!("filled the data disk with {filled} bytes");
+    let mut n = 100;
+    for kind in KINDS {
+        let mut n_ok = 0;
+        loop {
+            n += 1;
+            let status = attempt(&server, kind, n);
+            // Reads and authentication go on between the writes.
+            assert_eq!(
+                send(&server, "GET", "/v1/authenticate", &auth, "").status,
+                200
+            );
+            let read = send(&server, "GET", "/v1/vault/entry-2", &auth, "");
+            assert_eq!(read.status, 200, "vault read on a full disk: {read:?}");
+            let check = send(
+                &server,
+                "POST",
+                "/v1/permissions/check",
+                &bearer(ADMIN),
+                r#"{"subject":"user:alice","permission":"view","object":"doc:1"}"#,
+            );
+            assert_eq!(
+                check.json()["allowed"],
+                true,
+                "permission check on a full disk: {check:?}"
+            );
+            let events = send(
+                &server,
+                "GET",
+                "/v1/audit/events?after=0&limit=10",
+                &bearer(ADMIN),
+                "",
+            );
+            assert_eq!(events.status, 200, "audit read on a full disk: {events:?}");
+            if status == 503 {
+                break;
+            }
+            n_ok += 1;
+            assert!(
+                n_ok < MAX_TRIES,
+                "{kind}: {MAX_TRIES} writes acknowledged on a full disk"
+            );
+        }
+        println!("{kind} on a full disk: 503 after {n_ok} writes that fit in space the store already held");
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    for kind in KINDS {
+        n += 1;
+        assert_eq!(attempt(&server, kind, n), 200, "{kind} once space returned");
+    }
+    println!("every kind acknowledged again once the filler was deleted");
+
+    // kill -9 and restart: every acknowledged write is there, no refused one is.
+    server.kill9();
+    let server = Server::start(&data, &args);
+    for w in &acked {
+        assert!(
+            is_visible(&server, &user, w),
+            "{} {} was acknowledged and is lost",
+            w.kind,
+            w.n
+        );
+    }
+    for w in refused
+        .iter()
+        .filter(|w| matches!(w.kind, "revocation" | "vault entry" | "audit batch"))
+    {
+        assert!(
+            !is_visible(&server, &user, w),
+            "{} {} was refused and is applied",
+            w.kind,
+            w.n
+        );
+    }
+    println!(
+        "{} acknowledged writes all survived kill -9; {} refused ones absent",
+        acked.len(),
+        refused.len()
+    );
+    assert!(server.terminate(), "clean stop");
+    drop(tmpfs);
+}
