@@ -48,9 +48,9 @@ pub enum ServeError {
         source: std::io::Error,
     },
     /// The embedded store could not be opened or read.
-    #[error("cannot open the store in {path}: {source}")]
+    #[error("cannot open the store {}: {source}; restore it from a backup (the server does not start on a damaged store)", path.display())]
     Store {
-        /// The data directory.
+        /// The store file (`subzero.redb` in the data directory).
         path: std::path::PathBuf,
         /// What went wrong.
         source: crate::store::StoreError,
@@ -69,6 +69,14 @@ pub enum ServeError {
         /// Sealed entries in the store.
         n_entries: usize,
     },
+    /// The master key file does not open the sealed vault entries (replaced or damaged).
+    #[error("{} does not open the {n_entries} sealed vault entries in the store (the key was replaced or damaged); restore it from a backup", path.display())]
+    MasterKeyWrong {
+        /// The key file.
+        path: std::path::PathBuf,
+        /// Sealed entries in the store.
+        n_entries: usize,
+    },
     /// The audit log could not be opened, or it is damaged (the message names the file and
     /// the record).
     #[error("{0}; the server does not start on a damaged audit log")]
@@ -80,6 +88,7 @@ pub enum ServeError {
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn serve(config: Config) -> Result<(), ServeError> {
+    exit_on_any_panic();
     let shutdown = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(ServeError::Runtime)?;
@@ -87,6 +96,31 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     run(config, &shutdown, |addr| {
         tracing::info!("listening on {addr}");
     })
+}
+
+/// Exit status of a `subzero serve` process in which a thread panicked.
+pub const PANIC_EXIT_CODE: i32 = 101;
+
+/// A panic in any thread of `subzero serve` ends the process at once with
+/// [`PANIC_EXIT_CODE`] after the panic message and one error line. Without it a shard that
+/// panics in a build that unwinds would leave the others serving (and `join_shards` waiting on
+/// them) with part of the state gone; release builds abort on panic anyway, and this makes both
+/// profiles end the same way, with an exit code rather than a signal. Nothing is lost that was
+/// acknowledged: every `200` for a durable write follows its `fdatasync`, as for `kill -9`.
+fn exit_on_any_panic() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let thread = std::thread::current();
+        tracing::error!(
+            thread = thread.name().unwrap_or("unnamed"),
+            code = PANIC_EXIT_CODE,
+            "a thread panicked: subzero exits rather than serve with part of itself gone"
+        );
+        // SAFETY: `_exit` takes no pointers and ends the process without running exit
+        // handlers or unwinding other threads, which may hold state the panic left half-updated.
+        unsafe { libc::_exit(PANIC_EXIT_CODE) };
+    }));
 }
 
 /// Runs until `shutdown` is set; `on_ready` gets the bound address once every shard runs.
@@ -215,7 +249,11 @@ fn join_shards(
                 wakers.wake_all();
                 result = Err(ServeError::Runtime(e));
             }
-            Err(_) => result = Err(ServeError::Runtime(std::io::Error::other("shard panicked"))),
+            Err(_) => {
+                shutdown.store(true, Ordering::Relaxed);
+                wakers.wake_all();
+                result = Err(ServeError::Runtime(std::io::Error::other("shard panicked")));
+            }
         }
     }
     result
@@ -235,7 +273,7 @@ struct Stored {
 fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
     let data_dir = &config.server.data_dir;
     let store_error = |source| ServeError::Store {
-        path: data_dir.clone(),
+        path: data_dir.join(store::STORE_FILE),
         source,
     };
     let mut store = RedbStore::open(data_dir, StoreOptions::default()).map_err(store_error)?;
@@ -323,7 +361,7 @@ fn load_audit(config: &Config) -> Result<crate::audit::AuditLog, ServeError> {
 fn load_vault(config: &Config, store: &dyn Store) -> Result<crate::control::Vault, ServeError> {
     let data_dir = &config.server.data_dir;
     let stored = store.snapshot().map_err(|source| ServeError::Store {
-        path: data_dir.clone(),
+        path: data_dir.join(crate::store::STORE_FILE),
         source,
     })?;
     let key_path = data_dir.join(crate::vault::MASTER_KEY_FILE);
@@ -335,8 +373,15 @@ fn load_vault(config: &Config, store: &dyn Store) -> Result<crate::control::Vaul
         });
     }
     let master_key = crate::vault::load_or_create_master_key(data_dir)?;
+    let vault = crate::control::Vault::new(master_key, stored.state.vault);
+    if !vault.master_key_opens_entries() {
+        return Err(ServeError::MasterKeyWrong {
+            path: key_path,
+            n_entries,
+        });
+    }
     tracing::info!(entries = n_entries, "vault loaded");
-    Ok(crate::control::Vault::new(master_key, stored.state.vault))
+    Ok(vault)
 }
 
 /// Data dir, key ring (generated on first start), verifier and revocation log.
@@ -430,6 +475,7 @@ fn spawn_shard(
             let app = app.with_relationships(relationships);
             let _ = ready.send(());
             drop(ready);
+            panic_if_told(idx);
             let result = shard::run_shard(idx, listener, limits, inbox, stats, &shutdown, app);
             if result.is_err() {
                 // One failed shard stops the server rather than leaving it half up.
@@ -438,6 +484,25 @@ fn spawn_shard(
             result
         })
         .map_err(ServeError::Runtime)
+}
+
+/// Test hook, compiled only into debug builds (`cfg(debug_assertions)`; the release binary
+/// users run has no such knob): `SUBZERO_TEST_PANIC_SHARD=N` makes shard `N` panic once it is
+/// ready, so an end-to-end test can watch the process go down. An env variable rather than a
+/// cargo feature keeps the tests on the one binary `cargo test` builds.
+fn panic_if_told(idx: usize) {
+    #[cfg(debug_assertions)]
+    {
+        let told = std::env::var("SUBZERO_TEST_PANIC_SHARD")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok());
+        assert!(
+            told != Some(idx),
+            "SUBZERO_TEST_PANIC_SHARD={idx}: injected shard panic"
+        );
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = idx;
 }
 
 fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeError> {

@@ -135,6 +135,9 @@ pub enum TokenError {
     /// The header lists `crit` extensions, none of which we implement.
     #[error("token header has critical extensions")]
     CriticalHeader,
+    /// The header or the payload repeats a member name in one object.
+    #[error("token repeats a JSON member name")]
+    DuplicateKey,
     /// The payload is not a JSON object of well-typed claims.
     #[error("token payload is not valid")]
     BadPayload,
@@ -193,6 +196,7 @@ impl TokenError {
             TokenError::BadHeader => "token header is not valid",
             TokenError::CriticalHeader => "token header has critical extensions",
             TokenError::BadPayload => "token payload is not valid",
+            TokenError::DuplicateKey => "token repeats a JSON member name",
             TokenError::AlgNone => "alg none is not accepted",
             TokenError::AlgHmac => "HMAC algorithms are not accepted",
             TokenError::AlgUnsupported => "token algorithm is not supported",

@@ -17,6 +17,7 @@ use super::claims::{Claims, RawClaims};
 use super::error::{KeyError, TokenError};
 use super::jwk::{self, KeyEntry, PublicKey};
 use super::keys::KeyRing;
+use super::unique_keys;
 
 /// Longest token accepted, in bytes.
 pub const MAX_TOKEN_BYTES: usize = 8192;
@@ -367,6 +368,9 @@ impl Verifier {
         }
         let header_json =
             b64::decode_into(header_b64, &mut header_buf).ok_or(TokenError::BadEncoding)?;
+        if unique_keys::repeats_a_name(header_json) {
+            return Err(TokenError::DuplicateKey);
+        }
         let header: Header<'_> =
             serde_json::from_slice(header_json).map_err(|_| TokenError::BadHeader)?;
         let alg = classify_alg(&header.alg)?;
@@ -378,6 +382,9 @@ impl Verifier {
         let mut payload_buf = [0u8; MAX_PAYLOAD_BYTES];
         let payload_json =
             b64::decode_into(payload_b64, &mut payload_buf).ok_or(TokenError::BadEncoding)?;
+        if unique_keys::repeats_a_name(payload_json) {
+            return Err(TokenError::DuplicateKey);
+        }
         let claims: RawClaims =
             serde_json::from_slice(payload_json).map_err(|_| TokenError::BadPayload)?;
 

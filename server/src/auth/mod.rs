@@ -10,6 +10,7 @@ pub mod error;
 pub mod jwk;
 pub mod jwt;
 pub mod keys;
+mod unique_keys;
 
 pub use claims::{Claims, ExtraClaims};
 pub use error::{KeyError, TokenError};

@@ -88,6 +88,25 @@ impl Vault {
         }
     }
 
+    /// Whether the master key opens the first stored entry (true when there is none): a wrong
+    /// or damaged key file opens none of them, so the server refuses to start on it rather
+    /// than answer every read with a server error. A single damaged entry is caught by the
+    /// store's page checksums before this runs.
+    pub fn master_key_opens_entries(&self) -> bool {
+        let Some((key, entry)) = self.entries.iter().next() else {
+            return true;
+        };
+        let Some((iss, sub)) = key.namespace.split_once('\0') else {
+            return false;
+        };
+        Namespace::new(iss, sub)
+            .and_then(|ns| {
+                let ns_key = self.master_key.namespace_key(&ns)?;
+                vault::open(&ns_key, &ns, &key.name, entry.version, &entry.sealed)
+            })
+            .is_ok()
+    }
+
     /// Entries held, expired ones not yet purged included.
     pub fn len(&self) -> usize {
         self.entries.len()

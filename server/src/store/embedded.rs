@@ -66,7 +66,9 @@ impl Default for StoreOptions {
 
 /// The redb engine; owned by the control plane thread.
 pub struct RedbStore {
-    db: Database,
+    /// `None` between a failed write (redb refuses all work after an I/O error, e.g. a full
+    /// disk) and the next write, which reopens the file.
+    db: Option<Database>,
     path: PathBuf,
     options: StoreOptions,
     /// Newest committed revision.
@@ -91,13 +93,9 @@ impl RedbStore {
             .mode(0o600)
             .open(&path)
             .map_err(StoreError::io(&path))?;
-        let backend = FileBackend::new(file).map_err(StoreError::engine)?;
-        let db = Database::builder()
-            .set_cache_size(options.cache_bytes)
-            .create_with_backend(backend)
-            .map_err(StoreError::engine)?;
+        let db = open_database(file, &options)?;
         let mut store = RedbStore {
-            db,
+            db: Some(db),
             path,
             options: StoreOptions {
                 retained_changes: options.retained_changes.max(1),
@@ -165,8 +163,42 @@ impl RedbStore {
         self.floor
     }
 
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// After a failed write redb answers every later call with `PreviousIo` until the
+    /// database is reopened: close it and open the file again (redb recovers to the last
+    /// durable commit, and `init` reloads the revision), so writes resume once the cause (a
+    /// full disk) is gone. While the reopen fails, the store stays closed and says so.
+    fn reopen_if_closed(&mut self) -> Result<(), StoreError> {
+        if self.db.is_some() {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .map_err(StoreError::io(&self.path))?;
+        self.db = Some(open_database(file, &self.options)?);
+        if let Err(e) = self.init() {
+            self.db = None;
+            return Err(e);
+        }
+        tracing::info!(path = %self.path.display(), revision = self.revision, "store reopened after a failed write");
+        Ok(())
+    }
+
+    /// Closes the engine after a failed write (see `reopen_if_closed`).
+    fn close_after<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(result, Err(StoreError::Engine(_) | StoreError::Io { .. })) {
+            self.db = None;
+        }
+        result
+    }
+
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write().map_err(StoreError::engine)?;
+        let mut txn = self.db()?.begin_write().map_err(StoreError::engine)?;
         txn.set_durability(Durability::Immediate)
             .map_err(StoreError::engine)?;
         txn.set_quick_repair(self.options.quick_repair);
@@ -174,7 +206,7 @@ impl RedbStore {
     }
 
     fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        self.db.begin_read().map_err(StoreError::engine)
+        self.db()?.begin_read().map_err(StoreError::engine)
     }
 
     /// Commits `txn` when the batch changed anything (`n_applied > 0`, change record in
@@ -202,9 +234,55 @@ impl RedbStore {
     }
 }
 
+/// Opens the engine over `file`. Every page's checksum is verified at open: a file damaged
+/// outside redb (disk, hand edit) then fails to open with `Corrupted`, naming the file, where
+/// a plain open trusts it and a later read may panic (seen with a 16-byte overwrite in
+/// e2e_faults). It reads the whole file once per open, which is small next to what the server
+/// keeps in memory.
+fn open_database(file: File, options: &StoreOptions) -> Result<Database, StoreError> {
+    let backend = FileBackend::new(file).map_err(StoreError::engine)?;
+    Database::builder()
+        .set_cache_size(options.cache_bytes)
+        .set_check_integrity_on_open(true)
+        .create_with_backend(backend)
+        .map_err(StoreError::engine)
+}
+
 impl Store for RedbStore {
     fn write(&mut self, ops: &[Op], now_s: u64) -> Result<Committed, StoreError> {
         check_batch(ops)?;
+        self.reopen_if_closed()?;
+        let result = self.write_open(ops, now_s);
+        self.close_after(result)
+    }
+
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        self.changes_since_open(after, limit)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        read_snapshot(&self.begin_read()?).map_err(StoreError::engine)
+    }
+
+    fn purge_expired(&mut self, now_s: u64, max_records: usize) -> Result<Purged, StoreError> {
+        self.reopen_if_closed()?;
+        let result = self.purge_expired_open(now_s, max_records);
+        self.close_after(result)
+    }
+
+    fn trim_changes(&mut self, through: u64) -> Result<u64, StoreError> {
+        self.reopen_if_closed()?;
+        let result = self.trim_changes_open(through);
+        self.close_after(result)
+    }
+}
+
+impl RedbStore {
+    fn write_open(&mut self, ops: &[Op], now_s: u64) -> Result<Committed, StoreError> {
         if ops.is_empty() {
             let revision = self.revision;
             return Ok(Committed {
@@ -231,11 +309,7 @@ impl Store for RedbStore {
         Ok(Committed { revision, outcomes })
     }
 
-    fn revision(&self) -> u64 {
-        self.revision
-    }
-
-    fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
+    fn changes_since_open(&self, after: u64, limit: usize) -> Result<Vec<Change>, StoreError> {
         if after > self.revision {
             return Err(StoreError::Ahead {
                 after,
@@ -268,11 +342,7 @@ impl Store for RedbStore {
         Ok(changes)
     }
 
-    fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        read_snapshot(&self.begin_read()?).map_err(StoreError::engine)
-    }
-
-    fn purge_expired(&mut self, now_s: u64, max_records: usize) -> Result<Purged, StoreError> {
+    fn purge_expired_open(&mut self, now_s: u64, max_records: usize) -> Result<Purged, StoreError> {
         let max_records = max_records.min(MAX_BATCH_OPS);
         let txn = self.begin_write()?;
         let mut ops = Vec::new();
@@ -294,7 +364,7 @@ impl Store for RedbStore {
         })
     }
 
-    fn trim_changes(&mut self, through: u64) -> Result<u64, StoreError> {
+    fn trim_changes_open(&mut self, through: u64) -> Result<u64, StoreError> {
         let through = through.min(self.revision);
         if through <= self.floor {
             return Ok(self.floor);

@@ -88,6 +88,10 @@ pub enum StoreError {
         current: u64,
     },
     /// The database holds something this code cannot have written.
+    /// The engine was closed after a failed write and has not been reopened yet (the next
+    /// write tries again).
+    #[error("store engine closed after a failed write; the next write reopens it")]
+    Closed,
     #[error("store corrupt: {0}")]
     Corrupt(String),
     /// The database file was written by a different format of this store.

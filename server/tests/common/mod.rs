@@ -466,6 +466,35 @@ pub fn request_bytes(method: &str, path: &str, headers: &[(&str, &str)], body: &
     text.into_bytes()
 }
 
+/// One request on a fresh connection to `addr`; `None` when the connection fails or closes
+/// before a whole answer (a server killed meanwhile), where `Server::request` would panic.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Option<Response> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    stream
+        .write_all(&request_bytes(method, path, headers, body))
+        .ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some((resp, _)) = parse_response(&buf) {
+            return Some(resp);
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
     let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&buf[..head_end]).ok()?;
