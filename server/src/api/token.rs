@@ -48,7 +48,7 @@ impl Refusal {
 
 /// The fields of a token or revocation request, from a form or JSON body.
 #[derive(Deserialize, Default)]
-struct TokenParams<'a> {
+pub(super) struct TokenParams<'a> {
     #[serde(borrow, default)]
     grant_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -73,7 +73,7 @@ struct TokenParams<'a> {
 }
 
 /// Parses a JSON object or an `application/x-www-form-urlencoded` body.
-fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> {
+pub(super) fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> {
     let is_json = req
         .content_type
         .is_some_and(|ct| ct.starts_with(b"application/json"));
