@@ -140,9 +140,12 @@ fn run_one(target: &str, time_s: u64) -> Result<RunStats> {
     let elapsed_s = start.elapsed().as_secs_f64();
     let log = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        eprintln!("{}", tail.join("\n"));
+        // The panic message (and the lines after it), then libFuzzer's last words.
+        let lines: Vec<&str> = log.lines().collect();
+        if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+            eprintln!("{}", lines[at..lines.len().min(at + 6)].join("\n"));
+        }
+        eprintln!("{}", lines[lines.len().saturating_sub(25)..].join("\n"));
         let reproducer = reproducer_path(&log).map_or_else(
             || "(libFuzzer wrote no test unit; see the output above)".to_owned(),
             |p| p.display().to_string(),
