@@ -205,11 +205,21 @@ pub fn test() -> Result<()> {
         )?;
         step(&mut timings, "bpffs mount", ensure_bpffs)?;
         step(&mut timings, "rustfmt and clippy", ensure_lint_tools)?;
+        step(
+            &mut timings,
+            "cargo-fuzz (for the fuzz targets)",
+            crate::fuzz::ensure_cargo_fuzz,
+        )?;
         // The house rules, cheapest first, so a broken rule fails in seconds, not after the
         // build. `--all` formats every member, ebpf and benches included.
         step(&mut timings, "cargo fmt --all -- --check", || {
             util::run(util::cargo().args(["fmt", "--all", "--", "--check"]))
         })?;
+        step(
+            &mut timings,
+            "cargo fmt --manifest-path fuzz/Cargo.toml -- --check",
+            crate::fuzz::check_fmt,
+        )?;
         // Plain `cargo build`/`cargo test`/`cargo clippy` at the root act on `default-members`
         // (server, common, xtask); `--workspace` would pull in ebpf (bpf target only) and the
         // bench peers.
@@ -240,6 +250,21 @@ pub fn test() -> Result<()> {
             &mut timings,
             "cargo test -p subzero-benches --all-targets",
             || util::run(util::cargo().args(["test", "-p", "subzero-benches", "--all-targets"])),
+        )?;
+        // Every fuzz target over its seeds and then new inputs for a few seconds: a parser
+        // that starts panicking on a committed seed or a near neighbour fails CI here.
+        step(
+            &mut timings,
+            &format!(
+                "cargo xtask fuzz --time-s {} (every target)",
+                crate::fuzz::TEST_TIME_S
+            ),
+            || {
+                crate::fuzz::fuzz(&crate::fuzz::FuzzArgs {
+                    time_s: crate::fuzz::TEST_TIME_S,
+                    target: None,
+                })
+            },
         )
     })();
     println!("\nStep times:");

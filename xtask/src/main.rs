@@ -2,6 +2,7 @@
 
 mod bench;
 mod bootstrap;
+mod fuzz;
 mod loadgen;
 mod metrics;
 mod netns;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "xtask",
-    about = "subzero project tasks: `cargo xtask test | run | package | bench`"
+    about = "subzero project tasks: `cargo xtask test | run | package | bench | fuzz`"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -28,9 +29,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what the build and tests need (apt, rust-src, bpf-linker, bpffs), check fmt,
-    /// clippy and tidy, then build and test the default workspace members and the bench crate.
-    /// CI runs this as root with `CI=true` (`.ci/run`).
+    /// Install what the build and tests need (apt, rust-src, bpf-linker, bpffs, cargo-fuzz),
+    /// check fmt, clippy and tidy, then build and test the default workspace members and the
+    /// bench crate, and run every fuzz target briefly. CI runs this as root with `CI=true`
+    /// (`.ci/run`).
     Test,
     /// Build release and run `subzero serve ARGS` (no args: the embedded default).
     Run {
@@ -55,6 +57,15 @@ enum Task {
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },
+    /// Build the cargo-fuzz targets in fuzz/ and run each (or TARGET) for a bounded time; a
+    /// crash fails with the reproducer's path.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long = "time-s", default_value_t = 60)]
+        time_s: u64,
+        /// One target: http, jwt, bodies, authz_schema, authz_eval, cuckoo, records, xdp.
+        target: Option<String>,
+    },
     /// (Used by `bench` inside its network namespace.) Send UDP datagrams at a fixed rate.
     #[command(hide = true)]
     Flood {
@@ -75,6 +86,7 @@ fn main() -> std::process::ExitCode {
         Task::Test => bootstrap::test(),
         Task::Run { args } => bootstrap::run(&args),
         Task::Package { out_dir } => bootstrap::package(out_dir.as_deref()),
+        Task::Fuzz { time_s, target } => fuzz::fuzz(&fuzz::FuzzArgs { time_s, target }),
         Task::Bench { quick, scenarios } => bench::bench(&bench::BenchArgs { quick, scenarios }),
         Task::Flood {
             src,

@@ -28,9 +28,9 @@ pub const MAX_PENDING_BATCHES: usize = 64;
 pub const JOB_TOKENS_PER_PASS: usize = 32;
 
 #[derive(Deserialize)]
-struct BatchBody<'a> {
+pub(super) struct BatchBody<'a> {
     #[serde(borrow)]
-    tokens: Vec<std::borrow::Cow<'a, str>>,
+    pub(super) tokens: Vec<std::borrow::Cow<'a, str>>,
 }
 
 /// A batch waiting for its parts (jobs here or on other shards).

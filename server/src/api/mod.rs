@@ -13,6 +13,8 @@ mod authz;
 mod batch;
 mod budget;
 mod channel;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gather;
 mod owned;
 mod ratecheck;

@@ -32,7 +32,7 @@ struct CheckBody<'a> {
 }
 
 /// Parses and bounds the body: `(key, cost)`.
-fn parse_body(body: &[u8]) -> Result<(Cow<'_, str>, u32), String> {
+pub(super) fn parse_body(body: &[u8]) -> Result<(Cow<'_, str>, u32), String> {
     let body: CheckBody<'_> = serde_json::from_slice(body).map_err(|e| {
         format!("body must be JSON {{\"key\": \"...\", \"cost\": 1}} (cost optional): {e}")
     })?;

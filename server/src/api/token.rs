@@ -48,7 +48,7 @@ impl Refusal {
 
 /// The fields of a token or revocation request, from a form or JSON body.
 #[derive(Deserialize, Default)]
-struct TokenParams<'a> {
+pub(super) struct TokenParams<'a> {
     #[serde(borrow, default)]
     grant_type: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
@@ -73,7 +73,7 @@ struct TokenParams<'a> {
 }
 
 /// Parses a JSON object or an `application/x-www-form-urlencoded` body.
-fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> {
+pub(super) fn parse_params<'a>(req: &Request<'a>) -> Result<TokenParams<'a>, &'static str> {
     let is_json = req
         .content_type
         .is_some_and(|ct| ct.starts_with(b"application/json"));
@@ -113,7 +113,8 @@ fn is_token_exchange(req: &Request<'_>) -> bool {
         .is_ok_and(|g| g.grant_type.as_deref() == Some(crate::xaa::GRANT_TOKEN_EXCHANGE))
 }
 
-/// Decodes `+` and `%XX`; borrows when there is nothing to decode.
+/// Decodes `+` and `%XX` (two hex digits, RFC 3986 §2.1); borrows when there is nothing to
+/// decode. `None` on any other escape or a result that is not UTF-8.
 pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
     if !text.contains(['%', '+']) {
         return Some(Cow::Borrowed(text));
@@ -125,8 +126,10 @@ pub(super) fn percent_decode(text: &str) -> Option<Cow<'_, str>> {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Not `u8::from_str_radix` alone: it takes a sign, so `%+e` would decode.
+                let hi = char::from(*bytes.get(i + 1)?).to_digit(16)?;
+                let lo = char::from(*bytes.get(i + 2)?).to_digit(16)?;
+                out.push((hi << 4 | lo) as u8);
                 i += 2;
             }
             b => out.push(b),
@@ -946,5 +949,16 @@ scopes = ["read", "write"]
         assert_eq!(percent_decode("plain").unwrap(), "plain");
         assert!(percent_decode("bad%zz").is_none());
         assert!(percent_decode("cut%2").is_none());
+        assert_eq!(percent_decode("%2B%2b").unwrap(), "++");
+    }
+
+    /// Found by the `bodies` fuzz target (fuzz/corpus/bodies/regress_percent_sign): a signed
+    /// "hex" pair such as `%+e` decoded to U+000E, so two spellings of a form value differed.
+    #[test]
+    fn percent_escape_is_two_hex_digits_without_a_sign() {
+        assert!(percent_decode("%+e").is_none());
+        assert!(percent_decode("a%+1b").is_none());
+        assert!(percent_decode("%-1").is_none());
+        assert!(percent_decode("% e").is_none());
     }
 }

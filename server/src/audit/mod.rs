@@ -29,6 +29,9 @@ use serde::Deserialize;
 pub use checkpoint::{Checkpoint, CheckpointError, NoteVerifier, Signer};
 pub use log::{AuditLog, Committed, LogStats};
 pub use record::{Hash, PiiKey};
+/// For the `fuzz/` records target: the segment scan recovery and `audit verify` run.
+#[doc(hidden)]
+pub use segment::{scan as scan_segment, Scan};
 pub use verify::{verify_dir, VerifyReport};
 
 /// The audit log's directory inside the data dir.

@@ -16,6 +16,8 @@
 mod cache;
 mod eval;
 mod parse;
+#[doc(hidden)]
+pub mod reference;
 mod schema;
 mod store;
 mod tuple;

@@ -134,7 +134,10 @@ impl<V> CuckooCache<V> {
         Self::with_hash_mask(capacity_entries, seed, u64::MAX)
     }
 
-    fn with_hash_mask(capacity_entries: usize, seed: u64, hash_mask: u64) -> Self {
+    /// A cache whose hashes keep only the bits of `hash_mask`, so distinct tokens collide on
+    /// purpose: for tests and the `fuzz/` cache target, never for serving.
+    #[doc(hidden)]
+    pub fn with_hash_mask(capacity_entries: usize, seed: u64, hash_mask: u64) -> Self {
         assert!(
             capacity_entries <= MAX_CAPACITY_ENTRIES,
             "cache capacity {capacity_entries} exceeds {MAX_CAPACITY_ENTRIES}"

@@ -41,7 +41,7 @@ fn check_of(jti: &str, exp_s: u64) -> String {
 }
 
 /// Parses one line; `None` when it is not a whole, intact record.
-fn parse_record(line: &[u8]) -> Option<(&str, u64)> {
+pub(super) fn parse_record(line: &[u8]) -> Option<(&str, u64)> {
     let line = std::str::from_utf8(line).ok()?;
     let mut parts = line.split(' ');
     let (jti, exp) = (parts.next()?, parts.next()?);

@@ -21,6 +21,8 @@
 mod codec;
 mod embedded;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod migrate;
 mod state;
