@@ -179,6 +179,25 @@ fn repeated_authorization_content_type_and_content_length_are_refused() {
     assert_eq!(conn.wait_closed(Duration::from_secs(5)), End::Closed);
 }
 
+/// RFC 9110 §15.5.6: a 405 names the methods the path has in `Allow`.
+#[test]
+fn method_not_allowed_names_the_allowed_methods() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let cases = [
+        ("DELETE", "/v1/token", "POST"),
+        ("PUT", "/healthz", "GET, HEAD"),
+        ("PATCH", "/v1/relationships", "GET, HEAD, POST, DELETE"),
+        ("PUT", "/v1/audit/events", "GET, POST"),
+        ("POST", "/v1/audit/checkpoint", "GET"),
+    ];
+    for (method, path, allow) in cases {
+        let resp = server.request(method, path, &[], "");
+        assert_eq!(resp.status, 405, "{method} {path}: {}", resp.body);
+        assert_eq!(resp.header("allow"), Some(allow), "{method} {path}");
+    }
+}
+
 /// RFC 9110 §9.3.2: HEAD wherever GET is, same status and headers, no body. Broken once by
 /// routing HEAD only to `/v1/authenticate` (as before): `/healthz` answered 405.
 #[test]

@@ -9,7 +9,6 @@
 //! Architecture Invariant: the denial buffer is bounded (`audit.max_buffered_denials`); a
 //! full buffer or a full control queue drops events and counts them, never blocks a request.
 
-use super::authn::CHALLENGE_NONE;
 use super::respond;
 use super::ShardApp;
 use crate::audit::{self, BodyError, Event, ReadRecord};
@@ -77,19 +76,10 @@ impl ShardApp {
         let ka = req.keep_alive;
         // A deferred response cannot have its body stripped, so HEAD is not offered here.
         if !matches!(req.method, Method::Get | Method::Post) {
-            let text = "method not allowed on this path";
-            let allow: &[u8] = b"allow: GET, POST";
-            respond::error_with(
-                out,
-                Status::MethodNotAllowed,
-                "invalid_request",
-                text,
-                &[allow],
-                ka,
-            );
+            respond::method_not_allowed(out, b"allow: GET, POST", ka);
             return (Outcome::Done, Op::Other);
         }
-        if let Some(refused) = self.refuse_non_auditor(req, cx, out) {
+        if let Some(refused) = self.refuse_unless_scoped(req, cx, out, AUDIT_SCOPE) {
             return refused;
         }
         let parsed = if req.method == Method::Post {
@@ -133,68 +123,15 @@ impl ShardApp {
     ) -> (Outcome, Op) {
         let ka = req.keep_alive;
         if req.method != Method::Get {
-            let text = "method not allowed on this path";
-            let allow: &[u8] = b"allow: GET";
-            respond::error_with(
-                out,
-                Status::MethodNotAllowed,
-                "invalid_request",
-                text,
-                &[allow],
-                ka,
-            );
+            respond::method_not_allowed(out, b"allow: GET", ka);
             return (Outcome::Done, Op::Other);
         }
-        if let Some(refused) = self.refuse_non_auditor(req, cx, out) {
+        if let Some(refused) = self.refuse_unless_scoped(req, cx, out, AUDIT_SCOPE) {
             return refused;
         }
         self.send_to_control(cx, out, ka, Op::Audit, |reply_to| {
             ControlMsg::AuditCheckpoint { reply_to }
         })
-    }
-
-    /// `None` for the admin token or a valid bearer token with scope `audit`; otherwise the
-    /// answer: 401 (with the RFC 6750 challenge), 403 `insufficient_scope`, 429, or `Later`.
-    fn refuse_non_auditor(
-        &mut self,
-        req: &Request<'_>,
-        cx: &Cx<'_>,
-        out: &mut Vec<u8>,
-    ) -> Option<(Outcome, Op)> {
-        let ka = req.keep_alive;
-        if self.is_admin(req) {
-            return None;
-        }
-        let Some(token) = req.bearer() else {
-            let text = "the admin token or a bearer token with scope audit is required";
-            let challenge = [CHALLENGE_NONE];
-            respond::error_with(
-                out,
-                Status::Unauthorized,
-                "invalid_request",
-                text,
-                &challenge,
-                ka,
-            );
-            return Some((Outcome::Done, Op::Other));
-        };
-        match self.verified_or_answer(token, cx, out, ka) {
-            Ok(cached) if cached.claims.has_scope(AUDIT_SCOPE) => None,
-            Ok(_) => {
-                let challenge: &[u8] = b"www-authenticate: Bearer realm=\"subzero\", error=\"insufficient_scope\", scope=\"audit\"";
-                let text = "the token lacks scope audit";
-                respond::error_with(
-                    out,
-                    Status::Forbidden,
-                    "insufficient_scope",
-                    text,
-                    &[challenge],
-                    ka,
-                );
-                Some((Outcome::Done, Op::Other))
-            }
-            Err(answer) => Some(answer),
-        }
     }
 
     /// Buffers a denial (a 401, 403 or 429 this shard answered) for the audit log.

@@ -380,14 +380,9 @@ impl ShardApp {
             (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, audit::AUDIT_PATH) => self.audit_events(req, cx, out),
             (_, audit::CHECKPOINT_PATH) => self.audit_checkpoint(req, cx, out),
-            (_, path) if KNOWN_PATHS.contains(&path) => {
-                respond::error(
-                    out,
-                    Status::MethodNotAllowed,
-                    "invalid_request",
-                    "method not allowed on this path",
-                    ka,
-                );
+            (_, path) if KNOWN_PATHS.iter().any(|(known, _)| *known == path) => {
+                let allow = KNOWN_PATHS.iter().find(|(known, _)| *known == path);
+                respond::method_not_allowed(out, allow.map_or(b"", |(_, line)| line), ka);
                 done(Op::Other)
             }
             _ => {
@@ -574,23 +569,28 @@ impl ShardApp {
     }
 }
 
-const KNOWN_PATHS: &[&str] = &[
-    "/v1/authenticate",
-    "/v1/authenticate/batch",
-    "/v1/token",
-    "/v1/revoke",
-    "/v1/keys/rotate",
-    "/v1/permissions/check",
-    "/v1/ratelimit/check",
-    "/v1/threat/check",
-    "/v1/risk/assess",
-    "/v1/relationships",
-    "/v1/xaa/channel",
-    "/v1/xaa/delegate",
-    "/.well-known/oauth-authorization-server",
-    "/healthz",
-    "/.well-known/jwks.json",
-    "/metrics",
+/// Paths with a fixed set of methods, and the `allow` line their `405` carries (GET routes
+/// answer HEAD too).
+const KNOWN_PATHS: &[(&str, &[u8])] = &[
+    ("/v1/authenticate", b"allow: GET, HEAD, POST"),
+    ("/v1/authenticate/batch", b"allow: POST"),
+    ("/v1/token", b"allow: POST"),
+    ("/v1/revoke", b"allow: POST"),
+    ("/v1/keys/rotate", b"allow: POST"),
+    ("/v1/permissions/check", b"allow: POST"),
+    ("/v1/ratelimit/check", b"allow: POST"),
+    ("/v1/threat/check", b"allow: POST"),
+    ("/v1/risk/assess", b"allow: POST"),
+    ("/v1/relationships", b"allow: GET, HEAD, POST, DELETE"),
+    ("/v1/xaa/channel", b"allow: POST"),
+    ("/v1/xaa/delegate", b"allow: POST"),
+    (
+        "/.well-known/oauth-authorization-server",
+        b"allow: GET, HEAD",
+    ),
+    ("/healthz", b"allow: GET, HEAD"),
+    ("/.well-known/jwks.json", b"allow: GET, HEAD"),
+    ("/metrics", b"allow: GET, HEAD"),
 ];
 
 impl Handler for ShardApp {

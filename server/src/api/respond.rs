@@ -41,6 +41,18 @@ pub(super) fn invalid_token(out: &mut Vec<u8>, denial: &Denial, ka: bool) {
 /// `reason` of a revocation the denylist already covered.
 const REVOKED_ALREADY: &str = "the denylist already holds this jti at least as long (or its exp passed meanwhile); nothing new was stored";
 
+/// `405` with the `allow` header line of the path's methods (RFC 9110 §15.5.6).
+pub(super) fn method_not_allowed(out: &mut Vec<u8>, allow: &[u8], ka: bool) {
+    error_with(
+        out,
+        Status::MethodNotAllowed,
+        "invalid_request",
+        "method not allowed on this path",
+        &[allow],
+        ka,
+    );
+}
+
 /// `429` for a source over its budget of failed verifications (`policy` from the limiter).
 pub(super) fn too_many_failures(
     out: &mut Vec<u8>,

@@ -54,15 +54,7 @@ impl ShardApp {
             (Method::Get, _) | (Method::Put | Method::Delete, Some(_))
         );
         if !method_ok {
-            let text = "method not allowed on this path";
-            respond::error_with(
-                out,
-                Status::MethodNotAllowed,
-                "invalid_request",
-                text,
-                &[allowed],
-                ka,
-            );
+            respond::method_not_allowed(out, allowed, ka);
             return done;
         }
         let namespace = match self.vault_caller(req, cx, out) {
