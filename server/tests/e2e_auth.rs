@@ -47,6 +47,52 @@ fn issued_token_authenticates_with_identity_headers() {
     assert!(server.terminate(), "graceful shutdown exits 0");
 }
 
+/// Envoy's ext_authz in HTTP mode sends the original method and path under the prefix.
+#[test]
+fn ext_authz_answers_any_method_and_path_under_its_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &["--shards", "2"]);
+    let token = issue(dir.path(), "alice", "subzero", &["read"]);
+    let auth = bearer(&token);
+    let paths = ["/v1/ext-authz/api/x?y=1", "/v1/ext-authz/", "/v1/ext-authz"];
+    // HEAD is below: its answers have a content-length but no body.
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    for path in paths {
+        for method in methods {
+            let ok = server.request(method, path, &[("Authorization", &auth)], "");
+            assert_eq!(ok.status, 200, "{method} {path}: {ok:?}");
+            assert_eq!(
+                ok.header("x-auth-subject"),
+                Some("alice"),
+                "{method} {path}"
+            );
+            assert_eq!(ok.header("x-auth-scopes"), Some("read"), "{method} {path}");
+            let none = server.request(method, path, &[], "");
+            assert_eq!(none.status, 401, "{method} {path}");
+            assert!(none
+                .header("www-authenticate")
+                .is_some_and(|c| c.starts_with("Bearer")));
+            let bad = server.request(method, path, &[("Authorization", "Bearer x.y.z")], "");
+            assert_eq!(bad.status, 401, "{method} {path}");
+        }
+    }
+    let mut conn = server.connect();
+    conn.send(
+        "HEAD",
+        "/v1/ext-authz/api/x",
+        &[("Authorization", &auth)],
+        "",
+    );
+    let head = conn.read_head_response();
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(head.header("x-auth-subject"), Some("alice"));
+    conn.send("HEAD", "/v1/ext-authz/api/x", &[], "");
+    assert_eq!(conn.read_head_response().status, 401);
+    // A sibling path is not the prefix.
+    let other = server.request("GET", "/v1/ext-authzx", &[("Authorization", &auth)], "");
+    assert_eq!(other.status, 404);
+}
+
 #[test]
 fn every_bad_token_is_refused_with_its_own_reason() {
     let dir = tempfile::tempdir().unwrap();

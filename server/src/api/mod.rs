@@ -377,6 +377,11 @@ impl ShardApp {
                 );
                 done(Op::Other)
             }
+            // Envoy's ext_authz (HTTP mode) sends the original method and path under its
+            // configured prefix: every method answers like `GET /v1/authenticate`.
+            (_, path) if path == EXT_AUTHZ_PREFIX || path.starts_with(EXT_AUTHZ_SUBPATHS) => {
+                self.authenticate_get(req, cx, out)
+            }
             (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, audit::AUDIT_PATH) => self.audit_events(req, cx, out),
             (_, audit::CHECKPOINT_PATH) => self.audit_checkpoint(req, cx, out),
@@ -568,6 +573,11 @@ impl ShardApp {
         self.shared.board.publish_shard(shard, text);
     }
 }
+
+/// The ext_authz target: `ANY /v1/ext-authz/{path}` authenticates like `GET /v1/authenticate`.
+const EXT_AUTHZ_PREFIX: &str = "/v1/ext-authz";
+/// Everything under it.
+const EXT_AUTHZ_SUBPATHS: &str = "/v1/ext-authz/";
 
 /// Paths with a fixed set of methods, and the `allow` line their `405` carries (GET routes
 /// answer HEAD too).
