@@ -47,6 +47,14 @@ pub enum ServeError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The Unix-socket listener could not be set up.
+    #[error("cannot listen on unix:{path}: {source}")]
+    BindUnix {
+        /// The socket path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The embedded store could not be opened or read.
     #[error("cannot open the store {}: {source}; restore it from a backup (the server does not start on a damaged store)", path.display())]
     Store {
@@ -147,6 +155,7 @@ pub fn run(
     // The bound address (port 0 resolved): the default `public_url` is built from it.
     let mut config = config;
     config.server.listen = addr;
+    let unix = bind_unix(&config.server)?;
     let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
     let gate = Gate::start(&config.gate, &listener_fds);
 
@@ -202,7 +211,10 @@ pub fn run(
         let seed = ShardSeed {
             idx,
             cpu: cpus[idx % cpus.len()],
-            listener,
+            listener: shard::Listeners {
+                tcp: listener,
+                unix: unix.clone(),
+            },
             shared: Arc::clone(&shared),
             control_tx: control_tx.clone(),
             keys: Arc::clone(&keys),
@@ -229,6 +241,7 @@ pub fn run(
     let result = join_shards(threads, shutdown, &wakers);
     shutdown.store(true, Ordering::Relaxed);
     let _ = control_thread.join();
+    close_unix(&config.server, unix);
     tracing::info!("subzero stopped");
     result
 }
@@ -425,7 +438,7 @@ fn load_state(config: &Config, now_s: u64) -> Result<(KeyRing, Verifier), ServeE
 struct ShardSeed {
     idx: usize,
     cpu: usize,
-    listener: OwnedFd,
+    listener: shard::Listeners,
     shared: Arc<AppShared>,
     control_tx: std::sync::mpsc::SyncSender<ControlMsg>,
     keys: Arc<KeySnapshot>,
@@ -503,6 +516,35 @@ fn panic_if_told(idx: usize) {
     }
     #[cfg(not(debug_assertions))]
     let _ = idx;
+}
+
+/// Closes the Unix-socket listener and removes its file (at shutdown).
+fn close_unix(server: &crate::config::ServerConfig, unix: Option<Arc<OwnedFd>>) {
+    drop(unix);
+    if let Some(path) = &server.unix_socket {
+        shard::remove_unix_socket(path);
+    }
+}
+
+/// Binds the configured Unix-socket listener (shared by every shard), if any.
+fn bind_unix(server: &crate::config::ServerConfig) -> Result<Option<Arc<OwnedFd>>, ServeError> {
+    let Some(path) = &server.unix_socket else {
+        return Ok(None);
+    };
+    let err = |source| ServeError::BindUnix {
+        path: path.display().to_string(),
+        source,
+    };
+    let gid = match &server.unix_group {
+        Some(name) => Some(
+            shard::group_id(name)
+                .ok_or_else(|| err(std::io::Error::other(format!("no group named {name:?}"))))?,
+        ),
+        None => None,
+    };
+    let fd = shard::bind_unix_listener(path, server.unix_mode, gid).map_err(err)?;
+    tracing::info!("accepting on unix:{}", path.display());
+    Ok(Some(Arc::new(fd)))
 }
 
 fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeError> {

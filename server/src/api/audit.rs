@@ -148,7 +148,7 @@ impl ShardApp {
             action: "deny".into(),
             resource,
             outcome: code.to_string(),
-            source: cx.peer.to_string(),
+            source: source_of(cx),
         });
     }
 
@@ -162,7 +162,7 @@ impl ShardApp {
             action: action.to_owned(),
             resource: audit::clip(resource, MAX_EVENT_PATH_BYTES),
             outcome: "200".into(),
-            source: cx.peer.to_string(),
+            source: source_of(cx),
         });
     }
 
@@ -286,4 +286,12 @@ fn render_failed(out: &mut Vec<u8>, ka: bool) {
         &[b"retry-after: 1"],
         ka,
     );
+}
+
+/// An audit event's `source`: the peer IP, or `uid:N` for a Unix-socket peer.
+fn source_of(cx: &Cx<'_>) -> String {
+    match cx.peer_uid {
+        Some(uid) => format!("uid:{uid}"),
+        None => cx.peer.to_string(),
+    }
 }

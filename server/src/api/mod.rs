@@ -536,6 +536,7 @@ impl ShardApp {
             ("subzero_connections_closed_total", &r.closed),
             ("subzero_connections_open", &r.open),
             ("subzero_connections_rejected_total", &r.rejected_over_limit),
+            ("subzero_unix_connections_accepted_total", &r.unix_accepted),
             ("subzero_connection_timeouts_total", &r.timeouts),
             ("subzero_output_overflows_total", &r.output_overflows),
             ("subzero_http_bad_requests_total", &r.bad_requests),

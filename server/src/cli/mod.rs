@@ -5,7 +5,6 @@
 
 mod stats;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -115,9 +114,10 @@ struct ServeArgs {
     /// TOML config file; flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Listen address (IP:PORT).
+    /// Listen address: IP:PORT, or unix:/path for a Unix stream socket; repeatable (one of
+    /// each kind at most); replaces the file's `server.listen`.
     #[arg(long)]
-    listen: Option<SocketAddr>,
+    listen: Vec<String>,
     /// Data directory (keys, revocations, vault, audit log).
     #[arg(long)]
     data_dir: Option<PathBuf>,

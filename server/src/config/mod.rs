@@ -160,6 +160,12 @@ pub struct ServerConfig {
     /// Base of the absolute URLs in our metadata (`/.well-known/oauth-authorization-server`),
     /// without a trailing `/`; `None`: `http://<listen>` (see [`Config::public_url`]).
     pub public_url: Option<String>,
+    /// A `unix:/path` entry of `listen`: the Unix stream socket every shard also accepts on.
+    pub unix_socket: Option<PathBuf>,
+    /// `unix_mode` (octal text in the file): the socket file's permission bits.
+    pub unix_mode: u32,
+    /// `unix_group`: the group the socket file is given (`None`: the server's own).
+    pub unix_group: Option<String>,
 }
 
 /// `[auth]`.
@@ -297,6 +303,9 @@ impl Default for Config {
                     max_buffered_bytes: 0,
                 },
                 public_url: None,
+                unix_socket: None,
+                unix_mode: 0o660,
+                unix_group: None,
             },
             auth: AuthConfig {
                 issuer: "subzero".to_owned(),
@@ -385,7 +394,9 @@ struct FilePermissions {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileServer {
-    listen: Option<String>,
+    listen: Option<toml::Value>,
+    unix_mode: Option<String>,
+    unix_group: Option<String>,
     data_dir: Option<PathBuf>,
     shards: Option<toml::Value>,
     max_connections_per_shard: Option<usize>,
@@ -491,8 +502,8 @@ struct FileRateLimit {
 /// Command-line overrides for `serve`; `None` keeps the file's (or default) value.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
-    /// `--listen`.
-    pub listen: Option<SocketAddr>,
+    /// `--listen` (repeatable); non-empty replaces the file's `server.listen`.
+    pub listen: Vec<String>,
     /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
     /// `--shards`.
@@ -521,8 +532,8 @@ impl Config {
                 })?
             }
         };
-        if let Some(listen) = overrides.listen {
-            config.server.listen = listen;
+        if !overrides.listen.is_empty() {
+            apply_listen(&mut config.server, &overrides.listen)?;
         }
         if let Some(dir) = &overrides.data_dir {
             config.server.data_dir.clone_from(dir);
@@ -834,13 +845,70 @@ fn validate_gate(g: &GateConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Applies a `listen` list: at most one `IP:PORT` (kept as the TCP listener; the default stays
+/// when the list names none) and at most one `unix:/path`.
+fn apply_listen(server: &mut ServerConfig, entries: &[String]) -> Result<(), ConfigError> {
+    let (mut tcp, mut unix) = (None, None);
+    for entry in entries {
+        if let Some(path) = entry.strip_prefix("unix:") {
+            if path.is_empty() || unix.replace(PathBuf::from(path)).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "server.listen takes one unix:/path entry, got {entry:?} as well"
+                )));
+            }
+        } else {
+            let addr: SocketAddr = entry.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "server.listen entries must be IP:PORT (e.g. 127.0.0.1:8080) or unix:/path, got {entry:?}"
+                ))
+            })?;
+            if tcp.replace(addr).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "server.listen takes one IP:PORT entry, got {entry:?} as well"
+                )));
+            }
+        }
+    }
+    if let Some(addr) = tcp {
+        server.listen = addr;
+    }
+    server.unix_socket = unix;
+    Ok(())
+}
+
 fn apply_server(server: &mut ServerConfig, s: FileServer, base: &Path) -> Result<(), ConfigError> {
     if let Some(listen) = s.listen {
-        server.listen = listen.parse().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "server.listen must be IP:PORT (e.g. 127.0.0.1:8080), got {listen:?}"
-            ))
-        })?;
+        let entries: Vec<String> = match listen {
+            toml::Value::String(one) => vec![one],
+            toml::Value::Array(list) => list
+                .into_iter()
+                .map(|v| match v {
+                    toml::Value::String(text) => Ok(text),
+                    other => Err(ConfigError::Invalid(format!(
+                        "server.listen entries must be strings, got {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "server.listen must be a string or a list of strings, got {other}"
+                )))
+            }
+        };
+        apply_listen(server, &entries)?;
+    }
+    if let Some(mode) = s.unix_mode {
+        server.unix_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "server.unix_mode must be octal permission bits (e.g. \"0660\"), got {mode:?}"
+                ))
+            })?;
+    }
+    if let Some(group) = s.unix_group {
+        server.unix_group = Some(group);
     }
     if let Some(dir) = s.data_dir {
         server.data_dir = base.join(dir);
@@ -1010,182 +1078,4 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_is_valid_and_listens_on_8080() {
-        let c = Config::load(None, &Overrides::default()).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.auth.audiences, vec!["subzero".to_owned()]);
-    }
-
-    #[test]
-    fn unknown_keys_are_errors() {
-        let err = Config::from_toml("[server]\nlisten_addr = \"x\"\n", Path::new(".")).unwrap_err();
-        assert!(err.to_string().contains("listen_addr"), "{err}");
-    }
-
-    #[test]
-    fn client_audiences_join_accepted_audiences() {
-        let text = r#"
-[[clients]]
-id = "svc-a"
-secret = "0123456789"
-audiences = ["api"]
-scopes = ["read"]
-"#;
-        let c = Config::from_toml(text, Path::new("/etc/subzero")).unwrap();
-        assert_eq!(
-            c.auth.audiences,
-            vec!["subzero".to_owned(), "api".to_owned()]
-        );
-        c.validate().unwrap();
-    }
-
-    #[test]
-    fn paths_resolve_against_the_config_dir() {
-        let text = "[server]\ndata_dir = \"data\"\nshards = 2\n[[auth.trusted_issuers]]\nissuer = \"https://idp\"\njwks_file = \"idp.json\"\n";
-        let c = Config::from_toml(text, Path::new("/etc/subzero")).unwrap();
-        assert_eq!(c.server.data_dir, PathBuf::from("/etc/subzero/data"));
-        assert_eq!(c.server.shards, Shards::Count(2));
-        assert_eq!(
-            c.auth.trusted_issuers[0].jwks_file,
-            PathBuf::from("/etc/subzero/idp.json")
-        );
-    }
-
-    #[test]
-    fn min_batch_token_bytes_is_our_shortest_token() {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
-        let kid = "k".repeat(43); // an RFC 7638 thumbprint: SHA-256, base64url
-        let now_s = crate::unix_now_s();
-        let claims = crate::auth::Claims::new_for(
-            "i",
-            "s",
-            vec!["a".to_owned()],
-            &[],
-            1,
-            now_s,
-            crate::auth::new_jti(),
-        );
-        let shortest = crate::auth::sign(&key, &kid, &claims).len();
-        assert!(shortest >= MIN_BATCH_TOKEN_BYTES, "{shortest}");
-        assert!(
-            shortest < MIN_BATCH_TOKEN_BYTES + 8,
-            "stale bound: {shortest}"
-        );
-    }
-
-    #[test]
-    fn max_batch_tokens_follows_max_body_bytes_and_must_fit_in_it() {
-        // Default: as many of our shortest tokens as fit in 1 MiB, and that batch does fit.
-        let d = Config::default();
-        assert_eq!(d.auth.max_batch_tokens, 3021);
-        let body = 12 + d.auth.max_batch_tokens * (MIN_BATCH_TOKEN_BYTES + 3);
-        assert!(body <= d.server.limits.max_body_bytes, "{body}");
-        assert!(body + MIN_BATCH_TOKEN_BYTES + 3 > d.server.limits.max_body_bytes);
-        d.validate().unwrap();
-        // Unset, it is derived from the body limit: smaller, larger (capped), tiny.
-        let derived = |body: usize| {
-            let text = format!("[server]\nmax_body_bytes = {body}\n");
-            let c = Config::from_toml(&text, Path::new(".")).unwrap();
-            c.validate().unwrap();
-            c.auth.max_batch_tokens
-        };
-        assert_eq!(derived(4096), 11);
-        assert_eq!(derived(64 << 20), MAX_BATCH_TOKENS_DEFAULT);
-        assert_eq!(derived(0), 1);
-        // Set above what fits: refused, naming both keys and the largest that fits.
-        let c = Config::from_toml("[auth]\nmax_batch_tokens = 4096\n", Path::new(".")).unwrap();
-        let err = c.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("auth.max_batch_tokens = 4096 cannot be reached"),
-            "{err}"
-        );
-        assert!(err.contains("server.max_body_bytes = 1048576"), "{err}");
-        assert!(err.contains("at most 3021"), "{err}");
-        // Raising the body limit makes room for it; a smaller batch always fits.
-        let text = "[server]\nmax_body_bytes = 2097152\n[auth]\nmax_batch_tokens = 4096\n";
-        Config::from_toml(text, Path::new("."))
-            .unwrap()
-            .validate()
-            .unwrap();
-        let text = "[auth]\nmax_batch_tokens = 3021\n";
-        Config::from_toml(text, Path::new("."))
-            .unwrap()
-            .validate()
-            .unwrap();
-    }
-
-    #[test]
-    fn limits_are_checked() {
-        let c = Config::from_toml("[server]\nrecv_buffer_count = 100\n", Path::new(".")).unwrap();
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("power of two"));
-        assert!(Shards::parse("0").is_err());
-        assert!(Shards::parse("many").is_err());
-    }
-
-    #[test]
-    fn gate_keys_land_on_the_gate_defaults_and_are_range_checked() {
-        let c = Config::from_toml("[gate]\npkt_rate_per_s = 5000\n", Path::new("/srv")).unwrap();
-        c.validate().unwrap();
-        let d = GateConfig::default();
-        assert_eq!(
-            (c.gate.pkt_rate_per_s, c.gate.pkt_burst),
-            (5000, 10_000),
-            "burst follows rate"
-        );
-        assert_eq!(
-            (c.gate.syn_rate_per_s, c.gate.syn_burst),
-            (d.syn_rate_per_s, d.syn_burst)
-        );
-        assert_eq!(c.gate.data_dir, c.server.data_dir);
-        let c = Config::from_toml(
-            "[gate]\nsyn_rate_per_s = 50\nsyn_burst = 7\n",
-            Path::new("."),
-        )
-        .unwrap();
-        assert_eq!((c.gate.syn_rate_per_s, c.gate.syn_burst), (50, 7));
-        for (text, key) in [
-            ("[gate]\nsyn_rate_per_s = 0\n", "gate.syn_rate_per_s"),
-            ("[gate]\nsyn_burst = 0\n", "gate.syn_burst"),
-            (
-                "[gate]\npkt_rate_per_s = 10\npkt_burst = 0\n",
-                "gate.pkt_burst",
-            ),
-            ("[gate]\nblock_ttl_s = 0\n", "gate.block_ttl_s"),
-            (
-                "[gate]\nxdp = [\"a-very-long-interface-name\"]\n",
-                "gate.xdp",
-            ),
-            ("[gate]\nxdp = [\"../eth0\"]\n", "gate.xdp"),
-        ] {
-            let err = Config::from_toml(text, Path::new("."))
-                .and_then(|c| c.validate().map(|()| c))
-                .err()
-                .unwrap_or_else(|| panic!("{text:?} was accepted"));
-            assert!(err.to_string().contains(key), "{text:?}: {err}");
-        }
-    }
-
-    #[test]
-    fn pool_settings_the_pool_would_refuse_are_config_errors() {
-        for (text, key) in [
-            ("[pool]\nfreshness_s = 0\n", "pool.freshness_s"),
-            ("[pool]\nmax_per_key = 0\n", "pool.max_per_key"),
-            (
-                "[pool]\nmax_per_key = 300\nmax_total = 200\n",
-                "pool.max_total",
-            ),
-        ] {
-            let config = Config::from_toml(text, Path::new(".")).unwrap();
-            let err = config.validate().unwrap_err();
-            assert!(err.to_string().contains(key), "{text:?}: {err}");
-        }
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@
 //! nothing outside this module knows how the loop is built.
 
 mod bufring;
+mod listen;
 pub mod mesh;
 mod runtime;
 pub mod spsc;
@@ -17,6 +18,7 @@ pub mod spsc;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 
+pub use listen::{bind_unix_listener, group_id, remove_unix_socket, Listeners};
 pub use runtime::{run_shard, RuntimeStats, ShardLimits, MAX_CONNECTIONS_PER_SHARD};
 
 use crate::http::Request;
@@ -40,8 +42,10 @@ pub enum Outcome {
 
 /// Per-request context the runtime hands to the handler.
 pub struct Cx<'a> {
-    /// Source address of the connection.
+    /// Source address of the connection (loopback for a Unix-socket peer).
     pub peer: IpAddr,
+    /// `SO_PEERCRED` uid of a Unix-socket peer; `None` over TCP.
+    pub peer_uid: Option<u32>,
     /// Wall clock, unix seconds, read once per loop iteration.
     pub now_s: u64,
     /// Shard index.

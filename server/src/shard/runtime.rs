@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
+use super::listen::{peer_ip, peer_uid, set_nodelay, Listeners};
 use super::mesh::Inbox;
 use super::{Cx, Handler, Outcome, Ready, Ticket};
 use crate::http::{self, Parsed};
@@ -20,6 +21,9 @@ const OP_RECV: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_WAKE: u64 = 4;
 const OP_CANCEL: u64 = 5;
+/// Which listener an accept completion is for (the `idx` field of its user data).
+const LISTEN_TCP: usize = 0;
+const LISTEN_UNIX: usize = 1;
 
 /// Background work units granted per loop iteration: request handling always comes first.
 const BACKGROUND_BUDGET: u32 = 16;
@@ -99,6 +103,8 @@ pub struct RuntimeStats {
     pub closed: AtomicU64,
     /// Accepts refused because the shard was at its connection limit.
     pub rejected_over_limit: AtomicU64,
+    /// Connections accepted on the Unix-socket listener (a subset of `accepted`).
+    pub unix_accepted: AtomicU64,
     /// Requests parsed and dispatched.
     pub requests: AtomicU64,
     /// Requests rejected by the HTTP parser (4xx).
@@ -147,6 +153,8 @@ struct Conn {
     fd: OwnedFd,
     gen: u32,
     peer: IpAddr,
+    /// `SO_PEERCRED` uid of a Unix-socket peer (read once at accept); `None` over TCP.
+    uid: Option<u32>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     sending: Vec<u8>,
@@ -295,6 +303,8 @@ struct Shard<H: Handler> {
     ring: IoUring,
     bufs: BufRing,
     listener: OwnedFd,
+    /// The one Unix-socket listener every shard also accepts on (shared, not owned here).
+    unix_listener: Option<Arc<OwnedFd>>,
     limits: ShardLimits,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
@@ -313,8 +323,8 @@ struct Shard<H: Handler> {
     wake_buf: Box<u64>,
     ready: Ready,
     accepting: bool,
-    /// The multishot accept ended with an error; re-armed at the next sweep.
-    accept_rearm_due: bool,
+    /// The multishot accept (TCP, Unix) ended with an error; re-armed at the next sweep.
+    accept_rearm_due: [bool; 2],
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {
@@ -343,7 +353,7 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
 /// state may use `Rc`/`RefCell` freely.
 pub fn run_shard<H: Handler>(
     idx: usize,
-    listener: OwnedFd,
+    listener: impl Into<Listeners>,
     limits: ShardLimits,
     inbox: Inbox<H::Msg>,
     stats: Arc<RuntimeStats>,
@@ -357,11 +367,13 @@ pub fn run_shard<H: Handler>(
         limits.recv_buffer_count as u16,
         limits.recv_buffer_bytes,
     )?;
+    let Listeners { tcp, unix } = listener.into();
     let mut shard = Shard {
         idx,
         ring,
         bufs,
-        listener,
+        listener: tcp,
+        unix_listener: unix,
         conns: Vec::with_capacity(limits.max_connections.min(65_536)),
         free: Vec::new(),
         n_conns: 0,
@@ -377,10 +389,13 @@ pub fn run_shard<H: Handler>(
         wake_buf: Box::new(0),
         ready: Vec::new(),
         accepting: true,
-        accept_rearm_due: false,
+        accept_rearm_due: [false; 2],
         limits,
     };
-    shard.arm_accept();
+    shard.arm_accept(LISTEN_TCP);
+    if shard.unix_listener.is_some() {
+        shard.arm_accept(LISTEN_UNIX);
+    }
     shard.arm_wake();
     let result = shard.run(shutdown);
     shard.bufs.unregister(&shard.ring);
@@ -421,8 +436,10 @@ impl<H: Handler> Shard<H> {
                 last_sweep_s = now_s;
                 self.sweep_timeouts(now_s);
                 self.shed_memory();
-                if std::mem::take(&mut self.accept_rearm_due) && self.accepting {
-                    self.arm_accept();
+                for which in [LISTEN_TCP, LISTEN_UNIX] {
+                    if std::mem::take(&mut self.accept_rearm_due[which]) && self.accepting {
+                        self.arm_accept(which);
+                    }
                 }
             }
             self.flush_dirty();
@@ -469,11 +486,29 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(user_data(OP_ACCEPT, 0, 0));
+    fn arm_accept(&mut self, which: usize) {
+        let fd = if which == LISTEN_UNIX {
+            match &self.unix_listener {
+                Some(l) => l.as_raw_fd(),
+                None => return,
+            }
+        } else {
+            self.listener.as_raw_fd()
+        };
+        // The Unix listener is one socket shared by every shard: a single-shot accept,
+        // re-armed after each connection, queues this shard behind the others' waits, so the
+        // kernel's wake-one hands connections round the shards (a multishot accept stays
+        // first in line and would take them all).
+        let entry = if which == LISTEN_UNIX {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        }
+        .user_data(user_data(OP_ACCEPT, which, 0));
         self.push_sqe(&entry);
     }
 
@@ -500,10 +535,12 @@ impl<H: Handler> Shard<H> {
     fn stop_accepting(&mut self) {
         if self.accepting {
             self.accepting = false;
-            let entry = opcode::AsyncCancel::new(user_data(OP_ACCEPT, 0, 0))
-                .build()
-                .user_data(user_data(OP_CANCEL, 0, 0));
-            self.push_sqe(&entry);
+            for which in [LISTEN_TCP, LISTEN_UNIX] {
+                let entry = opcode::AsyncCancel::new(user_data(OP_ACCEPT, which, 0))
+                    .build()
+                    .user_data(user_data(OP_CANCEL, 0, 0));
+                self.push_sqe(&entry);
+            }
         }
     }
 
@@ -534,7 +571,7 @@ impl<H: Handler> Shard<H> {
             for &(ud, res, flags) in &batch[..n] {
                 let (op, idx, gen) = split_user_data(ud);
                 match op {
-                    OP_ACCEPT => self.on_accept(res, flags, now_s),
+                    OP_ACCEPT => self.on_accept(idx, res, flags, now_s),
                     OP_RECV => self.on_recv(idx, gen, res, flags, now_s),
                     OP_SEND => self.on_send(idx, gen, res),
                     OP_WAKE => self.arm_wake(),
@@ -544,7 +581,7 @@ impl<H: Handler> Shard<H> {
         }
     }
 
-    fn on_accept(&mut self, res: i32, flags: u32, now_s: u64) {
+    fn on_accept(&mut self, which: usize, res: i32, flags: u32, now_s: u64) {
         if res < 0 {
             if res != -libc::ECANCELED {
                 tracing::debug!(shard = self.idx, errno = -res, "accept failed");
@@ -552,12 +589,12 @@ impl<H: Handler> Shard<H> {
             }
             // Out of fds (EMFILE/ENFILE) would fail again at once: re-arm from the sweep.
             if !cqueue::more(flags) && self.accepting {
-                self.accept_rearm_due = true;
+                self.accept_rearm_due[which] = true;
             }
             return;
         }
         if !cqueue::more(flags) && self.accepting {
-            self.arm_accept();
+            self.arm_accept(which);
         }
         // SAFETY: the kernel handed us this fresh fd.
         let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) };
@@ -565,14 +602,20 @@ impl<H: Handler> Shard<H> {
             RuntimeStats::bump(&self.stats.rejected_over_limit);
             return; // dropping `fd` closes it
         }
-        set_nodelay(fd.as_raw_fd());
-        let peer = peer_ip(fd.as_raw_fd());
+        let (peer, uid) = if which == LISTEN_UNIX {
+            RuntimeStats::bump(&self.stats.unix_accepted);
+            (IpAddr::V4(Ipv4Addr::LOCALHOST), peer_uid(fd.as_raw_fd()))
+        } else {
+            set_nodelay(fd.as_raw_fd());
+            (peer_ip(fd.as_raw_fd()), None)
+        };
         let gen = self.next_gen;
         self.next_gen = (self.next_gen + 1) & GEN_MASK;
         let conn = Conn {
             fd,
             gen,
             peer,
+            uid,
             inbuf: Vec::new(),
             out: Vec::new(),
             sending: Vec::new(),
@@ -742,6 +785,7 @@ impl<H: Handler> Shard<H> {
                 Ok(Parsed::Complete(req, used)) => {
                     let mut cx = Cx {
                         peer: conn.peer,
+                        peer_uid: conn.uid,
                         now_s,
                         shard_idx: self.idx,
                         pass,
@@ -1116,35 +1160,6 @@ fn force_close(conn: &mut Conn, tickets: &mut HashMap<Ticket, (usize, u32)>) {
         // SAFETY: shutting down our own socket.
         unsafe { libc::shutdown(conn.fd.as_raw_fd(), libc::SHUT_RDWR) };
     }
-}
-
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd, c_int option.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&raw const one).cast(),
-            std::mem::size_of::<libc::c_int>() as u32,
-        );
-    }
-}
-
-fn peer_ip(fd: RawFd) -> IpAddr {
-    // SAFETY: zeroed storage is valid; getpeername writes at most `len` bytes.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above.
-    let rc = unsafe { libc::getpeername(fd, (&raw mut storage).cast(), &raw mut len) };
-    if rc != 0 {
-        return IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-    }
-    super::sockaddr_to(&storage).map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| match a.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
-    })
 }
 
 #[cfg(test)]
