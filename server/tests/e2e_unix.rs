@@ -226,3 +226,130 @@ fn audit_events_name_the_peer_uid() {
     );
     assert!(server.terminate());
 }
+
+/// `[admin] unix_uids`: root over the Unix socket is admin without a token; uid 65534 over the
+/// same socket is not, and still is with the bearer token.
+#[test]
+fn admin_by_unix_uid_is_allowed_and_other_uids_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("sz.sock");
+    std::fs::write(dir.path().join("admin.token"), "admin-token-for-unix-tests").unwrap();
+    let config = dir.path().join("sz.toml");
+    std::fs::write(
+        &config,
+        "[server]\nunix_mode = \"0666\"\n[admin]\ntoken_file = \"admin.token\"\nunix_uids = [0]\n",
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        &sock,
+        &["--shards", "1", "--config", config.to_str().unwrap()],
+    );
+    let curl = |as_nobody: bool, token: Option<&str>| -> String {
+        let mut cmd = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "curl",
+            ]);
+            c
+        } else {
+            Command::new("curl")
+        };
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+            .args(["--unix-socket", sock.to_str().unwrap()]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = cmd.arg("http://localhost/v1/keys/rotate").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this test as root"
+        );
+        println!("skipped: not root, cannot act as uid 0 and 65534");
+        return;
+    }
+    assert_eq!(curl(false, None), "200", "root over the socket is admin");
+    assert_eq!(curl(true, None), "401", "uid 65534 is not");
+    assert_eq!(curl(true, Some("admin-token-for-unix-tests")), "200");
+    // Over TCP no uid applies: the token is needed.
+    let tcp = server.request("POST", "/v1/keys/rotate", &[], "");
+    assert_eq!(tcp.status, 401);
+    assert!(server.terminate());
+}
+
+/// The per-source rate limit keys a Unix peer on its uid: root spends its burst, uid 65534
+/// and a TCP client still have theirs.
+#[test]
+fn per_source_limits_key_unix_peers_on_their_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path().join("sz.sock");
+    let config = dir.path().join("sz.toml");
+    std::fs::write(
+        &config,
+        "[server]\nunix_mode = \"0666\"\n[[ratelimit.rules]]\nroute = \"authenticate\"\nrate_per_s = 0.01\nburst = 3\n",
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        &sock,
+        &["--shards", "1", "--config", config.to_str().unwrap()],
+    );
+    let get = request_bytes("GET", "/v1/authenticate", &[], "");
+    let codes: Vec<String> = (0..5)
+        .map(|_| exchange(&sock, &get, 1)[9..12].to_owned())
+        .collect();
+    assert_eq!(
+        codes,
+        ["401", "401", "401", "429", "429"],
+        "root's burst of 3"
+    );
+    let root = Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&root.stdout).trim() == "0" {
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "curl",
+            ])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&sock)
+            .arg("http://localhost/v1/authenticate")
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "401",
+            "uid 65534 has its own"
+        );
+    } else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this test as root"
+        );
+        println!("skipped the uid 65534 half: not root");
+    }
+    let tcp = server.request("GET", "/v1/authenticate", &[], "");
+    assert_eq!(tcp.status, 401, "a TCP source has its own budget");
+    assert!(server.terminate());
+}

@@ -239,7 +239,7 @@ impl ShardApp {
         out: &mut Vec<u8>,
     ) -> Option<(Outcome, Op)> {
         let ka = req.keep_alive;
-        if self.config().admin_token.is_none() {
+        if self.config().admin_token.is_none() && !self.is_admin(req) {
             let text = "admin endpoints are off (no [admin] token_file configured)";
             respond::error(out, Status::NotFound, "invalid_request", text, ka);
             return Some((Outcome::Done, Op::Other));

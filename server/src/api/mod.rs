@@ -184,6 +184,9 @@ pub struct ShardApp {
     xaa: xaa::XaaState,
     /// This shard's own audit events (denials, delegations) waiting to be shipped.
     audit_buffer: audit::AuditBuffer,
+    /// The request being handled came over the Unix socket from an `[admin] unix_uids` uid
+    /// (set at the top of `handle`, read by `is_admin`).
+    unix_admin: bool,
 }
 
 impl ShardApp {
@@ -283,6 +286,7 @@ impl ShardApp {
             ),
             last_tick_s: 0,
             sweep_slots_left: 0,
+            unix_admin: false,
             pool_refill_due: false,
             runtime,
             echo_tickets: HashMap::new(),
@@ -464,6 +468,9 @@ impl ShardApp {
     /// Asks the control plane to put `ip` on the kernel blocklist (best effort: a full control
     /// queue drops the report, the next offence reports again).
     fn report_offender(&self, ip: std::net::IpAddr) {
+        if crate::shard::is_unix_peer_key(ip) {
+            return; // a Unix-socket peer: the kernel blocklist is for network addresses
+        }
         let msg = ControlMsg::Block {
             ip,
             reason: crate::gate::BlockReason::RateLimit,
@@ -472,8 +479,12 @@ impl ShardApp {
         let _ = self.control.try_send(msg);
     }
 
-    /// Whether `req` carries the configured admin token (constant-time compare).
+    /// Whether `req` carries the configured admin token (constant-time compare), or came over
+    /// the Unix socket from an `[admin] unix_uids` uid.
     fn is_admin(&self, req: &Request<'_>) -> bool {
+        if self.unix_admin {
+            return true;
+        }
         match (&self.config().admin_token, req.bearer()) {
             (Some(admin), Some(given)) => respond::ct_eq(admin.as_bytes(), given),
             _ => false,
@@ -608,6 +619,9 @@ impl Handler for ShardApp {
     type Msg = ShardMsg;
 
     fn handle(&mut self, req: &Request<'_>, cx: &mut Cx<'_>, out: &mut Vec<u8>) -> Outcome {
+        self.unix_admin = cx
+            .peer_uid
+            .is_some_and(|uid| self.shared.config.admin_unix_uids.contains(&uid));
         let started = self.monitor.start();
         let out_start = out.len();
         let (outcome, op) = if self.source_limiter.enabled() {

@@ -123,8 +123,11 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Client credentials for `POST /v1/token`.
     pub clients: Vec<ClientConfig>,
-    /// Admin bearer token; `None` turns admin endpoints off.
+    /// Admin bearer token; `None` turns admin endpoints off (except for `admin_unix_uids`).
     pub admin_token: Option<String>,
+    /// `[admin] unix_uids`: a request over the Unix socket from one of these uids is admin
+    /// without a bearer token.
+    pub admin_unix_uids: Vec<u32>,
     /// The eBPF gate.
     pub gate: GateConfig,
     /// Token pool sizing.
@@ -319,6 +322,7 @@ impl Default for Config {
             },
             clients: Vec::new(),
             admin_token: None,
+            admin_unix_uids: Vec::new(),
             gate: GateConfig::default(),
             pool: PoolConfig {
                 min_remaining_s: 600,
@@ -455,6 +459,7 @@ struct FileClient {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     token_file: Option<PathBuf>,
+    unix_uids: Option<Vec<u32>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -610,6 +615,7 @@ impl Config {
         }
         // Accepted audiences: explicit list, or "subzero" plus every client's audiences.
         c.auth.audiences = a.audiences.unwrap_or_else(|| default_audiences(&c));
+        c.admin_unix_uids = file.admin.unix_uids.unwrap_or_default();
         if let Some(path) = file.admin.token_file {
             c.admin_token = Some(read_secret(&base.join(path), "admin.token_file")?);
         }

@@ -72,6 +72,27 @@ pub(super) fn peer_ip(fd: RawFd) -> IpAddr {
     })
 }
 
+/// The per-source key of a Unix-socket peer: `100::<uid>` in the discard-only prefix
+/// 100::/64 (RFC 6666), which no real packet comes from, so the per-source limiters key Unix
+/// peers by uid with no second code path; `is_unix_peer_key` keeps it off the kernel blocklist.
+pub fn unix_peer_key(uid: u32) -> IpAddr {
+    IpAddr::V6(std::net::Ipv6Addr::new(
+        0x0100,
+        0,
+        0,
+        0,
+        0,
+        0,
+        (uid >> 16) as u16,
+        (uid & 0xffff) as u16,
+    ))
+}
+
+/// Whether `ip` is a [`unix_peer_key`] rather than a network address.
+pub fn is_unix_peer_key(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if v6.segments()[..6] == [0x0100, 0, 0, 0, 0, 0])
+}
+
 /// Binds the Unix stream socket at `path`, then applies `mode` (e.g. `0o660`) and `gid`.
 ///
 /// A file already at `path` is replaced only when it is a socket and nothing answers a connect
@@ -165,6 +186,14 @@ mod tests {
         std::fs::write(&file, b"keep").unwrap();
         assert!(bind_unix_listener(&file, 0o660, None).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn unix_peer_keys_are_per_uid_and_never_network_addresses() {
+        assert_ne!(unix_peer_key(0), unix_peer_key(65534));
+        assert!(is_unix_peer_key(unix_peer_key(u32::MAX)));
+        assert!(!is_unix_peer_key("127.0.0.1".parse().unwrap()));
+        assert!(!is_unix_peer_key("::1".parse().unwrap()));
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub mod spsc;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 
-pub use listen::{bind_unix_listener, group_id, remove_unix_socket, Listeners};
+pub use listen::{
+    bind_unix_listener, group_id, is_unix_peer_key, remove_unix_socket, unix_peer_key, Listeners,
+};
 pub use runtime::{run_shard, RuntimeStats, ShardLimits, MAX_CONNECTIONS_PER_SHARD};
 
 use crate::http::Request;
@@ -42,7 +44,8 @@ pub enum Outcome {
 
 /// Per-request context the runtime hands to the handler.
 pub struct Cx<'a> {
-    /// Source address of the connection (loopback for a Unix-socket peer).
+    /// Source address of the connection; for a Unix-socket peer its per-uid key
+    /// ([`unix_peer_key`]), so per-source limits apply per uid.
     pub peer: IpAddr,
     /// `SO_PEERCRED` uid of a Unix-socket peer; `None` over TCP.
     pub peer_uid: Option<u32>,

@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -604,7 +604,8 @@ impl<H: Handler> Shard<H> {
         }
         let (peer, uid) = if which == LISTEN_UNIX {
             RuntimeStats::bump(&self.stats.unix_accepted);
-            (IpAddr::V4(Ipv4Addr::LOCALHOST), peer_uid(fd.as_raw_fd()))
+            let uid = peer_uid(fd.as_raw_fd());
+            (super::unix_peer_key(uid.unwrap_or(u32::MAX)), uid)
         } else {
             set_nodelay(fd.as_raw_fd());
             (peer_ip(fd.as_raw_fd()), None)
