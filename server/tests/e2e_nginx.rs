@@ -56,15 +56,36 @@ fn write_config(
     front: u16,
     backend: u16,
 ) -> std::path::PathBuf {
+    let upstream = format!("server {subzero};");
+    let file = "nginx-auth-request.conf";
+    write_config_from(
+        prefix,
+        file,
+        ("server 127.0.0.1:8080;", &upstream),
+        front,
+        backend,
+    )
+}
+
+/// `write_config` from the shipped file `file`, its upstream line `from` replaced by `to`.
+fn write_config_from(
+    prefix: &Path,
+    file: &str,
+    (from, to): (&str, &str),
+    front: u16,
+    backend: u16,
+) -> std::path::PathBuf {
     std::fs::create_dir_all(prefix.join("logs")).unwrap();
     let shipped = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nginx-auth-request.conf"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts")
+            .join(file),
     )
-    .expect("read scripts/nginx-auth-request.conf");
+    .expect("read the shipped nginx example");
     let site = substitute(
         &shipped,
         &[
-            ("server 127.0.0.1:8080;", &format!("server {subzero};")),
+            (from, to),
             ("listen 80;", &format!("listen 127.0.0.1:{front};")),
             (
                 "proxy_pass http://127.0.0.1:9000;",
@@ -105,6 +126,17 @@ http {{
 
 #[test]
 fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
+    run_nginx(false);
+}
+
+/// The same over the Unix socket: `scripts/nginx-auth-request-unix.conf`, upstream
+/// `server unix:/path;` with keep-alive.
+#[test]
+fn nginx_auth_request_over_the_unix_socket() {
+    run_nginx(true);
+}
+
+fn run_nginx(unix: bool) {
     let Some(nginx) = nginx_binary() else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -114,11 +146,26 @@ fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(&dir.path().join("data"), &["--shards", "1"]);
+    let sock = dir.path().join("sz.sock");
+    let listen = format!("unix:{}", sock.display());
+    let mut args = vec!["--shards", "1"];
+    if unix {
+        args.extend(["--listen", &listen]);
+    }
+    let server = Server::start(&dir.path().join("data"), &args);
     let front = free_port();
     let backend = free_port();
     let prefix = dir.path().join("nginx");
-    let conf_path = write_config(&prefix, server.addr, front, backend);
+    let conf_path = if unix {
+        let to = format!("server {listen};");
+        let (file, from) = (
+            "nginx-auth-request-unix.conf",
+            "server unix:/run/subzero/subzero.sock;",
+        );
+        write_config_from(&prefix, file, (from, &to), front, backend)
+    } else {
+        write_config(&prefix, server.addr, front, backend)
+    };
     let child = Command::new(nginx)
         .arg("-p")
         .arg(&prefix)
@@ -166,5 +213,11 @@ fn nginx_auth_request_passes_identity_and_refuses_bad_tokens() {
     for _ in 0..50 {
         conn.send("GET", "/api/x", &[("Authorization", &bearer(&token))], "");
         assert_eq!(conn.read_response().body, "hello alice scopes=read");
+    }
+    if unix {
+        // The checks really went over the Unix socket.
+        server.wait_metrics("a Unix-socket connection counted", |text| {
+            common::metric_sum(text, "subzero_unix_connections_accepted_total") >= 1
+        });
     }
 }
