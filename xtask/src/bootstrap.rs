@@ -87,7 +87,7 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
         if in_ci() {
             bail!("CI=true but not running as root: cannot install packages");
         }
-        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus by hand)");
+        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl by hand)");
         return Ok(());
     }
     apt.ensure("llvm-22-dev")?;
@@ -100,6 +100,9 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
     apt.ensure("strace")?;
     // e2e_prometheus scrapes the server with the real Prometheus and lints with promtool.
     apt.ensure("prometheus")?;
+    // e2e_unix puts Caddy's forward_auth and curl --unix-socket in front of the Unix socket.
+    apt.ensure("caddy")?;
+    apt.ensure("curl")?;
     Ok(())
 }
 
