@@ -43,7 +43,7 @@ fn backend() -> u16 {
                         }
                         if let Some((k, v)) = line.split_once(':') {
                             if k.eq_ignore_ascii_case("x-auth-subject") {
-                                subject = v.trim().to_owned();
+                                v.trim().clone_into(&mut subject);
                             }
                         }
                     }
