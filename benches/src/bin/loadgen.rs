@@ -61,6 +61,32 @@ struct Args {
     /// After the offered period, how long to wait for outstanding responses, seconds.
     #[arg(long, default_value_t = 5)]
     drain_s: u64,
+    /// Connect to this Unix stream socket instead; `--url`/`--addr` then give only the Host
+    /// header and path.
+    #[arg(long)]
+    unix: Option<std::path::PathBuf>,
+}
+
+/// A connection's socket: TCP or Unix stream.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    fn fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
+    }
 }
 
 const CONNECTIONS_MAX: usize = 1024;
@@ -97,7 +123,7 @@ fn user_data(op: Op, conn_idx: usize) -> u64 {
     reason = "independent per-connection flags, read one at a time"
 )]
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Stream>,
     /// Due times (ns since start) and indexes of requests assigned here and not sent yet.
     queued: VecDeque<(u64, u64)>,
     /// Due times of requests sent and not answered yet, oldest first.
@@ -115,7 +141,7 @@ struct Conn {
 
 impl Conn {
     fn fd(&self) -> Option<RawFd> {
-        self.stream.as_ref().map(AsRawFd::as_raw_fd)
+        self.stream.as_ref().map(Stream::fd)
     }
 }
 
@@ -134,6 +160,7 @@ struct Loadgen {
     conns: Vec<Conn>,
     dirty: Vec<usize>,
     addr: SocketAddr,
+    unix: Option<std::path::PathBuf>,
     /// Request `i` is `requests[i % requests.len()]`; never empty.
     requests: Vec<Vec<u8>>,
     pipeline: usize,
@@ -152,10 +179,13 @@ fn push(ring: &mut IoUring, entry: &squeue::Entry) -> std::io::Result<()> {
     }
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
+fn connect(addr: SocketAddr, unix: Option<&std::path::Path>) -> std::io::Result<Stream> {
+    if let Some(path) = unix {
+        return Ok(Stream::Unix(std::os::unix::net::UnixStream::connect(path)?));
+    }
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    Ok(Stream::Tcp(stream))
 }
 
 impl Loadgen {
@@ -202,7 +232,7 @@ impl Loadgen {
             conn.broken = true;
             if let Some(stream) = conn.stream.as_ref() {
                 // Makes the op still in flight on this socket complete promptly.
-                let _ = stream.shutdown(std::net::Shutdown::Both);
+                stream.shutdown();
             }
         }
         self.mark_dirty(conn_idx);
@@ -223,7 +253,7 @@ impl Loadgen {
             return Ok(());
         }
         self.counters.n_reconnects += 1;
-        if let Ok(stream) = connect(self.addr) {
+        if let Ok(stream) = connect(self.addr, self.unix.as_deref()) {
             conn.stream = Some(stream);
             self.arm_recv(conn_idx)?;
         } else {
@@ -555,7 +585,8 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         .map_err(|e| format!("io_uring setup: {e}"))?;
     let mut conns = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let stream = connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+        let stream =
+            connect(addr, args.unix.as_deref()).map_err(|e| format!("connect {addr}: {e}"))?;
         conns.push(Conn {
             stream: Some(stream),
             queued: VecDeque::new(),
@@ -576,6 +607,7 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         conns,
         dirty: Vec::with_capacity(args.connections),
         addr,
+        unix: args.unix.clone(),
         requests,
         pipeline: args.pipeline,
         histogram,
