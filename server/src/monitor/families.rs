@@ -100,6 +100,7 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ("subzero_connections_closed_total", C, "Connections closed."),
     ("subzero_connections_open", G, "Connections open."),
     ("subzero_connections_rejected_total", C, "Connections refused over the per-shard limit."),
+    ("subzero_unix_connections_accepted_total", C, "Connections accepted on the Unix socket."),
     ("subzero_connection_timeouts_total", C, "Connections closed by an idle, request or send timeout."),
     ("subzero_output_overflows_total", C, "Connections closed for unsent output over the limit."),
     ("subzero_http_bad_requests_total", C, "Requests refused as malformed HTTP."),
