@@ -197,7 +197,7 @@ pub fn test() -> Result<()> {
     let result = (|| {
         step(
             &mut timings,
-            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus)",
+            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl)",
             || ensure_packages(&mut apt),
         )?;
         step(&mut timings, "rust-src for nightly", ensure_rust_src)?;
