@@ -389,19 +389,18 @@ impl ShardApp {
             (_, path) if vault::is_vault_path(path) => self.vault(req, cx, out),
             (_, audit::AUDIT_PATH) => self.audit_events(req, cx, out),
             (_, audit::CHECKPOINT_PATH) => self.audit_checkpoint(req, cx, out),
-            (_, path) if KNOWN_PATHS.iter().any(|(known, _)| *known == path) => {
-                let allow = KNOWN_PATHS.iter().find(|(known, _)| *known == path);
-                respond::method_not_allowed(out, allow.map_or(b"", |(_, line)| line), ka);
-                done(Op::Other)
-            }
-            _ => {
-                respond::error(
-                    out,
-                    Status::NotFound,
-                    "invalid_request",
-                    "no such endpoint",
-                    ka,
-                );
+            (_, path) => {
+                // A known path with another method is 405 with its `allow` line; else 404.
+                match KNOWN_PATHS.iter().find(|(known, _)| *known == path) {
+                    Some((_, allow)) => respond::method_not_allowed(out, allow, ka),
+                    None => respond::error(
+                        out,
+                        Status::NotFound,
+                        "invalid_request",
+                        "no such endpoint",
+                        ka,
+                    ),
+                }
                 done(Op::Other)
             }
         }
