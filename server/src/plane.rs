@@ -180,6 +180,8 @@ pub enum ControlMsg {
         /// How long; `None` is the gate's `block_ttl_s`.
         ttl_s: Option<u64>,
     },
+    /// The fleet's tailing thread saw new entries (or reconnected): pull and apply them.
+    FleetWake,
     /// Rotate the signing key, then reply.
     RotateKeys {
         /// Where the answer goes.
@@ -302,6 +304,11 @@ pub enum ControlReply {
     },
     /// The store could not make a write durable; nothing was acknowledged.
     StoreFailed,
+    /// The write needs the fleet's Redis, which is unreachable; nothing was acknowledged.
+    FleetUnavailable {
+        /// What failed, for `error_description`.
+        description: String,
+    },
     /// The channel is durable; here are its tokens.
     ChannelCreated {
         /// The channel id.

@@ -18,7 +18,7 @@ use crate::plane::Denylist;
 use crate::plane::{ControlMsg, KeySnapshot, ShardMsg};
 use crate::shard::mesh::{Inbox, Mesh, Outbox};
 use crate::shard::{self, RuntimeStats, ShardLimits};
-use crate::store::{self, RedbStore, Store, StoreOptions};
+use crate::store::{self, RedbStore, Shared, Store, StoreOptions};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -137,17 +137,8 @@ pub fn run(
     shutdown: &Arc<AtomicBool>,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
-    let now_s = crate::unix_now_s();
-    let (keyring, verifier) = load_state(&config, now_s)?;
-    let Stored {
-        store,
-        relationships,
-        channels,
-        revocations,
-    } = load_store(&config, now_s)?;
-    let vault = load_vault(&config, store.as_ref())?;
-    let audit = load_audit(&config)?;
-    let revoked = revocations.clone();
+    let (mut state, fleet) = load_control_state(&config)?;
+    let revoked = state.revocations.clone();
 
     let n_shards = config.shard_count();
     let listeners = bind_all(config.server.listen, n_shards)?;
@@ -157,7 +148,7 @@ pub fn run(
     config.server.listen = addr;
     let unix = bind_unix(&config.server)?;
     let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-    let gate = Gate::start(&config.gate, &listener_fds);
+    state.gate = Gate::start(&config.gate, &listener_fds);
 
     let Mesh {
         shards: shard_ports,
@@ -167,28 +158,21 @@ pub fn run(
     } = Mesh::<ShardMsg>::build(n_shards).map_err(ServeError::Runtime)?;
     let board = Arc::new(Board::new(n_shards));
     let config = Arc::new(config);
-    let control = ControlPlane::new(
+    let mut control = ControlPlane::new(
         Arc::clone(&config),
-        ControlState {
-            keyring,
-            base_verifier: verifier,
-            revocations,
-            store,
-            relationships,
-            channels,
-            vault,
-            gate,
-            audit,
-        },
+        state,
         ControlLinks {
             outbox: control_outbox,
             board: Arc::clone(&board),
             shutdown: Arc::clone(shutdown),
         },
     );
+    // In a fleet: the other nodes' keys and the fleet's blocks before the first request.
+    control.join_fleet();
     let keys = control.key_snapshot();
     let relationships = control.relationships();
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
+    let fleet_thread = spawn_fleet_thread(&config, fleet.as_ref(), &control_tx, shutdown)?;
     let shared = Arc::new(AppShared {
         config: Arc::clone(&config),
         mesh_gauges,
@@ -241,9 +225,43 @@ pub fn run(
     let result = join_shards(threads, shutdown, &wakers);
     shutdown.store(true, Ordering::Relaxed);
     let _ = control_thread.join();
+    if let Some(fleet_thread) = fleet_thread {
+        let _ = fleet_thread.join();
+    }
     close_unix(&config.server, unix);
     tracing::info!("subzero stopped");
     result
+}
+
+/// Everything the control plane owns, loaded from the data dir (and the fleet); the gate is
+/// started later, once the listeners are bound.
+fn load_control_state(config: &Config) -> Result<(ControlState, Option<FleetStart>), ServeError> {
+    let now_s = crate::unix_now_s();
+    let (keyring, verifier) = load_state(config, now_s)?;
+    let Stored {
+        store,
+        relationships,
+        channels,
+        revocations,
+        fleet,
+    } = load_store(config, now_s)?;
+    let vault = load_vault(config, store.as_ref())?;
+    let audit = load_audit(config)?;
+    let state = ControlState {
+        keyring,
+        base_verifier: verifier,
+        revocations,
+        store,
+        relationships,
+        channels,
+        vault,
+        gate: Gate::off(),
+        audit,
+        fleet: fleet
+            .as_ref()
+            .map(|f| (f.node_id.clone(), Arc::clone(&f.gauges))),
+    };
+    Ok((state, fleet))
 }
 
 /// Waits for every shard thread; the first that fails stops the others (and the server).
@@ -279,6 +297,75 @@ struct Stored {
     relationships: Option<Arc<authz::Snapshot>>,
     channels: crate::control::Channels,
     revocations: Denylist,
+    /// In a fleet: the node's name, gauges, and the Stream id its copy is at.
+    fleet: Option<FleetStart>,
+}
+
+/// In a fleet, the thread that tails the feed and wakes the control plane.
+fn spawn_fleet_thread(
+    config: &Config,
+    fleet: Option<&FleetStart>,
+    control_tx: &std::sync::mpsc::SyncSender<crate::plane::ControlMsg>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, ServeError> {
+    let (Some(fleet_config), Some(f)) = (&config.fleet, fleet) else {
+        return Ok(None);
+    };
+    let handle = crate::fleet::spawn_tail(
+        fleet_config,
+        f.start,
+        control_tx.clone(),
+        Arc::clone(&f.gauges),
+        Arc::clone(shutdown),
+    )
+    .map_err(ServeError::Runtime)?;
+    Ok(Some(handle))
+}
+
+/// What the fleet's threads start from.
+struct FleetStart {
+    node_id: String,
+    gauges: Arc<crate::fleet::FleetGauges>,
+    start: crate::fleet::StreamId,
+}
+
+/// Wraps the local store as a fleet node's copy and pulls what the fleet holds, so the
+/// mirrors built next start from the fleet's state. Redis being unreachable is not fatal: the
+/// node serves from its copy and catches up once Redis answers.
+fn join_fleet_store(
+    config: &Config,
+    fleet: &crate::config::FleetConfig,
+    local: RedbStore,
+    now_s: u64,
+) -> Result<(Box<dyn Store>, FleetStart), ServeError> {
+    let data_dir = &config.server.data_dir;
+    let node_id =
+        crate::fleet::node_id(fleet.node_id.as_deref(), data_dir).map_err(ServeError::Runtime)?;
+    let gauges = Arc::new(crate::fleet::FleetGauges::default());
+    let mut store =
+        crate::fleet::FleetStore::new(local, fleet, node_id.clone(), Arc::clone(&gauges)).map_err(
+            |source| ServeError::Store {
+                path: data_dir.join(store::STORE_FILE),
+                source,
+            },
+        )?;
+    match store.pull(now_s) {
+        Ok(()) => tracing::info!(node = %node_id, revision = store.revision(), "fleet: joined"),
+        Err(e) => {
+            tracing::warn!(node = %node_id, error = %e, "fleet: Redis unreachable at start; serving from the local copy until it answers");
+        }
+    }
+    // Records are read from the store next; keys and blocks go to the control plane.
+    store.keep_events_only();
+    let start = store.stream_id();
+    Ok((
+        Box::new(store),
+        FleetStart {
+            node_id,
+            gauges,
+            start,
+        },
+    ))
 }
 
 /// The embedded store in the data dir, and the relationship snapshot built from it when a
@@ -296,6 +383,12 @@ fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
     if let Some(imported) = imported {
         tracing::info!(?imported, "revocations.log imported into the store");
     }
+    let (store, fleet): (Box<dyn Store>, _) = if let Some(fleet) = &config.fleet {
+        let (store, start) = join_fleet_store(config, fleet, store, now_s)?;
+        (store, Some(start))
+    } else {
+        (Box::new(store), None)
+    };
     let stored = store.snapshot().map_err(store_error)?;
     let channels = stored.state.channels.clone().into_iter().collect();
     let mut revocations = Denylist::default();
@@ -306,10 +399,11 @@ fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
     }
     let Some(schema) = &config.permissions else {
         return Ok(Stored {
-            store: Box::new(store),
+            store,
             relationships: None,
             channels,
             revocations,
+            fleet,
         });
     };
     let limits = authz::Limits::default();
@@ -341,10 +435,11 @@ fn load_store(config: &Config, now_s: u64) -> Result<Stored, ServeError> {
         "relationships loaded"
     );
     Ok(Stored {
-        store: Box::new(store),
+        store,
         relationships: Some(Arc::new(snapshot)),
         channels,
         revocations,
+        fleet,
     })
 }
 
@@ -377,15 +472,22 @@ fn load_vault(config: &Config, store: &dyn Store) -> Result<crate::control::Vaul
         path: data_dir.join(crate::store::STORE_FILE),
         source,
     })?;
-    let key_path = data_dir.join(crate::vault::MASTER_KEY_FILE);
     let n_entries = stored.state.vault.len();
-    if n_entries > 0 && std::fs::symlink_metadata(&key_path).is_err() {
-        return Err(ServeError::MasterKeyMissing {
-            path: key_path,
-            n_entries,
-        });
-    }
-    let master_key = crate::vault::load_or_create_master_key(data_dir)?;
+    let fleet_key = config.fleet.as_ref().and_then(|f| f.vault_key_file.clone());
+    let (key_path, master_key) = if let Some(path) = fleet_key {
+        // Every node of the fleet opens every entry with the one key the operator shares.
+        let key = crate::vault::load_master_key(&path)?;
+        (path, key)
+    } else {
+        let key_path = data_dir.join(crate::vault::MASTER_KEY_FILE);
+        if n_entries > 0 && std::fs::symlink_metadata(&key_path).is_err() {
+            return Err(ServeError::MasterKeyMissing {
+                path: key_path,
+                n_entries,
+            });
+        }
+        (key_path, crate::vault::load_or_create_master_key(data_dir)?)
+    };
     let vault = crate::control::Vault::new(master_key, stored.state.vault);
     if !vault.master_key_opens_entries() {
         return Err(ServeError::MasterKeyWrong {

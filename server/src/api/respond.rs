@@ -182,6 +182,14 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             &[b"retry-after: 1"],
             ka,
         ),
+        ControlReply::FleetUnavailable { description } => error_with(
+            out,
+            Status::ServiceUnavailable,
+            "temporarily_unavailable",
+            &format!("{description}; authentication still works, retry this write"),
+            &[b"retry-after: 1"],
+            ka,
+        ),
         ControlReply::Vault(reply) => super::vault::render_reply(out, reply, ka),
         ControlReply::AuditWritten { .. }
         | ControlReply::AuditRecords(_)

@@ -243,6 +243,16 @@ impl Verifier {
         self.own_keys = own_entries(keyring);
     }
 
+    /// Adds public keys that verify our own issuer's tokens besides the key ring's: the other
+    /// nodes' keys in a fleet (each node signs with its own). A kid already held is skipped.
+    pub fn add_own_keys(&mut self, keys: impl IntoIterator<Item = KeyEntry>) {
+        for key in keys {
+            if !self.own_keys.iter().any(|k| k.kid == key.kid) {
+                self.own_keys.push(key);
+            }
+        }
+    }
+
     /// Take `other`'s own keys, keeping this verifier's trusted-issuer keys: a shard adopts the
     /// control plane's new key set without losing JWKS files it reloaded since start.
     pub fn adopt_own_keys(&mut self, other: &Verifier) {

@@ -13,11 +13,13 @@ use crate::gate::GateConfig;
 use crate::shard::ShardLimits;
 
 mod audit;
+mod fleet;
 mod monitor;
 mod ratelimit;
 mod security;
 mod xaa;
 pub use audit::AuditConfig;
+pub use fleet::{FailMode, FleetConfig};
 pub use ratelimit::{MAX_RULES, MAX_TRACKED_KEYS};
 pub use security::{RiskConfig, RiskWeights, SignalWeights, ThreatConfig};
 pub use xaa::XaaConfig;
@@ -146,6 +148,8 @@ pub struct Config {
     pub threat: ThreatConfig,
     /// `[risk]`: risk-assessment factors and decision thresholds.
     pub risk: RiskConfig,
+    /// `[fleet]`: shared state through Redis; `None` runs this node alone.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// `[server]`.
@@ -334,6 +338,7 @@ impl Default for Config {
             xaa: XaaConfig::default(),
             audit: AuditConfig::default(),
             monitor: crate::monitor::MonitorSettings::default(),
+            fleet: None,
             ratelimit: RateLimitConfig {
                 per_ip_rps: 0,
                 per_ip_burst: 0,
@@ -387,6 +392,8 @@ struct FileConfig {
     threat: security::FileThreat,
     #[serde(default)]
     risk: security::FileRisk,
+    #[serde(default)]
+    fleet: fleet::FileFleet,
 }
 
 #[derive(Deserialize, Default)]
@@ -567,6 +574,7 @@ impl Config {
             audit: AuditConfig::from_file(file.audit),
             threat: ThreatConfig::from_file(file.threat),
             risk: RiskConfig::from_file(file.risk),
+            fleet: fleet::from_file(file.fleet, base)?,
             ..Config::default()
         };
         apply_server(&mut c.server, file.server, base)?;

@@ -210,6 +210,7 @@ pub fn outcome_of(reply: &ControlReply) -> &'static str {
         | ControlReply::RevocationsFull { .. }
         | ControlReply::IdJagRefused(_) => "refused",
         ControlReply::StoreFailed
+        | ControlReply::FleetUnavailable { .. }
         | ControlReply::RevokeFailed
         | ControlReply::RotateFailed
         | ControlReply::AuditFailed

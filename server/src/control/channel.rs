@@ -40,7 +40,7 @@ impl ControlPlane {
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot persist a channel");
-                ControlReply::StoreFailed
+                super::failed_write(&e)
             }
         }
     }
@@ -71,10 +71,13 @@ impl ControlPlane {
             .collect();
         let failed = self
             .revoke_batch(revokes, now_s)
-            .iter()
-            .any(|(_, reply)| !matches!(reply, ControlReply::Revoked { .. }));
-        if failed {
-            return ControlReply::StoreFailed;
+            .into_iter()
+            .find(|(_, reply)| !matches!(reply, ControlReply::Revoked { .. }));
+        if let Some((_, reply)) = failed {
+            return match reply {
+                fleet @ ControlReply::FleetUnavailable { .. } => fleet,
+                _ => ControlReply::StoreFailed,
+            };
         }
         let op = store::Op::DeleteChannel { id: id.to_owned() };
         if let Err(e) = self.store.write(&[op], now_s) {

@@ -10,6 +10,7 @@
 
 mod audit;
 mod channel;
+mod fleet;
 mod vault;
 
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 pub use audit::{AuditState, MAX_OWN_EVENTS_PER_PASS};
 pub use channel::Channels;
+pub use fleet::relationships_from;
 /// Most live revocations held; beyond this new revocations are refused (503).
 pub const MAX_REVOCATIONS: usize = 1 << 20;
 pub use vault::{Vault, MAX_ENTRIES_PER_NAMESPACE, MAX_SEALED_BYTES_HELD};
@@ -55,6 +57,17 @@ fn apply_tuples(
         .collect::<Result<Vec<_>, String>>()?;
     base.apply(schema, &changes, limits)
         .map_err(|e| e.to_string())
+}
+
+/// The answer to a write the store refused: the fleet's Redis being unreachable says so,
+/// anything else is a failed durable write.
+fn failed_write(e: &store::StoreError) -> ControlReply {
+    match e {
+        store::StoreError::Unavailable(_) => ControlReply::FleetUnavailable {
+            description: e.to_string(),
+        },
+        _ => ControlReply::StoreFailed,
+    }
 }
 
 /// The store's record of a relationship write or delete.
@@ -117,6 +130,14 @@ pub struct ControlPlane {
     /// the last tick (what was waiting: the queue's high-water mark over that second).
     n_received: u64,
     batch_high_water: usize,
+    /// This node's name in a fleet; `None` alone.
+    node_id: Option<String>,
+    /// Other nodes' published keys.
+    fleet_keys: fleet::FleetKeys,
+    /// The JWKS this node last published to the fleet.
+    published_jwks: Option<String>,
+    /// The fleet's gauges for `/metrics`.
+    fleet_gauges: Option<Arc<crate::fleet::FleetGauges>>,
 }
 
 /// What the control plane owns, loaded at start.
@@ -139,6 +160,8 @@ pub struct ControlState {
     pub gate: Gate,
     /// The audit log, recovered.
     pub audit: crate::audit::AuditLog,
+    /// In a fleet: this node's name and the fleet's gauges.
+    pub fleet: Option<(String, Arc<crate::fleet::FleetGauges>)>,
 }
 
 /// How the control plane reaches the shards.
@@ -164,7 +187,9 @@ impl ControlPlane {
             vault,
             gate,
             audit,
+            fleet,
         } = state;
+        let (node_id, fleet_gauges) = fleet.unzip();
         let ControlLinks {
             outbox,
             board,
@@ -189,25 +214,61 @@ impl ControlPlane {
             audit: AuditState::new(audit),
             n_received: 0,
             batch_high_water: 0,
+            node_id,
+            fleet_keys: fleet::FleetKeys::new(),
+            published_jwks: None,
+            fleet_gauges,
         };
         control.publish_metrics();
         control
+    }
+
+    /// In a fleet: joins it before the shards start (pulls what the fleet holds, publishes
+    /// this node's keys), so the first request already sees the fleet's state. Redis being
+    /// unreachable does not stop the start: the node serves what it has and catches up.
+    pub fn join_fleet(&mut self) {
+        if !self.in_fleet() {
+            return;
+        }
+        let now_s = (self.now_s)();
+        self.fleet_pull(now_s);
+        self.publish_keys(now_s);
     }
 
     /// The key material every shard starts from (and gets again after each change).
     pub fn key_snapshot(&self) -> Arc<KeySnapshot> {
         let mut verifier = self.base_verifier.clone();
         verifier.set_own_keys(&self.keyring);
+        let mut kids: Vec<String> = self
+            .keyring
+            .verifying_keys()
+            .map(|(kid, _)| kid.to_owned())
+            .collect();
+        let mut jwks_json = self.keyring.jwks_json();
+        if !self.fleet_keys.is_empty() {
+            // Every node serves the same set: its own keys and the others', sorted by kid.
+            let (entries, mut objects) = self.fleet_key_entries();
+            kids.extend(entries.iter().map(|k| k.kid.clone()));
+            verifier.add_own_keys(entries);
+            // Rendered the way the other nodes' keys are (serde_json, sorted members), so the
+            // body is byte-identical on every node.
+            objects.extend(self.keyring.verifying_keys().map(|(kid, key)| {
+                let jwk = crate::auth::jwk::ed25519_jwk_json(kid, key.as_bytes());
+                let canonical =
+                    serde_json::from_str::<serde_json::Value>(&jwk).map_or(jwk, |v| v.to_string());
+                (kid.to_owned(), canonical)
+            }));
+            objects.sort();
+            objects.dedup_by(|a, b| a.0 == b.0);
+            let body: Vec<String> = objects.into_iter().map(|(_, json)| json).collect();
+            jwks_json = format!(r#"{{"keys":[{}]}}"#, body.join(","));
+        }
         Arc::new(KeySnapshot {
             signing_key: self.keyring.signing_key().clone(),
             kid: self.keyring.current_kid().to_owned(),
-            jwks_json: self.keyring.jwks_json(),
+            jwks_json,
             verifier,
-            kids: self
-                .keyring
-                .verifying_keys()
-                .map(|(kid, _)| kid.to_owned())
-                .collect(),
+            kids,
         })
     }
 
@@ -314,6 +375,7 @@ impl ControlPlane {
             self.reply(reply_to, reply);
         }
         self.audit.after_pass(crate::unix_now_ms());
+        self.apply_fleet(now_s);
     }
 
     /// An audit message outside a batch: its own commit.
@@ -419,21 +481,8 @@ impl ControlPlane {
                     .note(&actor, "xaa.id_jag.redeem", &resource, outcome, "-");
                 self.reply(reply_to, reply);
             }
-            ControlMsg::Block { ip, reason, ttl_s } => {
-                let outcome = match self.gate.block(Cidr::host(ip), ttl_s, reason, boot_ns()) {
-                    Ok(()) => {
-                        tracing::warn!(%ip, ?reason, "source blocked in the kernel gate");
-                        "ok"
-                    }
-                    Err(e) => {
-                        tracing::debug!(%ip, error = %e, "cannot block source");
-                        "failed"
-                    }
-                };
-                let reason = format!("{reason:?}");
-                self.audit
-                    .note("gateway", "gate.block", &reason, outcome, &ip.to_string());
-            }
+            ControlMsg::FleetWake => self.fleet_pull(now_s),
+            ControlMsg::Block { ip, reason, ttl_s } => self.block_source(ip, reason, ttl_s, now_s),
             msg @ (ControlMsg::AuditWrite { .. }
             | ControlMsg::AuditRead { .. }
             | ControlMsg::AuditCheckpoint { .. }
@@ -488,6 +537,36 @@ impl ControlPlane {
         }
     }
 
+    /// Blocks an offending source in the kernel gate: on every node through the feed in a
+    /// fleet (here only when Redis is unreachable), else here.
+    fn block_source(
+        &mut self,
+        ip: std::net::IpAddr,
+        reason: crate::gate::BlockReason,
+        ttl_s: Option<u64>,
+        now_s: u64,
+    ) {
+        let fleet_ttl_s = ttl_s.unwrap_or(self.config.gate.block_ttl_s);
+        let outcome =
+            if self.in_fleet() && self.fleet_block(Cidr::host(ip), fleet_ttl_s, reason, now_s) {
+                "ok"
+            } else {
+                match self.gate.block(Cidr::host(ip), ttl_s, reason, boot_ns()) {
+                    Ok(()) => {
+                        tracing::warn!(%ip, ?reason, "source blocked in the kernel gate");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::debug!(%ip, error = %e, "cannot block source");
+                        "failed"
+                    }
+                }
+            };
+        let reason = format!("{reason:?}");
+        self.audit
+            .note("gateway", "gate.block", &reason, outcome, &ip.to_string());
+    }
+
     /// Makes revocations durable in the store with one commit (group commit), keyed by
     /// `(iss, jti)`, then queues each change to every shard ahead of the replies.
     pub(super) fn revoke_batch(
@@ -528,9 +607,13 @@ impl ControlPlane {
                     self.audit
                         .note("gateway", "token.revoke", &resource, "failed", "-");
                 }
-                let failed = pending
-                    .into_iter()
-                    .map(|(to, ..)| (to, ControlReply::RevokeFailed));
+                let failed = pending.into_iter().map(|(to, ..)| {
+                    let reply = match failed_write(&e) {
+                        ControlReply::StoreFailed => ControlReply::RevokeFailed,
+                        fleet => fleet,
+                    };
+                    (to, reply)
+                });
                 replies.extend(failed);
                 return replies;
             }
@@ -607,11 +690,7 @@ impl ControlPlane {
             }
             Err(e) => {
                 tracing::error!(error = %e, n = ops.len(), "cannot persist relationships");
-                replies.extend(
-                    accepted
-                        .into_iter()
-                        .map(|(to, _)| (to, ControlReply::StoreFailed)),
-                );
+                replies.extend(accepted.into_iter().map(|(to, _)| (to, failed_write(&e))));
             }
         }
         replies
@@ -647,6 +726,9 @@ impl ControlPlane {
             return ControlReply::IdJagRefused(e);
         }
         let recorded = self.revoke_batch(vec![(reply_to, iss, jti, keep_until_s)], now_s);
+        if let Some((_, fleet @ ControlReply::FleetUnavailable { .. })) = recorded.first() {
+            return fleet.clone();
+        }
         if recorded
             .iter()
             .all(|(_, r)| matches!(r, ControlReply::Revoked { .. }))
@@ -663,6 +745,8 @@ impl ControlPlane {
         let retire_after_s = self.config.auth.token_ttl_s + self.config.auth.leeway_s;
         match self.keyring.rotate(&self.data_dir, now_s, retire_after_s) {
             Ok(()) => {
+                // In a fleet the new public key goes out before any token signed with it.
+                self.publish_keys(now_s);
                 let snapshot = self.key_snapshot();
                 self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
                 tracing::info!(kid = %snapshot.kid, previous = %previous_kid, "signing key rotated");
@@ -685,6 +769,12 @@ impl ControlPlane {
             tracing::info!(?retired, "previous signing keys retired");
             let snapshot = self.key_snapshot();
             self.broadcast(|| ShardMsg::Keys(Arc::clone(&snapshot)));
+        }
+        if let Some(shared) = self.store.shared() {
+            shared.tick(now_s);
+            // The tail's wake-ups are the fast path; this catches whatever they missed.
+            self.fleet_pull(now_s);
+            self.publish_keys(now_s);
         }
         self.revocations.retain_live(now_s);
         self.seen_id_jags.expire(now_s);
@@ -718,6 +808,9 @@ impl ControlPlane {
             ),
         );
         self.audit.render_metrics(&mut text);
+        if let Some(gauges) = &self.fleet_gauges {
+            gauges.render(&mut text);
+        }
         crate::monitor::process::render(&mut text);
         let _ = std::fmt::Write::write_fmt(
             &mut text,

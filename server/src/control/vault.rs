@@ -149,7 +149,7 @@ impl Vault {
                 tracing::error!(error = %e, n_ops = staged.ops.len(), "cannot persist vault writes");
                 let failed = pending
                     .into_iter()
-                    .map(|(to, _)| (to, ControlReply::StoreFailed));
+                    .map(|(to, _)| (to, super::failed_write(&e)));
                 return failed.collect();
             }
         };
@@ -344,6 +344,19 @@ impl Vault {
                 _ => {}
             }
         }
+    }
+
+    /// Applies a vault op another node wrote (already applied to the store, in feed order).
+    pub fn apply_feed_op(&mut self, op: Op) {
+        self.commit(vec![op], &[Outcome::Applied]);
+    }
+
+    /// Replaces every entry with the store's (after a fleet snapshot, or when another node's
+    /// write landed between this node's staging and its commit).
+    pub fn replace_entries(&mut self, entries: BTreeMap<VaultKey, VaultEntry>) {
+        self.sealed_bytes = entries.values().map(|e| e.sealed.len()).sum();
+        self.next_expiry_s = earliest_expiry(&entries);
+        self.entries = entries;
     }
 
     /// The entry at `key` as the batch sees it so far.

@@ -77,6 +77,9 @@ pub struct RedbStore {
     floor: u64,
     /// Reused encode buffer for a batch's change record.
     buf: Vec<u8>,
+    /// Commits are durable when they return (the default). Off when another engine holds
+    /// the record (the fleet): then `flush` makes the commits so far durable.
+    durable: bool,
 }
 
 impl RedbStore {
@@ -104,6 +107,7 @@ impl RedbStore {
             revision: 0,
             floor: 0,
             buf: Vec::new(),
+            durable: true,
         };
         store.init()?;
         if !existed {
@@ -153,6 +157,25 @@ impl RedbStore {
         Ok(())
     }
 
+    /// Whether each commit is durable when it returns. When another engine holds the record
+    /// (the fleet's Redis), commits may skip the sync and `flush` makes them durable later:
+    /// a crash then loses only what the other engine can give back.
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+    }
+
+    /// Makes every commit so far durable (one synced commit).
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.reopen_if_closed()?;
+        let result = (|| {
+            let mut txn = self.db()?.begin_write().map_err(StoreError::engine)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(StoreError::engine)?;
+            txn.commit().map_err(StoreError::engine)
+        })();
+        self.close_after(result)
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -199,8 +222,12 @@ impl RedbStore {
 
     fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db()?.begin_write().map_err(StoreError::engine)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(StoreError::engine)?;
+        let durability = if self.durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        txn.set_durability(durability).map_err(StoreError::engine)?;
         txn.set_quick_repair(self.options.quick_repair);
         Ok(txn)
     }

@@ -94,6 +94,10 @@ pub enum StoreError {
     Closed,
     #[error("store corrupt: {0}")]
     Corrupt(String),
+    /// The shared engine (the fleet's Redis) cannot be reached: a write that needs the fleet
+    /// is refused, and the node keeps serving from what it has.
+    #[error("the fleet store (Redis) is unreachable: {0}")]
+    Unavailable(String),
     /// The database file was written by a different format of this store.
     #[error("store format {found} is not the supported format {expected}")]
     Format {

@@ -39,6 +39,24 @@ pub use limits::{
 pub use migrate::{import_revocation_log, Imported, IMPORTED_SUFFIX, REVOCATION_LOG};
 pub use state::State;
 
+/// Encodes a batch of ops in the change log's engine-neutral form (what a fleet feed entry
+/// carries).
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(codec::HEADER_BYTES + ops.iter().map(codec::encoded_len).sum::<usize>());
+    codec::begin(&mut out);
+    for op in ops {
+        codec::encode(op, &mut out);
+    }
+    codec::finish(&mut out, ops.len());
+    out
+}
+
+/// Decodes what `encode_ops` wrote; `revision` only names the batch in errors.
+pub fn decode_ops(bytes: &[u8], revision: u64) -> Result<Vec<Op>, StoreError> {
+    codec::decode(bytes, revision)
+}
+
 /// A Zanzibar relationship `object#relation@subject` (`doc:1#viewer@group:eng#member`). The
 /// store keeps the three parts as given; their syntax belongs to the permissions module.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -244,4 +262,74 @@ pub trait Store: Send {
     /// Returns the new oldest start a follower may catch up from. The engine also trims on its
     /// own past its configured retention.
     fn trim_changes(&mut self, through: u64) -> Result<u64, StoreError>;
+
+    /// The engine's shared side when other nodes write to the same records (the fleet's
+    /// Redis engine); `None` for an engine this node owns alone.
+    fn shared(&mut self) -> Option<&mut dyn Shared> {
+        None
+    }
+}
+
+/// What a store shared with other nodes adds: the control plane pulls their changes, learns
+/// which ones were applied (to update its mirrors and the shards), and publishes events that
+/// are not records (blocks, public keys).
+pub trait Shared {
+    /// Reads and applies, in feed order, what other nodes committed since this node last
+    /// applied. Fails when the shared engine is unreachable (the node keeps its state).
+    fn pull(&mut self, now_s: u64) -> Result<(), StoreError>;
+
+    /// Appends an event that is not a record; applied here like any other entry (so it shows
+    /// up in `take_applied`, in feed order).
+    fn publish(&mut self, event: FeedEvent, now_s: u64) -> Result<(), StoreError>;
+
+    /// What was applied since the last call, in feed order: other nodes' record changes and
+    /// every node's events (this node's own record changes are the caller's to mirror).
+    fn take_applied(&mut self) -> Vec<Applied>;
+
+    /// Once a second: durability of the local copy, snapshots, gauges.
+    fn tick(&mut self, now_s: u64);
+
+    /// Renders the engine's `/metrics` lines.
+    fn render_metrics(&self, out: &mut String);
+}
+
+/// An event of the shared feed that is not a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// Block a CIDR in every node's kernel gate until `until_unix_s` (`None`: until removed).
+    Block {
+        /// The CIDR.
+        cidr: String,
+        /// Unix seconds.
+        until_unix_s: Option<u64>,
+        /// `manual`, `rate`, `threat`.
+        reason: String,
+    },
+    /// Lift a block everywhere.
+    Unblock {
+        /// The CIDR.
+        cidr: String,
+    },
+    /// A node's whole public JWKS (`{"keys":[...]}`).
+    Keys {
+        /// The node.
+        node: String,
+        /// The JWKS JSON.
+        jwks: String,
+    },
+}
+
+/// One applied entry of the shared feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// Another node's records that took effect here, under the fleet revision.
+    Records {
+        /// The change (effective ops only).
+        change: Change,
+        /// This node wrote in the same step, after this change: mirrors updated by that
+        /// write were computed without it, and must be rebuilt from the store.
+        interleaved: bool,
+    },
+    /// An event (from any node, this one included).
+    Event(FeedEvent),
 }

@@ -157,6 +157,13 @@ pub fn load_or_create_master_key(data_dir: &Path) -> Result<MasterKey, MasterKey
     }
 }
 
+/// Loads a master key file that must already exist (`[fleet] vault_key_file`, the key every
+/// node of a fleet shares), with the same checks as `load_or_create_master_key`.
+pub fn load_master_key(path: &Path) -> Result<MasterKey, MasterKeyError> {
+    let file = open_no_follow(path).map_err(io_err("open (symlinks are refused)", path))?;
+    read_key(file, path)
+}
+
 fn open_no_follow(path: &Path) -> std::io::Result<fs::File> {
     fs::OpenOptions::new()
         .read(true)

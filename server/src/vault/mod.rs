@@ -40,8 +40,8 @@ pub use entry::{
     MAX_VALUE_BYTES,
 };
 pub use master_key::{
-    load_or_create_master_key, MasterKey, MasterKeyError, NamespaceKey, MASTER_KEY_FILE,
-    MASTER_KEY_LEN,
+    load_master_key, load_or_create_master_key, MasterKey, MasterKeyError, NamespaceKey,
+    MASTER_KEY_FILE, MASTER_KEY_LEN,
 };
 pub use seal::{open, seal, Namespace, ENVELOPE_OVERHEAD, FORMAT_V1, NONCE_LEN, TAG_LEN};
 

@@ -1,0 +1,510 @@
+//! The fleet end to end: a real `redis-server` (and a real three-master Redis Cluster) on
+//! loopback and three `subzero` processes sharing it. A token issued by one node verifies on
+//! the others, a revocation on A fails the token on B and C (propagation measured over 200),
+//! a relationship written on A is visible on C with `at_least_revision`, a vault entry stored
+//! on B is read by its owner on C, Redis stopped under traffic leaves authentication working
+//! and writes 503 until it is back, and a node that missed 1,000 changes catches up.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{bearer, issue, metric, poll, Conn, Server};
+
+const ADMIN: &str = "admin-token-for-fleet-tests";
+
+const SCHEMA: &str = "
+definition user {}
+
+definition doc {
+    relation viewer: user
+    permission view = viewer
+}
+";
+
+/// Whether a missing `redis-server` is fatal (CI installs it) or a reason to skip.
+fn redis_server() -> Option<&'static str> {
+    if Path::new("/usr/bin/redis-server").exists() {
+        return Some("/usr/bin/redis-server");
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "redis-server is missing; `cargo xtask test` installs it (Debian package redis-server)"
+    );
+    eprintln!("skipped: redis-server is not installed (run `cargo xtask test` to install it)");
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `redis-server` on a loopback port, killed (by its pid) on drop.
+struct Redis {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Redis {
+    fn start(dir: &Path, extra: &[&str]) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let child = std::process::Command::new(redis_server().unwrap())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let port = self.port;
+        poll("redis-server answers PING", Duration::from_secs(10), || {
+            redis_cli(port, &["PING"]).filter(|out| out.trim() == "PONG")
+        });
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A three-master Redis Cluster built with `redis-cli --cluster create`.
+struct Cluster {
+    nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|i| {
+                Redis::start(
+                    &dir.join(format!("redis-{i}")),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for n in &nodes {
+            let port = n.port;
+            poll("cluster_state:ok", Duration::from_secs(20), || {
+                redis_cli(port, &["CLUSTER", "INFO"]).filter(|s| s.contains("cluster_state:ok"))
+            });
+        }
+        Cluster { nodes }
+    }
+
+    fn seeds(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.url()))
+            .collect();
+        format!("[{}]", seeds.join(", "))
+    }
+}
+
+/// Writes one node's config and starts it.
+fn start_node(root: &Path, name: &str, redis: &str, extra: &str) -> Server {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("schema.zed"), SCHEMA).unwrap();
+    std::fs::write(dir.join("admin.token"), ADMIN).unwrap();
+    let config = dir.join("subzero.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\ntoken_file = \"admin.token\"\n\
+             [permissions]\nschema_file = \"schema.zed\"\n\
+             [ratelimit]\nrevocations_per_s = 0\nrevocations_per_subject_per_s = 0\n\
+             [fleet]\nredis = {redis}\nnode_id = \"{name}\"\nvault_key_file = \"../fleet-vault.key\"\n{extra}"
+        ),
+    )
+    .unwrap();
+    Server::start(
+        &dir,
+        &["--shards", "2", "--config", config.to_str().unwrap()],
+    )
+}
+
+fn shared_vault_key(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = root.join("fleet-vault.key");
+    std::fs::write(&path, rand::random::<[u8; 32]>()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn authenticate(conn: &mut Conn, token: &str) -> u16 {
+    conn.send(
+        "GET",
+        "/v1/authenticate",
+        &[("Authorization", &bearer(token))],
+        "",
+    );
+    conn.read_response().status
+}
+
+fn revoke(conn: &mut Conn, token: &str) -> common::Response {
+    let body = serde_json::json!({ "token": token }).to_string();
+    conn.send("POST", "/v1/revoke", &[], &body);
+    conn.read_response()
+}
+
+/// Polls `conn` until `token` is refused; the time it took.
+fn until_refused(conn: &mut Conn, token: &str, since: Instant) -> Duration {
+    let deadline = since + Duration::from_secs(5);
+    loop {
+        if authenticate(conn, token) == 401 {
+            return since.elapsed();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the revocation did not arrive within 5 s"
+        );
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+fn applied_revision(server: &Server) -> u64 {
+    metric(&server.metrics(), "subzero_fleet_applied_revision").unwrap_or(0)
+}
+
+/// Every node has applied the same revision, at least `min` (`/metrics` is refreshed once a
+/// second, so this polls).
+fn converged(nodes: &[&Server], min: u64) -> u64 {
+    poll(
+        "every node at the same revision",
+        Duration::from_secs(10),
+        || {
+            let revs: Vec<u64> = nodes.iter().map(|n| applied_revision(n)).collect();
+            (revs.iter().all(|&r| r == revs[0] && r >= min.max(1))).then_some(revs[0])
+        },
+    )
+}
+
+/// Revocations: issued on A, cached on B and C, revoked on A, refused on B and C; prints the
+/// propagation time from A's acknowledgement to the refusal on both.
+fn revocations_propagate(a: &Server, b: &Server, c: &Server, n_revocations: usize) {
+    let tokens: Vec<String> = (0..n_revocations)
+        .map(|i| issue(&a.data_dir, &format!("user-{i}"), "subzero", &[]))
+        .collect();
+    let (mut on_a, mut on_b, mut on_c) = (a.connect(), b.connect(), c.connect());
+    let mut took = Vec::with_capacity(tokens.len());
+    for token in &tokens {
+        assert_eq!(authenticate(&mut on_b, token), 200);
+        assert_eq!(authenticate(&mut on_c, token), 200);
+        let resp = revoke(&mut on_a, token);
+        assert_eq!(resp.status, 200, "{resp:?}");
+        let acked = Instant::now();
+        let b_took = until_refused(&mut on_b, token, acked);
+        let c_took = until_refused(&mut on_c, token, acked);
+        took.push(b_took.max(c_took));
+    }
+    took.sort();
+    eprintln!(
+        "fleet revocation propagation over {} revocations (ack on A → refused on B and C): p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        percentile(&took, 0.50),
+        percentile(&took, 0.99),
+        took.last().unwrap()
+    );
+    let unrevoked = issue(&a.data_dir, "unrevoked", "subzero", &[]);
+    for conn in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(
+            authenticate(conn, &unrevoked),
+            200,
+            "an unrevoked token still passes"
+        );
+    }
+}
+
+/// The core: keys, revocations (with propagation timing), relationships, vault.
+fn core(root: &Path, redis: &str, n_revocations: usize) {
+    shared_vault_key(root);
+    let a = start_node(root, "a", redis, "");
+    let b = start_node(root, "b", redis, "");
+    let c = start_node(root, "c", redis, "");
+
+    // A token signed by A's key verifies on B and C: A published its key to the fleet.
+    let from_a = issue(&a.data_dir, "alice", "subzero", &[]);
+    for node in [&b, &c] {
+        let mut conn = node.connect();
+        poll(
+            "A's key on the other nodes",
+            Duration::from_secs(10),
+            || (authenticate(&mut conn, &from_a) == 200).then_some(()),
+        );
+    }
+    // The JWKS is the same everywhere.
+    let jwks: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|n| n.request("GET", "/.well-known/jwks.json", &[], "").body)
+        .collect();
+    poll("one JWKS on every node", Duration::from_secs(10), || {
+        let now: Vec<String> = [&a, &b, &c]
+            .iter()
+            .map(|n| n.request("GET", "/.well-known/jwks.json", &[], "").body)
+            .collect();
+        (now[0] == now[1] && now[1] == now[2]).then_some(())
+    });
+    let keys: serde_json::Value = serde_json::from_str(&jwks[0]).unwrap();
+    assert_eq!(
+        keys["keys"].as_array().unwrap().len(),
+        3,
+        "one key per node: {jwks:?}"
+    );
+    revocations_propagate(&a, &b, &c, n_revocations);
+
+    // A relationship written on A, read on C with at_least_revision.
+    let body = serde_json::json!({"object":"doc:1","relation":"viewer","subject":"user:alice"});
+    let resp = a.request(
+        "POST",
+        "/v1/relationships",
+        &[("Authorization", &bearer(ADMIN))],
+        &body.to_string(),
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let revision = resp.json()["revision"].as_u64().unwrap();
+    let check = serde_json::json!({"subject":"user:alice","permission":"view","object":"doc:1","at_least_revision": revision}).to_string();
+    let resp = poll("the relationship on C", Duration::from_secs(5), || {
+        let resp = c.request(
+            "POST",
+            "/v1/permissions/check",
+            &[("Authorization", &bearer(ADMIN))],
+            &check,
+        );
+        (resp.status != 409).then_some(resp)
+    });
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["allowed"], true, "{resp:?}");
+    assert!(resp.json()["revision"].as_u64().unwrap() >= revision);
+
+    // A vault entry stored on B is read by its owner on C, and by nobody else.
+    let owner = issue(&a.data_dir, "vault-owner", "subzero", &[]);
+    let other = issue(&a.data_dir, "someone-else", "subzero", &[]);
+    let resp = b.request(
+        "PUT",
+        "/v1/vault/github",
+        &[("Authorization", &bearer(&owner))],
+        r#"{"token":"gho_fleet_secret"}"#,
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let got = poll("the vault entry on C", Duration::from_secs(5), || {
+        let resp = c.request(
+            "GET",
+            "/v1/vault/github",
+            &[("Authorization", &bearer(&owner))],
+            "",
+        );
+        (resp.status == 200).then_some(resp)
+    });
+    assert_eq!(got.json()["token"], "gho_fleet_secret");
+    let resp = c.request(
+        "GET",
+        "/v1/vault/github",
+        &[("Authorization", &bearer(&other))],
+        "",
+    );
+    assert_eq!(resp.status, 404);
+
+    // Keys of three nodes, the revocations, one relationship, one vault entry.
+    converged(&[&a, &b, &c], n_revocations as u64 + 5);
+}
+
+#[test]
+fn three_nodes_share_keys_revocations_relationships_and_vault_through_redis() {
+    if redis_server().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let redis = Redis::start(&root.path().join("redis"), &[]);
+    core(root.path(), &format!("\"{}\"", redis.url()), 200);
+}
+
+#[test]
+fn the_same_holds_on_a_three_master_redis_cluster() {
+    if redis_server().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&root.path().join("cluster"));
+    core(root.path(), &cluster.seeds(), 20);
+}
+
+#[test]
+fn redis_down_keeps_authentication_refuses_writes_then_catches_up() {
+    if redis_server().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let mut redis = Redis::start(&root.path().join("redis"), &[]);
+    let url = format!("\"{}\"", redis.url());
+    let a = start_node(root.path(), "a", &url, "");
+    let b = start_node(root.path(), "b", &url, "");
+    let token = issue(&a.data_dir, "carol", "subzero", &[]);
+    let victim = issue(&a.data_dir, "mallory", "subzero", &[]);
+    let mut on_b = b.connect();
+    poll("A's key on B", Duration::from_secs(10), || {
+        (authenticate(&mut on_b, &token) == 200).then_some(())
+    });
+    redis.stop();
+    // Under traffic for 5 s: authentication answers from local state, error-free; a write
+    // that needs the fleet says why it cannot be done.
+    let (mut on_a, mut on_b) = (a.connect(), b.connect());
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut n_auth = 0;
+    let mut n_refused_writes = 0;
+    while Instant::now() < until {
+        assert_eq!(authenticate(&mut on_a, &token), 200);
+        assert_eq!(authenticate(&mut on_b, &token), 200);
+        n_auth += 2;
+        if n_auth % 200 == 0 {
+            let resp = revoke(&mut on_a, &victim);
+            assert_eq!(resp.status, 503, "{resp:?}");
+            assert!(resp.error_description().contains("Redis"), "{resp:?}");
+            n_refused_writes += 1;
+        }
+    }
+    assert!(n_refused_writes > 0);
+    a.wait_metrics("subzero_fleet_connected 0", |t| {
+        metric(t, "subzero_fleet_connected") == Some(0)
+    });
+    // Back: every node reconnects; the refused revocation was never applied, a new one is.
+    redis.restart();
+    for node in [&a, &b] {
+        node.wait_metrics("subzero_fleet_connected 1", |t| {
+            metric(t, "subzero_fleet_connected") == Some(1)
+        });
+    }
+    assert_eq!(authenticate(&mut b.connect(), &victim), 200);
+    let resp = poll(
+        "a revocation after Redis is back",
+        Duration::from_secs(5),
+        || {
+            let resp = revoke(&mut a.connect(), &victim);
+            (resp.status == 200).then_some(resp)
+        },
+    );
+    assert_eq!(resp.json()["revoked"], true);
+    let mut on_b = b.connect();
+    until_refused(&mut on_b, &victim, Instant::now());
+    converged(&[&a, &b], 3);
+}
+
+#[test]
+fn a_node_that_missed_a_thousand_changes_catches_up_from_the_feed_and_from_a_snapshot() {
+    if redis_server().is_none() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let redis = Redis::start(&root.path().join("redis"), &[]);
+    let url = format!("\"{}\"", redis.url());
+    // A publishes a snapshot every 100 changes and trims the feed before it.
+    let a = start_node(root.path(), "a", &url, "snapshot_every = 100\n");
+    let c = start_node(root.path(), "c", &url, "");
+    let first = issue(&a.data_dir, "first", "subzero", &[]);
+    converged(&[&a, &c], 2);
+    assert!(c.terminate(), "C stops cleanly");
+    // 1,000 changes while C is down: 999 relationships and one revocation.
+    let mut conn = a.connect();
+    for i in 0..999 {
+        let body = serde_json::json!({"object": format!("doc:{i}"),"relation":"viewer","subject":"user:bob"});
+        conn.send(
+            "POST",
+            "/v1/relationships",
+            &[("Authorization", &bearer(ADMIN))],
+            &body.to_string(),
+        );
+        assert_eq!(conn.read_response().status, 200);
+    }
+    assert_eq!(revoke(&mut conn, &first).status, 200);
+    a.wait_metrics("a snapshot", |t| {
+        metric(t, "subzero_fleet_snapshots_published_total").unwrap_or(0) >= 1
+    });
+    let c = start_node(root.path(), "c", &url, "");
+    converged(&[&a, &c], 1002);
+    assert!(
+        metric(&c.metrics(), "subzero_fleet_snapshots_loaded_total").unwrap_or(0) >= 1,
+        "C loaded the snapshot (the feed was trimmed past it)"
+    );
+    assert_eq!(authenticate(&mut c.connect(), &first), 401);
+    let check = serde_json::json!({"subject":"user:bob","permission":"view","object":"doc:998"})
+        .to_string();
+    let resp = c.request(
+        "POST",
+        "/v1/permissions/check",
+        &[("Authorization", &bearer(ADMIN))],
+        &check,
+    );
+    assert_eq!(resp.json()["allowed"], true, "{resp:?}");
+}
