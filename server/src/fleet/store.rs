@@ -123,15 +123,26 @@ impl FleetStore {
             _ => Vec::new(),
         };
         let n_records = ops.len();
-        ops.push(Op::PutMeta {
-            key: META_STREAM_ID.into(),
-            value: entry.id.to_string().into_bytes(),
-        });
-        ops.push(Op::PutMeta {
-            key: META_REV.into(),
-            value: entry.rev.to_string().into_bytes(),
-        });
-        let mut committed = self.local.write(&ops, now_s)?;
+        let cursor = [
+            Op::PutMeta {
+                key: META_STREAM_ID.into(),
+                value: entry.id.to_string().into_bytes(),
+            },
+            Op::PutMeta {
+                key: META_REV.into(),
+                value: entry.rev.to_string().into_bytes(),
+            },
+        ];
+        let mut committed = if n_records + cursor.len() <= crate::store::MAX_BATCH_OPS {
+            ops.extend(cursor);
+            self.local.write(&ops, now_s)?
+        } else {
+            // A full batch: records, then the cursor. A crash between the two replays the
+            // entry, whose ops are idempotent (a rewrite is `Unchanged`, a put `Stale`).
+            let committed = self.local.write(&ops, now_s)?;
+            self.local.write(&cursor, now_s)?;
+            committed
+        };
         committed.outcomes.truncate(n_records);
         self.at = Cursor {
             rev: entry.rev,
