@@ -29,6 +29,9 @@ pub const META_STREAM_ID: &str = "fleet.stream_id";
 /// See [`META_STREAM_ID`].
 pub const META_REV: &str = "fleet.rev";
 
+/// Ops per local commit when a snapshot is loaded.
+const SNAPSHOT_SLICE_OPS: usize = 512;
+
 /// Most feed reads one `pull` makes before it lets the control plane do other work.
 const MAX_READS_PER_PULL: usize = 16;
 
@@ -239,9 +242,11 @@ impl FleetStore {
             key: META_REV.into(),
             value: snap.rev.to_string().into_bytes(),
         });
-        // A snapshot can be larger than one batch may be: applied in slices, the cursor last.
+        // A snapshot can be larger than one batch may be: applied in slices small enough for
+        // the batch limits even of the largest vault entries (512 × 17 KiB < 32 MiB), the
+        // cursor last.
         let metas = ops.split_off(n_records);
-        for slice in ops.chunks(crate::store::MAX_BATCH_OPS / 2) {
+        for slice in ops.chunks(SNAPSHOT_SLICE_OPS) {
             self.local.write(slice, now_s)?;
         }
         self.local.write(&metas, now_s)?;
