@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod fleet;
 pub mod gate;
 pub mod hashing;
 pub mod http;
