@@ -104,6 +104,32 @@ fn single_redis_grants_the_burst_then_refills_at_the_rate() {
 }
 
 #[test]
+fn a_spent_budget_survives_a_redis_restart_on_the_same_port() {
+    if !redis_support::available("fleet_redis") {
+        return;
+    }
+    let mut redis = Redis::start();
+    let url = redis.url();
+    let client = redis::Client::open(url.clone()).expect("client");
+    let mut conn = client.get_connection().expect("connect");
+    // A slow refill (one unit per 1000 s), so the restart cannot bring a unit back.
+    let spent = acquire(&mut conn, "r", "carol", 0.001, 5, 5).expect("acquire");
+    assert_eq!(spent.granted, 5);
+    redis.stop();
+    assert!(
+        acquire(&mut conn, "r", "carol", 0.001, 5, 1).is_err(),
+        "Redis is down"
+    );
+    redis.restart();
+    assert_eq!(redis.url(), url, "same port");
+    // The append-only file (fsync always) kept the TAT: still nothing to grant.
+    let mut conn = client.get_connection().expect("reconnect");
+    let after = acquire(&mut conn, "r", "carol", 0.001, 5, 1).expect("acquire");
+    assert_eq!(after.granted, 0, "{after:?}");
+    assert!(after.retry_after_ms > 900_000, "{after:?}");
+}
+
+#[test]
 fn three_nodes_on_one_redis_stay_within_the_lease_bound() {
     if !redis_support::available("fleet_redis") {
         return;
