@@ -87,7 +87,7 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
         if in_ci() {
             bail!("CI=true but not running as root: cannot install packages");
         }
-        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl by hand)");
+        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl, redis-server, redis-tools by hand)");
         return Ok(());
     }
     apt.ensure("llvm-22-dev")?;
@@ -103,6 +103,27 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
     // e2e_unix puts Caddy's forward_auth and curl --unix-socket in front of the Unix socket.
     apt.ensure("caddy")?;
     apt.ensure("curl")?;
+    // The fleet tests (server/tests/redis_support/) start their own redis-server instances
+    // on free loopback ports (never 6379) and redis-cli builds a test Cluster.
+    ensure_redis(apt)?;
+    Ok(())
+}
+
+/// Installs redis-server and redis-tools. The package enables (and, where systemd runs,
+/// starts) a system Redis on 6379, which nothing here uses: when this run installed it, that
+/// service is stopped and disabled so the machine is not left serving a Redis it did not ask
+/// for. A Redis the machine already had is left alone.
+fn ensure_redis(apt: &mut Apt) -> Result<()> {
+    let fresh = !Apt::is_installed("redis-server");
+    apt.ensure("redis-server")?;
+    apt.ensure("redis-tools")?;
+    if fresh && util::find_executable("systemctl").is_some() {
+        // Works without a running systemd (it only removes the enablement links).
+        util::run(Command::new("systemctl").args(["disable", "redis-server.service"]))?;
+        if Path::new("/run/systemd/system").exists() {
+            util::run(Command::new("systemctl").args(["stop", "redis-server.service"]))?;
+        }
+    }
     Ok(())
 }
 
@@ -197,7 +218,7 @@ pub fn test() -> Result<()> {
     let result = (|| {
         step(
             &mut timings,
-            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl)",
+            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl, redis-server, redis-tools)",
             || ensure_packages(&mut apt),
         )?;
         step(&mut timings, "rust-src for nightly", ensure_rust_src)?;

@@ -9,6 +9,7 @@
 
 mod conn;
 mod feed;
+pub mod lease;
 mod store;
 mod tail;
 
