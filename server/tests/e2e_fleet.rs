@@ -6,11 +6,13 @@
 //! and writes 503 until it is back, and a node that missed 1,000 changes catches up.
 
 mod common;
+mod redis_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{bearer, issue, metric, poll, Conn, Server};
+use redis_support::{Redis, RedisCluster};
 
 const ADMIN: &str = "admin-token-for-fleet-tests";
 
@@ -22,151 +24,6 @@ definition doc {
     permission view = viewer
 }
 ";
-
-/// Whether a missing `redis-server` is fatal (CI installs it) or a reason to skip.
-fn redis_server() -> Option<&'static str> {
-    if Path::new("/usr/bin/redis-server").exists() {
-        return Some("/usr/bin/redis-server");
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "redis-server is missing; `cargo xtask test` installs it (Debian package redis-server)"
-    );
-    eprintln!("skipped: redis-server is not installed (run `cargo xtask test` to install it)");
-    None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `redis-server` on a loopback port, killed (by its pid) on drop.
-struct Redis {
-    child: Option<std::process::Child>,
-    port: u16,
-    dir: PathBuf,
-    extra: Vec<String>,
-}
-
-impl Redis {
-    fn start(dir: &Path, extra: &[&str]) -> Redis {
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: dir.to_owned(),
-            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
-        };
-        r.restart();
-        r
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn restart(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
-        let child = std::process::Command::new(redis_server().unwrap())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let port = self.port;
-        poll("redis-server answers PING", Duration::from_secs(10), || {
-            redis_cli(port, &["PING"]).filter(|out| out.trim() == "PONG")
-        });
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// A three-master Redis Cluster built with `redis-cli --cluster create`.
-struct Cluster {
-    nodes: Vec<Redis>,
-}
-
-impl Cluster {
-    fn start(dir: &Path) -> Cluster {
-        let nodes: Vec<Redis> = (0..3)
-            .map(|i| {
-                Redis::start(
-                    &dir.join(format!("redis-{i}")),
-                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
-                )
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = std::process::Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        for n in &nodes {
-            let port = n.port;
-            poll("cluster_state:ok", Duration::from_secs(20), || {
-                redis_cli(port, &["CLUSTER", "INFO"]).filter(|s| s.contains("cluster_state:ok"))
-            });
-        }
-        Cluster { nodes }
-    }
-
-    fn seeds(&self) -> String {
-        let seeds: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("\"{}\"", n.url()))
-            .collect();
-        format!("[{}]", seeds.join(", "))
-    }
-}
 
 /// Writes one node's config and starts it.
 fn start_node(root: &Path, name: &str, redis: &str, extra: &str) -> Server {
@@ -381,32 +238,33 @@ fn core(root: &Path, redis: &str, n_revocations: usize) {
 
 #[test]
 fn three_nodes_share_keys_revocations_relationships_and_vault_through_redis() {
-    if redis_server().is_none() {
+    if !redis_support::available("fleet e2e") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let redis = Redis::start(&root.path().join("redis"), &[]);
+    let redis = Redis::start();
     core(root.path(), &format!("\"{}\"", redis.url()), 200);
 }
 
 #[test]
 fn the_same_holds_on_a_three_master_redis_cluster() {
-    if redis_server().is_none() {
+    if !redis_support::available("fleet e2e") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let cluster = Cluster::start(&root.path().join("cluster"));
-    core(root.path(), &cluster.seeds(), 20);
+    let cluster = RedisCluster::start(3);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    core(root.path(), &format!("[{}]", seeds.join(", ")), 20);
 }
 
 #[test]
 fn redis_down_keeps_authentication_refuses_writes_then_catches_up() {
-    if redis_server().is_none() {
+    if !redis_support::available("fleet e2e") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     shared_vault_key(root.path());
-    let mut redis = Redis::start(&root.path().join("redis"), &[]);
+    let mut redis = Redis::start();
     let url = format!("\"{}\"", redis.url());
     let a = start_node(root.path(), "a", &url, "");
     let b = start_node(root.path(), "b", &url, "");
@@ -460,22 +318,27 @@ fn redis_down_keeps_authentication_refuses_writes_then_catches_up() {
     converged(&[&a, &b], 3);
 }
 
-#[test]
-fn a_node_that_missed_a_thousand_changes_catches_up_from_the_feed_and_from_a_snapshot() {
-    if redis_server().is_none() {
+/// C stops, A makes 1,000 changes (999 relationships and one revocation), C restarts and
+/// catches up: from the feed when A's `snapshot_every` is above 1,000, from A's snapshot (the
+/// feed trimmed behind it, past C's position) when it is 100.
+fn missed_changes(snapshot_every: u64) {
+    if !redis_support::available("fleet e2e") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
     shared_vault_key(root.path());
-    let redis = Redis::start(&root.path().join("redis"), &[]);
+    let redis = Redis::start();
     let url = format!("\"{}\"", redis.url());
-    // A publishes a snapshot every 100 changes and trims the feed before it.
-    let a = start_node(root.path(), "a", &url, "snapshot_every = 100\n");
+    let a = start_node(
+        root.path(),
+        "a",
+        &url,
+        &format!("snapshot_every = {snapshot_every}\n"),
+    );
     let c = start_node(root.path(), "c", &url, "");
     let first = issue(&a.data_dir, "first", "subzero", &[]);
     converged(&[&a, &c], 2);
     assert!(c.terminate(), "C stops cleanly");
-    // 1,000 changes while C is down: 999 relationships and one revocation.
     let mut conn = a.connect();
     for i in 0..999 {
         let body = serde_json::json!({"object": format!("doc:{i}"),"relation":"viewer","subject":"user:bob"});
@@ -488,23 +351,43 @@ fn a_node_that_missed_a_thousand_changes_catches_up_from_the_feed_and_from_a_sna
         assert_eq!(conn.read_response().status, 200);
     }
     assert_eq!(revoke(&mut conn, &first).status, 200);
-    a.wait_metrics("a snapshot", |t| {
-        metric(t, "subzero_fleet_snapshots_published_total").unwrap_or(0) >= 1
-    });
+    let trimmed = snapshot_every < 1000;
+    if trimmed {
+        a.wait_metrics("a snapshot", |t| {
+            metric(t, "subzero_fleet_snapshots_published_total").unwrap_or(0) >= 1
+        });
+    }
     let c = start_node(root.path(), "c", &url, "");
     converged(&[&a, &c], 1002);
-    assert!(
-        metric(&c.metrics(), "subzero_fleet_snapshots_loaded_total").unwrap_or(0) >= 1,
-        "C loaded the snapshot (the feed was trimmed past it)"
-    );
+    let loaded = metric(&c.metrics(), "subzero_fleet_snapshots_loaded_total").unwrap_or(0);
+    if trimmed {
+        assert!(
+            loaded >= 1,
+            "C loaded the snapshot (the feed was trimmed past it)"
+        );
+    } else {
+        assert_eq!(loaded, 0, "C caught up from the feed alone");
+    }
     assert_eq!(authenticate(&mut c.connect(), &first), 401);
-    let check = serde_json::json!({"subject":"user:bob","permission":"view","object":"doc:998"})
-        .to_string();
-    let resp = c.request(
-        "POST",
-        "/v1/permissions/check",
-        &[("Authorization", &bearer(ADMIN))],
-        &check,
-    );
-    assert_eq!(resp.json()["allowed"], true, "{resp:?}");
+    for object in ["doc:0", "doc:500", "doc:998"] {
+        let check = serde_json::json!({"subject":"user:bob","permission":"view","object": object})
+            .to_string();
+        let resp = c.request(
+            "POST",
+            "/v1/permissions/check",
+            &[("Authorization", &bearer(ADMIN))],
+            &check,
+        );
+        assert_eq!(resp.json()["allowed"], true, "{object}: {resp:?}");
+    }
+}
+
+#[test]
+fn a_node_that_missed_a_thousand_changes_catches_up_from_the_feed() {
+    missed_changes(10_000);
+}
+
+#[test]
+fn a_node_that_missed_a_thousand_changes_catches_up_from_a_snapshot_past_a_trimmed_feed() {
+    missed_changes(100);
 }
