@@ -348,16 +348,21 @@ impl ControlPlane {
                 other => others.push(other),
             }
         }
+        // In a fleet, each write may bring other nodes' changes along: they are mirrored
+        // before the next kind of write stages against the mirrors.
         if !revokes.is_empty() {
             for (reply_to, reply) in self.revoke_batch(revokes, now_s) {
                 self.reply(reply_to, reply);
             }
+            self.apply_fleet(now_s);
         }
         if !tuple_writes.is_empty() {
             self.relationships_batch(tuple_writes, now_s);
+            self.apply_fleet(now_s);
         }
         if !vault_requests.is_empty() {
             self.vault_batch(vault_requests, now_s);
+            self.apply_fleet(now_s);
         }
         for msg in others {
             self.handle(msg, now_s);
