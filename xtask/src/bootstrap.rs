@@ -87,7 +87,7 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
         if in_ci() {
             bail!("CI=true but not running as root: cannot install packages");
         }
-        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl by hand)");
+        println!("    not root: skipping package installation (install llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl, redis-server, redis-tools by hand)");
         return Ok(());
     }
     apt.ensure("llvm-22-dev")?;
@@ -103,6 +103,9 @@ fn ensure_packages(apt: &mut Apt) -> Result<()> {
     // e2e_unix puts Caddy's forward_auth and curl --unix-socket in front of the Unix socket.
     apt.ensure("caddy")?;
     apt.ensure("curl")?;
+    // e2e_fleet and the bench's fleet scenario run a real redis-server (and redis-cli).
+    apt.ensure("redis-server")?;
+    apt.ensure("redis-tools")?;
     Ok(())
 }
 
@@ -197,7 +200,7 @@ pub fn test() -> Result<()> {
     let result = (|| {
         step(
             &mut timings,
-            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl)",
+            "apt packages (llvm-22-dev, wrk, nginx, bpftool, iproute2, strace, prometheus, caddy, curl, redis-server, redis-tools)",
             || ensure_packages(&mut apt),
         )?;
         step(&mut timings, "rust-src for nightly", ensure_rust_src)?;
