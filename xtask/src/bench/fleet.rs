@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 use super::{
     cpu_list, issue_tokens, taskset, write_script, Bench, Load, Server, ADMIN_TOKEN, AUTH_PATH,
 };
+use crate::procstat;
 use crate::report::{Row, Status, LOAD_FLEET_PROPAGATION, LOAD_FLEET_REVOKE, SUBZERO};
 use crate::util::{self, ChildGuard};
 use crate::wrk;
@@ -91,11 +92,12 @@ struct CmdStat {
     usec: u64,
 }
 
-/// What `INFO cpu commandstats` says: the server's CPU seconds (all threads) and, per command
-/// (lower case), calls and microseconds.
+/// What `INFO cpu commandstats` says: the server's user and system CPU seconds (all threads)
+/// and, per command (lower case), calls and microseconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct RedisStats {
-    cpu_s: f64,
+    user_s: f64,
+    sys_s: f64,
     commands: BTreeMap<String, CmdStat>,
 }
 
@@ -105,8 +107,10 @@ fn parse_info(text: &str) -> RedisStats {
         let Some((key, value)) = line.split_once(':') else {
             continue;
         };
-        if key == "used_cpu_sys" || key == "used_cpu_user" {
-            stats.cpu_s += value.parse::<f64>().unwrap_or(0.0);
+        if key == "used_cpu_user" {
+            stats.user_s = value.parse().unwrap_or(0.0);
+        } else if key == "used_cpu_sys" {
+            stats.sys_s = value.parse().unwrap_or(0.0);
         } else if let Some(name) = key.strip_prefix("cmdstat_") {
             let mut stat = CmdStat::default();
             for field in value.split(',') {
@@ -128,9 +132,12 @@ fn redis_cost_note(before: &RedisStats, after: &RedisStats, n_changes: f64) -> S
     if n_changes <= 0.0 {
         return "Redis: no changes to divide by".to_string();
     }
+    let per_change = |a: f64, b: f64| (a - b) * 1e6 / n_changes;
+    let user = per_change(after.user_s, before.user_s);
+    let sys = per_change(after.sys_s, before.sys_s);
     let mut note = format!(
-        "Redis per change: {:.1} µs CPU (INFO cpu, all threads, AOF fsync included)",
-        (after.cpu_s - before.cpu_s) * 1e6 / n_changes
+        "Redis per change: {:.1} µs CPU (INFO cpu, all threads: user {user:.1}, sys {sys:.1}, which holds the AOF write and fsync)",
+        user + sys
     );
     for name in REPORTED_COMMANDS {
         let get = |s: &RedisStats| s.commands.get(name).copied().unwrap_or_default();
@@ -376,7 +383,7 @@ pub(super) fn fleet(b: &mut Bench) -> Result<()> {
     let mut node_a = start_node(b, &a_dir, "a")?;
     let mut node_b = start_node(b, &b_dir, "b")?;
     propagation(b, &redis, &mut node_a, &mut node_b, &a_dir)?;
-    revoke_at_saturation(b, &redis, &mut node_a)?;
+    revoke_at_saturation(b, &redis, &mut node_a, &mut node_b)?;
     // The lead's `ratelimit-fleet` row (a leased rate-limit check against one Redis round
     // trip per check) goes here, on the same Redis and nodes.
     drop(node_b);
@@ -486,7 +493,12 @@ fn propagation(
 
 /// Admin revocations at saturation on A through wrk, like the single-node `revoke` row; the
 /// note adds what Redis spent per fleet change and how many revocations one change carried.
-fn revoke_at_saturation(b: &mut Bench, redis: &Redis, node_a: &mut Server) -> Result<()> {
+fn revoke_at_saturation(
+    b: &mut Bench,
+    redis: &Redis,
+    node_a: &mut Server,
+    node_b: &mut Server,
+) -> Result<()> {
     let bearer = format!("Bearer {ADMIN_TOKEN}");
     let script = write_script(b, "fleet-revoke.lua", &revoke_script(&bearer))?;
     let load = Load::Wrk {
@@ -498,6 +510,7 @@ fn revoke_at_saturation(b: &mut Bench, redis: &Redis, node_a: &mut Server) -> Re
     b.warm_up(node_a, &load)?;
     let before = redis.stats()?;
     let rev_before = redis.revision()?;
+    let b_before = procstat::read(node_b.guard.pid())?;
     let started = Instant::now();
     b.measure(
         node_a,
@@ -506,10 +519,12 @@ fn revoke_at_saturation(b: &mut Bench, redis: &Redis, node_a: &mut Server) -> Re
         &load,
         &format!(
             "admin revocations by unique jti on node A, acknowledged after Redis ran the append script \
-             (appendfsync {APPENDFSYNC}); node B applies them too (its CPU is not in the row)"
+             (appendfsync {APPENDFSYNC}); CPU µs/req is node A's"
         ),
     );
     let elapsed_s = started.elapsed().as_secs_f64();
+    let b_after = procstat::read(node_b.guard.pid())?;
+    node_b.guard.check_alive()?;
     let after = redis.stats()?;
     let n_changes = redis.revision()?.saturating_sub(rev_before);
     if let Some(row) = b
@@ -519,14 +534,18 @@ fn revoke_at_saturation(b: &mut Bench, redis: &Redis, node_a: &mut Server) -> Re
     {
         // wrk's count is not kept per row: the revocations are about req/s × the measured time.
         let n_revocations = row.requests_per_s.unwrap_or(0.0) * elapsed_s;
+        let b_cpu_us =
+            procstat::cpu_us_per_req(b_before, b_after, b.ticks_per_s, n_revocations as u64);
         let _ = write!(
             row.note,
-            "; {n_changes} fleet changes for ≈{n_revocations:.0} revocations ({:.1} per change); {}",
+            "; {n_changes} fleet changes for ≈{n_revocations:.0} revocations ({:.1} per change); \
+             node B (same CPU) applied them at {} µs of its CPU per revocation; {}",
             if n_changes > 0 {
                 n_revocations / n_changes as f64
             } else {
                 0.0
             },
+            b_cpu_us.map_or_else(|| "–".to_string(), |us| format!("{us:.2}")),
             redis_cost_note(&before, &after, n_changes as f64)
         );
     }
@@ -545,6 +564,9 @@ mod tests {
         assert_eq!(percentile(&v, 100.0), Some(200.0));
         assert_eq!(percentile(&v, 0.0), Some(1.0));
         assert_eq!(percentile(&[7.0], 99.0), Some(7.0));
+        // Rank 2.5 rounds up: at least a quarter of the values are at or below it.
+        let ten: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&ten, 25.0), Some(3.0));
         assert_eq!(percentile(&[], 50.0), None);
     }
 
@@ -600,9 +622,10 @@ mod tests {
     fn info_parses_cpu_and_command_totals() {
         let before = parse_info(INFO_BEFORE);
         assert!(
-            (before.cpu_s - 2.0).abs() < 1e-9,
+            (before.sys_s - 1.5).abs() < 1e-9,
             "children's CPU is not Redis's own"
         );
+        assert!((before.user_s - 0.5).abs() < 1e-9);
         assert_eq!(
             before.commands.get("evalsha"),
             Some(&CmdStat {
@@ -618,6 +641,7 @@ mod tests {
         let note = redis_cost_note(&parse_info(INFO_BEFORE), &parse_info(INFO_AFTER), 100.0);
         // 3 ms of CPU over 100 changes; evalsha 6000 µs over 100 calls; xread 200 calls.
         assert!(note.contains("30.0 µs CPU"), "{note}");
+        assert!(note.contains("user 10.0, sys 20.0"), "{note}");
         assert!(note.contains("evalsha 60.0 µs/call × 1.00 calls"), "{note}");
         assert!(note.contains("xrange 7.0 µs/call × 1.00 calls"), "{note}");
         assert!(note.contains("xread 12.0 µs/call × 2.00 calls"), "{note}");
