@@ -669,6 +669,33 @@ mod tests {
     }
 
     #[test]
+    fn conn_reads_one_response_per_request_on_one_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            for status in ["200 OK", "401 Unauthorized"] {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(buf[..n].starts_with(b"GET /v1/authenticate HTTP/1.1\r\n"));
+                let body = "{\"error\":\"invalid_token\"}";
+                write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+        });
+        let mut conn = Conn::open(addr).unwrap();
+        assert_eq!(conn.authenticate("t1").unwrap(), 200);
+        assert_eq!(conn.authenticate("t1").unwrap(), 401);
+        server.join().unwrap();
+        // The peer closed: an error, not a status.
+        assert!(conn.authenticate("t1").is_err());
+    }
+
+    #[test]
     fn revoke_script_jtis_differ_between_wrk_invocations() {
         let script = revoke_script("Bearer x");
         assert!(script.contains("local run = os.time()"));
