@@ -50,8 +50,25 @@ impl Server {
         };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .args(extra);
+        Server::launch(cmd, !wrapper.is_empty(), data_dir)
+    }
+
+    /// Starts `subzero serve --listen unix:SOCK --data-dir DIR` plus `extra` args: no TCP
+    /// listener (`addr` is 0.0.0.0:0, so the TCP helpers do not apply), ready once it logs
+    /// "listening on unix:".
+    pub fn start_unix_only(data_dir: &Path, sock: &Path, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", &format!("unix:{}", sock.display())])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra);
+        Server::launch(cmd, false, data_dir)
+    }
+
+    /// Spawns `cmd` and waits (bounded) until it logs where it listens.
+    fn launch(mut cmd: Command, wrapped: bool, data_dir: &Path) -> Server {
+        cmd.env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start subzero");
@@ -79,11 +96,15 @@ impl Server {
             };
             seen.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.trim().parse().expect("address in log line");
-                let pid = if wrapper.is_empty() {
-                    child.id()
+                let addr = if rest.starts_with("unix:") {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
                 } else {
+                    rest.trim().parse().expect("address in log line")
+                };
+                let pid = if wrapped {
                     only_child_of(child.id())
+                } else {
+                    child.id()
                 };
                 return Server {
                     child,
@@ -527,6 +548,20 @@ fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .output()
+        .expect("run subzero");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `subzero ARGS` with extra environment variables; (exit code, stdout, stderr).
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run subzero");
     (
