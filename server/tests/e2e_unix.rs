@@ -400,41 +400,32 @@ fn a_unix_only_listen_list_opens_no_tcp_port() {
     .unwrap();
     let data = dir.path().join("data");
     // From the file alone (no --listen).
-    let mut cmd = Command::new(common::bin());
-    cmd.args([
-        "serve",
-        "--shards",
-        "2",
-        "--config",
-        config.to_str().unwrap(),
-    ])
-    .arg("--data-dir")
-    .arg(&data)
-    .env("RUST_LOG", "info")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut log = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut seen = String::new();
-    while !seen.contains("listening on unix:") {
-        let mut line = String::new();
-        let n = std::io::BufRead::read_line(&mut log, &mut line).unwrap();
-        assert!(n > 0, "exited before listening: {seen}");
-        seen.push_str(&line);
-    }
-    assert!(!seen.contains("listening on 127.0.0.1"), "{seen}");
+    let server = Server::start_args(
+        &[
+            "serve",
+            "--shards",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &data,
+    );
     let healthz = exchange(&sock, &request_bytes("GET", "/healthz", &[], ""), 1);
     assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
-    let tcp = tcp_listen_inodes(child.id());
-    // SAFETY: signals only the child this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
     assert_eq!(
-        tcp,
+        tcp_listen_inodes(server.pid),
         Vec::<u64>::new(),
         "a unix-only server holds a TCP listener"
     );
+    assert_eq!(
+        server.addr.port(),
+        0,
+        "it logged a TCP address: {}",
+        server.addr
+    );
+    assert!(server.terminate());
     assert!(!sock.exists(), "the socket file is removed at shutdown");
 
     // The same probe sees TCP listeners when the list has an IP:PORT (one per shard).

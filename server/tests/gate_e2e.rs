@@ -683,3 +683,113 @@ fn cli_without_pins_says_how_to_start_the_gate() {
         );
     }
 }
+
+/// `subzero block add|del|list --server unix:/path` (and `http://` with the admin token file)
+/// edit the running gate through `/v1/block`: the pinned maps show the entry, its packets are
+/// dropped, and deleting it lets them through again.
+#[test]
+fn block_through_the_running_server_over_its_unix_socket() {
+    let Some(_g) = setup("gate e2e block --server") else {
+        return;
+    };
+    let ns = NetNs::veth('u');
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
+    let [good, bad] = ns.peer_ips;
+    let sock = dir.path().join("sz.sock");
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, "admin-token-for-gate-tests\n").unwrap();
+    let config = dir.path().join("sz.toml");
+    std::fs::write(
+        &config,
+        "[admin]\ntoken_file = \"admin.token\"\nunix_uids = [0]\n",
+    )
+    .unwrap();
+    let mut args = serve_args(addr, &dir.path().join("data"), &ns.host_if);
+    args.extend([
+        "--listen".into(),
+        format!("unix:{}", sock.display()),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    let _server = Server::start(&args, None, addr, &ns, good);
+    let server = format!("unix:{}", sock.display());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    let out = subzero_ok(&[
+        "block",
+        "add",
+        "198.51.100.9/24",
+        "--ttl-s",
+        "600",
+        "--reason",
+        "threat",
+        "--server",
+        &server,
+    ]);
+    assert!(
+        out.contains("blocked 198.51.100.0/24 (threat) until unix time"),
+        "{out}"
+    );
+    // The pinned maps (no --server) show it.
+    let pinned = block_list();
+    let entry = pinned
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cidr"] == "198.51.100.0/24")
+        .unwrap_or_else(|| panic!("not in the pinned maps: {pinned}"));
+    assert_eq!(entry["reason"], "threat");
+    let left_s = entry["expires_in_s"].as_u64().unwrap();
+    assert!((590..=600).contains(&left_s), "{entry}");
+    // The server's own listing names the expiry in unix seconds.
+    let listed: serde_json::Value = serde_json::from_str(&subzero_ok(&[
+        "block", "list", "--json", "--server", &server,
+    ]))
+    .unwrap();
+    let until = listed["entries"][0]["until_unix_s"].as_u64().unwrap();
+    assert!((now_s + 590..=now_s + 602).contains(&until), "{listed}");
+
+    // Live in the kernel: the blocked peer gets nothing, the other one is served.
+    subzero_ok(&["block", "add", &bad.to_string(), "--server", &server]);
+    let (r_good, r_bad) = ns.run(move || (healthz_from(good, addr, T), healthz_from(bad, addr, T)));
+    assert!(
+        r_good.as_ref().is_ok_and(|l| l.contains("200")),
+        "{r_good:?}"
+    );
+    assert!(r_bad.is_err(), "blocked source answered: {r_bad:?}");
+
+    // Over TCP the admin token file is needed.
+    let url = format!("http://{addr}");
+    let refused = subzero(&["block", "del", &bad.to_string(), "--server", &url]);
+    assert_eq!(refused.status.code(), Some(1));
+    let token_arg = token_file.display().to_string();
+    subzero_ok(&[
+        "block",
+        "del",
+        &bad.to_string(),
+        "--server",
+        &url,
+        "--admin-token-file",
+        &token_arg,
+    ]);
+    let r_bad = ns.run(move || healthz_from(bad, addr, T));
+    assert!(r_bad.as_ref().is_ok_and(|l| l.contains("200")), "{r_bad:?}");
+
+    subzero_ok(&["block", "del", "198.51.100.0/24", "--server", &server]);
+    assert_eq!(
+        block_list(),
+        serde_json::json!([]),
+        "gone from the pinned maps"
+    );
+    let again = subzero(&["block", "del", "198.51.100.0/24", "--server", &server]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("404") && err.contains("not on the blocklist"),
+        "{err}"
+    );
+}

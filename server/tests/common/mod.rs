@@ -66,6 +66,14 @@ impl Server {
         Server::launch(cmd, false, data_dir)
     }
 
+    /// Starts `subzero ARGS` exactly as given (no `--listen` added) and waits (bounded) until
+    /// it logs where it listens; `addr` is 0.0.0.0:0 when that is a Unix socket only.
+    pub fn start_args(args: &[&str], data_dir: &Path) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Server::launch(cmd, false, data_dir)
+    }
+
     /// Spawns `cmd` and waits (bounded) until it logs where it listens.
     fn launch(mut cmd: Command, wrapped: bool, data_dir: &Path) -> Server {
         cmd.env("RUST_LOG", "info")
