@@ -566,3 +566,37 @@ fn block_endpoints_and_the_cli_over_the_socket_with_the_gate_off() {
     );
     assert!(server.terminate());
 }
+
+/// The connection's log line names the peer's uid and pid (here this test process).
+#[test]
+fn the_connection_log_names_the_peer_uid_and_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sz.sock");
+    let data = dir.path().join("data");
+    let listen = format!("unix:{}", sock.display());
+    let server = Server::start_args_log(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--shards",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "info,subzero::shard=debug",
+        &data,
+    );
+    let healthz = exchange(&sock, &request_bytes("GET", "/healthz", &[], ""), 1);
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let want = format!("uid={uid} pid={}", std::process::id());
+    let mut seen = Vec::new();
+    poll("the connection's log line", Duration::from_secs(10), || {
+        seen.extend(server.drain_log());
+        seen.iter()
+            .find(|l| l.contains("unix-socket peer connected") && l.contains(&want))
+            .cloned()
+    });
+    assert!(server.terminate());
+}

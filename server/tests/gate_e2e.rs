@@ -792,4 +792,44 @@ fn block_through_the_running_server_over_its_unix_socket() {
         err.contains("404") && err.contains("not on the blocklist"),
         "{err}"
     );
+
+    // Each add and delete is in the audit log (read over the socket as an admin uid).
+    let noted = wait_for("the block edits in the audit log", COUNT_WAIT, || {
+        let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        conn.write_all(
+            b"GET /v1/audit/events?after=0&limit=1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = conn.read_to_string(&mut text);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let noted: Vec<String> = doc["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| {
+                e["action"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("gate.block."))
+            })
+            .map(|e| format!("{} {} {}", e["action"], e["resource"], e["outcome"]))
+            .collect();
+        if noted.len() >= 5 {
+            Ok(noted)
+        } else {
+            Err(noted)
+        }
+    });
+    let bad_cidr = format!("{bad}/32");
+    assert_eq!(
+        noted,
+        [
+            r#""gate.block.add" "198.51.100.0/24" "ok""#.to_owned(),
+            format!(r#""gate.block.add" "{bad_cidr}" "ok""#),
+            format!(r#""gate.block.del" "{bad_cidr}" "ok""#),
+            r#""gate.block.del" "198.51.100.0/24" "ok""#.to_owned(),
+            r#""gate.block.del" "198.51.100.0/24" "not_found""#.to_owned(),
+        ]
+    );
 }

@@ -51,7 +51,7 @@ impl Server {
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra);
-        Server::launch(cmd, !wrapper.is_empty(), data_dir)
+        Server::launch(cmd, !wrapper.is_empty(), data_dir, "info")
     }
 
     /// Starts `subzero serve --listen unix:SOCK --data-dir DIR` plus `extra` args: no TCP
@@ -63,20 +63,25 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra);
-        Server::launch(cmd, false, data_dir)
+        Server::launch(cmd, false, data_dir, "info")
     }
 
     /// Starts `subzero ARGS` exactly as given (no `--listen` added) and waits (bounded) until
     /// it logs where it listens; `addr` is 0.0.0.0:0 when that is a Unix socket only.
     pub fn start_args(args: &[&str], data_dir: &Path) -> Server {
+        Server::start_args_log(args, "info", data_dir)
+    }
+
+    /// Like `start_args`, with `RUST_LOG=rust_log` (e.g. `info,subzero::shard=debug`).
+    pub fn start_args_log(args: &[&str], rust_log: &str, data_dir: &Path) -> Server {
         let mut cmd = Command::new(bin());
         cmd.args(args);
-        Server::launch(cmd, false, data_dir)
+        Server::launch(cmd, false, data_dir, rust_log)
     }
 
     /// Spawns `cmd` and waits (bounded) until it logs where it listens.
-    fn launch(mut cmd: Command, wrapped: bool, data_dir: &Path) -> Server {
-        cmd.env("RUST_LOG", "info")
+    fn launch(mut cmd: Command, wrapped: bool, data_dir: &Path, rust_log: &str) -> Server {
+        cmd.env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start subzero");
