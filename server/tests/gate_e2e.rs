@@ -684,6 +684,57 @@ fn cli_without_pins_says_how_to_start_the_gate() {
     }
 }
 
+/// `serve` arguments for the gate on `iface`, TCP on `addr`, a Unix socket under `dir`, root
+/// as an admin uid over it and an admin token file; also the socket's and the token file's path.
+fn unix_admin_args(
+    addr: SocketAddr,
+    dir: &Path,
+    iface: &str,
+) -> (Vec<String>, std::path::PathBuf, std::path::PathBuf) {
+    let sock = dir.join("sz.sock");
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, "admin-token-for-gate-tests\n").unwrap();
+    let config = dir.join("sz.toml");
+    std::fs::write(
+        &config,
+        "[admin]\ntoken_file = \"admin.token\"\nunix_uids = [0]\n",
+    )
+    .unwrap();
+    let mut args = serve_args(addr, &dir.join("data"), iface);
+    args.extend([
+        "--listen".into(),
+        format!("unix:{}", sock.display()),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    (args, sock, token_file)
+}
+
+/// The `gate.block.*` audit events as `"action" "resource" "outcome"`, read over the Unix
+/// socket (as an `[admin] unix_uids` uid).
+fn block_audit_events(sock: &Path) -> Vec<String> {
+    let mut conn = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    conn.write_all(
+        b"GET /v1/audit/events?after=0&limit=1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    doc["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("gate.block."))
+        })
+        .map(|e| format!("{} {} {}", e["action"], e["resource"], e["outcome"]))
+        .collect()
+}
+
 /// `subzero block add|del|list --server unix:/path` (and `http://` with the admin token file)
 /// edit the running gate through `/v1/block`: the pinned maps show the entry, its packets are
 /// dropped, and deleting it lets them through again.
@@ -696,22 +747,7 @@ fn block_through_the_running_server_over_its_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
     let [good, bad] = ns.peer_ips;
-    let sock = dir.path().join("sz.sock");
-    let token_file = dir.path().join("admin.token");
-    std::fs::write(&token_file, "admin-token-for-gate-tests\n").unwrap();
-    let config = dir.path().join("sz.toml");
-    std::fs::write(
-        &config,
-        "[admin]\ntoken_file = \"admin.token\"\nunix_uids = [0]\n",
-    )
-    .unwrap();
-    let mut args = serve_args(addr, &dir.path().join("data"), &ns.host_if);
-    args.extend([
-        "--listen".into(),
-        format!("unix:{}", sock.display()),
-        "--config".into(),
-        config.display().to_string(),
-    ]);
+    let (args, sock, token_file) = unix_admin_args(addr, dir.path(), &ns.host_if);
     let _server = Server::start(&args, None, addr, &ns, good);
     let server = format!("unix:{}", sock.display());
     let now_s = std::time::SystemTime::now()
@@ -795,26 +831,7 @@ fn block_through_the_running_server_over_its_unix_socket() {
 
     // Each add and delete is in the audit log (read over the socket as an admin uid).
     let noted = wait_for("the block edits in the audit log", COUNT_WAIT, || {
-        let mut conn = std::os::unix::net::UnixStream::connect(&sock).unwrap();
-        conn.write_all(
-            b"GET /v1/audit/events?after=0&limit=1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .unwrap();
-        let mut text = String::new();
-        let _ = conn.read_to_string(&mut text);
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        let noted: Vec<String> = doc["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|e| {
-                e["action"]
-                    .as_str()
-                    .is_some_and(|a| a.starts_with("gate.block."))
-            })
-            .map(|e| format!("{} {} {}", e["action"], e["resource"], e["outcome"]))
-            .collect();
+        let noted = block_audit_events(&sock);
         if noted.len() >= 5 {
             Ok(noted)
         } else {
