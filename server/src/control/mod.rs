@@ -9,6 +9,7 @@
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
 mod audit;
+mod block;
 mod channel;
 mod fleet;
 mod vault;
@@ -529,6 +530,10 @@ impl ControlPlane {
                 namespace,
                 op,
             } => self.vault_batch(vec![(reply_to, namespace, op)], now_s),
+            ControlMsg::AdminBlock { reply_to, op } => {
+                let reply = self.admin_block(op, now_s);
+                self.reply(reply_to, reply);
+            }
             ControlMsg::RotateKeys { reply_to } => {
                 let reply = self.rotate(now_s);
                 let kid = match &reply {
