@@ -15,7 +15,9 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{healthz_from, privileged, raw_flood, wait_for, NetNs, PinLock, PIN_DIR};
+use support::{
+    block_list, healthz_from, privileged, raw_flood, subzero_ok, wait_for, NetNs, PinLock, PIN_DIR,
+};
 
 const T: Duration = Duration::from_millis(700);
 /// Longest wait for counters to show packets that were already sent.
@@ -54,17 +56,6 @@ fn subzero(args: &[&str]) -> Output {
         .expect("run subzero")
 }
 
-fn subzero_ok(args: &[&str]) -> String {
-    let out = subzero(args);
-    assert!(
-        out.status.success(),
-        "subzero {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn stats() -> serde_json::Value {
     serde_json::from_str(&subzero_ok(&["stats", "--json"])).expect("stats --json is JSON")
 }
@@ -73,10 +64,6 @@ fn counter(doc: &serde_json::Value, reason: &str) -> u64 {
     doc["counters"][reason]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {reason} in {doc}"))
-}
-
-fn block_list() -> serde_json::Value {
-    serde_json::from_str(&subzero_ok(&["block", "list", "--json"])).expect("block list --json")
 }
 
 /// Sends `n` UDP datagrams from `src` (inside `ns`) to `dst` and waits until `drop_block` has

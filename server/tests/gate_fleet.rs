@@ -19,29 +19,11 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{healthz_from, privileged, wait_for, NetNs, PinLock};
+use support::{block_list, healthz_from, privileged, wait_for, NetNs, PinLock};
 
 const T: Duration = Duration::from_millis(700);
 const WAIT: Duration = Duration::from_secs(10);
 const ADMIN: &str = "admin-token-for-gate-fleet";
-
-fn subzero_ok(args: &[&str]) -> String {
-    let out = Command::new(common::bin())
-        .args(args)
-        .output()
-        .expect("run subzero");
-    assert!(
-        out.status.success(),
-        "subzero {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn block_list() -> serde_json::Value {
-    serde_json::from_str(&subzero_ok(&["block", "list", "--json"])).expect("block list --json")
-}
 
 /// `subzero serve`, SIGKILLed on drop.
 struct Serve(Child);

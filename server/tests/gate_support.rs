@@ -543,3 +543,24 @@ pub fn flood_while_probing(
     });
     (flood.join().unwrap(), served)
 }
+
+/// `subzero ARGS` as a second process (the gate CLI against the pinned maps); panics with its
+/// stderr unless it exits 0. Returns its stdout.
+pub fn subzero_ok(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_subzero"))
+        .args(args)
+        .output()
+        .expect("run subzero");
+    assert!(
+        out.status.success(),
+        "subzero {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pinned blocklist, as `subzero block list --json` prints it.
+pub fn block_list() -> serde_json::Value {
+    serde_json::from_str(&subzero_ok(&["block", "list", "--json"])).expect("block list --json")
+}

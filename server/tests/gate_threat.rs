@@ -18,7 +18,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{connect_from, healthz_from, privileged, wait_for, NetNs, PinLock};
+use support::{
+    block_list, connect_from, healthz_from, privileged, subzero_ok, wait_for, NetNs, PinLock,
+};
 
 const T: Duration = Duration::from_millis(700);
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,24 +28,6 @@ const ADMIN: &str = "admin-token-for-gate-threat";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_subzero")
-}
-
-fn subzero_ok(args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .output()
-        .expect("run subzero");
-    assert!(
-        out.status.success(),
-        "subzero {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn block_list() -> serde_json::Value {
-    serde_json::from_str(&subzero_ok(&["block", "list", "--json"])).expect("block list --json")
 }
 
 fn drop_block() -> u64 {
