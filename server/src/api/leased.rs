@@ -88,6 +88,8 @@ struct Pending {
     ask_id: u64,
     /// When it was sent: its grant is spendable until `asked_at_ms + lease_ms`.
     asked_at_ms: u64,
+    /// The newest ask was sent again because a grant came back too late.
+    retried_late: bool,
     waiters: VecDeque<Queued>,
 }
 
@@ -100,6 +102,8 @@ pub struct LeasedCounts {
     pub units: u64,
     /// Checks answered by the fail mode.
     pub unavailable: u64,
+    /// Grants that came back later than `lease_ms` after their ask (admitted nothing).
+    pub late: u64,
 }
 
 /// One shard's global rate limits: its leases and the checks waiting for grants.
@@ -194,6 +198,7 @@ impl Leased {
             Pending {
                 ask_id: ask.ask_id,
                 asked_at_ms: now_ms,
+                retried_late: false,
                 waiters,
             },
         );
@@ -247,71 +252,17 @@ impl Leased {
         let Some(p) = self.pending.get_mut(rule).and_then(|m| m.get_mut(key)) else {
             return (Vec::new(), None); // its checks timed out; the units expire unused
         };
-        let mut done = Vec::new();
-        let mut next = None;
-        if self.table.is_none() {
-            // One ask per check, answered in ask order: older asks without an answer (none,
-            // unless the thread lost one) go by the fail mode.
-            while p.waiters.front().is_some_and(|q| q.ask_id <= ask_id) {
-                let q = p.waiters.pop_front().expect("front exists");
-                let answer = match grant {
-                    Some(g) if q.ask_id == ask_id => exact(g, q.waiter.cost),
-                    _ => Answer::Unavailable,
+        let (done, next) = match &mut self.table {
+            None => (answer_in_order(p, ask_id, grant), None),
+            Some(_) if p.ask_id != ask_id => (Vec::new(), None), // stale: a newer ask is out
+            Some(table) => {
+                let mut asks = Asks {
+                    next_ask_id: &mut self.next_ask_id,
+                    counts: &mut self.counts,
                 };
-                done.push((q.waiter, answer));
+                answer_from_lease(table, p, (rule, key), grant, now_ms, &mut asks)
             }
-        } else if p.ask_id == ask_id {
-            let table = self.table.as_mut().expect("lease mode");
-            let asked_at_ms = p.asked_at_ms;
-            let first = p.waiters.pop_front().expect("a pending key has a waiter");
-            let first_answer = match grant {
-                None => Answer::Unavailable,
-                Some(g) => {
-                    let cost = first.waiter.cost;
-                    match table.grant(rule, key, cost, g.granted, asked_at_ms, now_ms) {
-                        Granted::Allowed { remaining } => Answer::Allowed {
-                            remaining: remaining.saturating_add(g.remaining),
-                        },
-                        Granted::Denied => Answer::Denied {
-                            retry_after_ms: g.retry_after_ms,
-                        },
-                        Granted::Late => Answer::Unavailable,
-                    }
-                }
-            };
-            done.push((first.waiter, first_answer));
-            // Nothing granted (or no answer in time): the others would get the same now.
-            let same_for_all = match first_answer {
-                Answer::Unavailable => true,
-                Answer::Denied { .. } => grant.is_some_and(|g| g.granted == 0),
-                Answer::Allowed { .. } => false,
-            };
-            while let Some(q) = p.waiters.front().copied() {
-                if same_for_all {
-                    done.push((q.waiter, first_answer));
-                    p.waiters.pop_front();
-                    continue;
-                }
-                match table.take(rule, key, q.waiter.cost, now_ms) {
-                    Take::Allowed { remaining } => {
-                        done.push((q.waiter, Answer::Allowed { remaining }));
-                        p.waiters.pop_front();
-                    }
-                    Take::NeedLease { want } => {
-                        self.next_ask_id += 1;
-                        self.counts.requests += 1;
-                        let ask = Ask {
-                            ask_id: self.next_ask_id,
-                            want,
-                        };
-                        p.ask_id = ask.ask_id;
-                        p.asked_at_ms = now_ms;
-                        next = Some(ask);
-                        break;
-                    }
-                }
-            }
-        }
+        };
         self.n_waiters -= done.len();
         self.counts.unavailable += done
             .iter()
@@ -335,6 +286,115 @@ impl Leased {
         }
         self.n_waiters -= n_dropped;
     }
+}
+
+/// Hands out ask ids (and counts the asks).
+struct Asks<'a> {
+    next_ask_id: &'a mut u64,
+    counts: &'a mut LeasedCounts,
+}
+
+impl Asks<'_> {
+    fn ask(&mut self, want: u32) -> Ask {
+        *self.next_ask_id += 1;
+        self.counts.requests += 1;
+        Ask {
+            ask_id: *self.next_ask_id,
+            want,
+        }
+    }
+}
+
+/// `lease_ms = 0`: one ask per check, answered in ask order; older asks without an answer
+/// (none, unless the thread lost one) go by the fail mode.
+fn answer_in_order(
+    p: &mut Pending,
+    ask_id: u64,
+    grant: Option<LeaseGrant>,
+) -> Vec<(Waiter, Answer)> {
+    let mut done = Vec::new();
+    while let Some(q) = p.waiters.front().copied() {
+        if q.ask_id > ask_id {
+            break;
+        }
+        p.waiters.pop_front();
+        let answer = match grant {
+            Some(g) if q.ask_id == ask_id => exact(g, q.waiter.cost),
+            _ => Answer::Unavailable,
+        };
+        done.push((q.waiter, answer));
+    }
+    done
+}
+
+/// Lease mode: the answer to the key's ask in flight. The first waiter takes its cost from
+/// the grant, the others from the lease in order, until one needs another ask.
+fn answer_from_lease(
+    table: &mut LeaseTable,
+    p: &mut Pending,
+    (rule, key): (usize, &str),
+    grant: Option<LeaseGrant>,
+    now_ms: u64,
+    asks: &mut Asks<'_>,
+) -> (Vec<(Waiter, Answer)>, Option<Ask>) {
+    let asked_at_ms = p.asked_at_ms;
+    let Some(first) = p.waiters.pop_front() else {
+        return (Vec::new(), None);
+    };
+    let late = grant.is_some() && table.is_late(asked_at_ms, now_ms);
+    if late {
+        asks.counts.late += 1;
+    }
+    if late && !p.retried_late {
+        // Redis was slower than a lease once: its units expired unused (they only
+        // under-admit); ask once more before the fail mode decides.
+        p.waiters.push_front(first);
+        p.retried_late = true;
+        let ask = asks.ask(first.waiter.cost);
+        p.ask_id = ask.ask_id;
+        p.asked_at_ms = now_ms;
+        return (Vec::new(), Some(ask));
+    }
+    p.retried_late = false;
+    let first_answer = match grant {
+        None => Answer::Unavailable,
+        Some(g) => {
+            match table.grant(rule, key, first.waiter.cost, g.granted, asked_at_ms, now_ms) {
+                Granted::Allowed { remaining } => Answer::Allowed {
+                    remaining: remaining.saturating_add(g.remaining),
+                },
+                Granted::Denied => Answer::Denied {
+                    retry_after_ms: g.retry_after_ms,
+                },
+                Granted::Late => Answer::Unavailable,
+            }
+        }
+    };
+    let mut done = vec![(first.waiter, first_answer)];
+    // Nothing granted (or no answer in time): the others would get the same now.
+    let same_for_all = match first_answer {
+        Answer::Unavailable => true,
+        Answer::Denied { .. } => grant.is_some_and(|g| g.granted == 0),
+        Answer::Allowed { .. } => false,
+    };
+    while let Some(q) = p.waiters.front().copied() {
+        let answer = if same_for_all {
+            first_answer
+        } else {
+            match table.take(rule, key, q.waiter.cost, now_ms) {
+                Take::Allowed { remaining } => Answer::Allowed { remaining },
+                Take::NeedLease { want } => {
+                    let ask = asks.ask(want);
+                    p.ask_id = ask.ask_id;
+                    p.asked_at_ms = now_ms;
+                    return (done, Some(ask));
+                }
+            }
+        };
+        p.waiters.pop_front();
+        done.push((q.waiter, answer));
+    }
+    (done, None)
 }
 
 /// A grant of exactly one check's cost (`lease_ms = 0`).
@@ -367,6 +427,10 @@ mod tests {
         }
     }
 
+    #[allow(
+        clippy::unnecessary_wraps,
+        reason = "answers carry an Option; None is Redis down"
+    )]
     fn grant(granted: u32) -> Option<LeaseGrant> {
         Some(LeaseGrant {
             granted,
@@ -457,10 +521,24 @@ mod tests {
             [Answer::Unavailable; 2]
         );
         assert_eq!(l.counts.unavailable, 2);
-        // A grant that arrives after its lease would have expired admits nothing.
+        // A grant that arrives after its lease would have expired admits nothing: the check
+        // asks once more, and a second late grant leaves it to the fail mode.
         let c = ask_of(l.check(RULE, "k", w(5, 1), 100));
-        let (done, _) = l.answered(RULE, "k", c.ask_id, grant(3), 150);
-        assert_eq!(done, [(w(5, 1), Answer::Unavailable)]);
+        let (done, again) = l.answered(RULE, "k", c.ask_id, grant(3), 150);
+        assert!(done.is_empty());
+        let again = again.expect("asked again");
+        let (done, next) = l.answered(RULE, "k", again.ask_id, grant(3), 200);
+        assert_eq!((done, next), (vec![(w(5, 1), Answer::Unavailable)], None));
+        assert_eq!(l.counts.late, 2);
+        // A retry in time admits.
+        let d = ask_of(l.check(RULE, "k", w(6, 1), 300));
+        let (_, again) = l.answered(RULE, "k", d.ask_id, grant(3), 360);
+        let again = again.expect("asked again");
+        let (done, _) = l.answered(RULE, "k", again.ask_id, grant(3), 370);
+        assert!(
+            matches!(done[..], [(_, Answer::Allowed { .. })]),
+            "{done:?}"
+        );
     }
 
     #[test]

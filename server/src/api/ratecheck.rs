@@ -506,11 +506,13 @@ impl ShardApp {
                 "subzero_fleet_ratelimit_unavailable_total{{shard=\"{shard}\",mode=\"{mode}\"}} {}\n\
                  subzero_fleet_lease_requests_total{{shard=\"{shard}\"}} {}\n\
                  subzero_fleet_lease_units_total{{shard=\"{shard}\"}} {}\n\
+                 subzero_fleet_lease_late_total{{shard=\"{shard}\"}} {}\n\
                  subzero_fleet_lease_waiting{{shard=\"{shard}\"}} {}\n\
                  subzero_fleet_leased_keys{{shard=\"{shard}\"}} {}",
                 c.unavailable,
                 c.requests,
                 c.units,
+                c.late,
                 g.leased.n_waiters(),
                 g.leased.n_leased_keys(),
             );

@@ -255,6 +255,12 @@ impl LeaseTable {
         }
     }
 
+    /// Whether a grant for an ask made at `asked_at_ms` would arrive too late at `now_ms`
+    /// ([`Granted::Late`]).
+    pub fn is_late(&self, asked_at_ms: u64, now_ms: u64) -> bool {
+        now_ms >= asked_at_ms + self.lease_ms
+    }
+
     /// Keys held now.
     pub fn len(&self) -> usize {
         self.n_keys

@@ -102,6 +102,7 @@ pub const FAMILIES: &[(&str, Kind, &str)] = &[
     ("subzero_fleet_ratelimit_unavailable_total", C, "Global rate-limit checks answered by the fail mode (Redis unreachable, lease queue full, a wait bound reached, or a grant too late), by configured mode."),
     ("subzero_fleet_lease_requests_total", C, "Asks for global rate-limit units this shard sent to the lease thread."),
     ("subzero_fleet_lease_units_total", C, "Global rate-limit units Redis granted to this shard."),
+    ("subzero_fleet_lease_late_total", C, "Grants that came back more than lease_ms after their ask (their units expired unused; the check asked once more)."),
     ("subzero_fleet_lease_waiting", G, "Global rate-limit checks on this shard waiting for a grant."),
     ("subzero_fleet_leased_keys", G, "Keys with a local lease on this shard."),
     ("subzero_revocations_live", G, "Revocations held by the control plane until their tokens expire."),
