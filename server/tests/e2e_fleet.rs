@@ -572,3 +572,37 @@ fn redis_down_then_back(redis: &mut Redis, a: &Server, b: &Server, c: &Server) {
         },
     );
 }
+
+/// `lease_ms = 0`: no leases, each check is one Redis round trip for exactly its cost, so a
+/// fresh key admits its burst (plus what refilled meanwhile) and every check was one ask.
+#[test]
+fn without_leases_every_check_is_one_redis_round_trip() {
+    if !redis_support::available("fleet global rate limits") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let redis = Redis::start();
+    let url = format!("\"{}\"", redis.url());
+    let a = start_node(
+        root.path(),
+        "a",
+        &url,
+        &format!("lease_ms = 0\n{LOGIN_RULE}"),
+    );
+    let n_checks = 2 * LOGIN_BURST;
+    let mut conn = a.connect();
+    let started = Instant::now();
+    let n_allowed = (0..n_checks)
+        .filter(|_| check_key(&mut conn, "login:rtt").1)
+        .count() as u64;
+    let refilled = (LOGIN_RATE * started.elapsed().as_secs_f64()).ceil() as u64;
+    assert!(
+        (LOGIN_BURST..=LOGIN_BURST + refilled).contains(&n_allowed),
+        "{n_allowed} of {n_checks} allowed"
+    );
+    a.wait_metrics("one ask per check", |t| {
+        metric_sum(t, "subzero_fleet_lease_requests_total") == n_checks
+            && metric_sum(t, "subzero_fleet_leased_keys") == 0
+    });
+}
