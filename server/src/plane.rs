@@ -182,6 +182,13 @@ pub enum ControlMsg {
     },
     /// The fleet's tailing thread saw new entries (or reconnected): pull and apply them.
     FleetWake,
+    /// An admin edit or listing of the kernel blocklist (`/v1/block`), then reply.
+    AdminBlock {
+        /// Where the answer goes.
+        reply_to: ReplyTo,
+        /// What to do.
+        op: BlockOp,
+    },
     /// Rotate the signing key, then reply.
     RotateKeys {
         /// Where the answer goes.
@@ -345,6 +352,70 @@ pub enum ControlReply {
         note: Option<String>,
         /// `name+keyid+key`.
         vkey: String,
+    },
+    /// The answer to a `ControlMsg::AdminBlock`.
+    Block(BlockReply),
+}
+
+/// An admin operation on the kernel blocklist; the shard has validated the CIDR, the TTL and
+/// the reason already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockOp {
+    /// Block `cidr` for `ttl_s` seconds (0: until removed).
+    Add {
+        /// The network.
+        cidr: crate::gate::Cidr,
+        /// Seconds; 0 blocks until removed (≤ `MAX_ADMIN_BLOCK_TTL_S`).
+        ttl_s: u64,
+        /// Why.
+        reason: BlockReason,
+    },
+    /// Remove the exact entry for `cidr`.
+    Del {
+        /// The network.
+        cidr: crate::gate::Cidr,
+    },
+    /// The current entries.
+    List,
+}
+
+/// Longest TTL `POST /v1/block` accepts: a year, as `gate.block_ttl_s`.
+pub const MAX_ADMIN_BLOCK_TTL_S: u64 = 86_400 * 365;
+
+/// One blocklist entry as the admin endpoints show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// The network, normalised (`203.0.113.0/24`).
+    pub cidr: String,
+    /// Unix time it expires; `None`: until removed.
+    pub until_unix_s: Option<u64>,
+    /// Why (`manual`, `threat`, `ratelimit`, `other`).
+    pub reason: String,
+}
+
+/// What the control plane did with a `BlockOp`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockReply {
+    /// The entry is in the kernel blocklist (and the persisted list).
+    Added(BlockEntry),
+    /// The entry was removed.
+    Deleted {
+        /// The network.
+        cidr: String,
+    },
+    /// `Del` of a network that is not on the list.
+    NotBlocked {
+        /// The network.
+        cidr: String,
+    },
+    /// The entries, sorted by network.
+    Entries(Vec<BlockEntry>),
+    /// The gate is off: nothing to change or list.
+    GateOff,
+    /// The gate refused (the trie is full, a map operation failed); for `error_description`.
+    Failed {
+        /// Why.
+        description: String,
     },
 }
 

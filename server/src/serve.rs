@@ -101,8 +101,10 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&shutdown)).map_err(ServeError::Runtime)?;
     }
-    run(config, &shutdown, |addr| {
-        tracing::info!("listening on {addr}");
+    run(config, &shutdown, |addr, unix| match (addr, unix) {
+        (Some(addr), _) => tracing::info!("listening on {addr}"),
+        (None, Some(path)) => tracing::info!("listening on unix:{} only", path.display()),
+        (None, None) => {}
     })
 }
 
@@ -131,23 +133,21 @@ fn exit_on_any_panic() {
     }));
 }
 
-/// Runs until `shutdown` is set; `on_ready` gets the bound address once every shard runs.
+/// Runs until `shutdown` is set; `on_ready` gets the bound TCP address (`None` for a Unix-only
+/// server) and the Unix socket's path once every shard runs.
 pub fn run(
     config: Config,
     shutdown: &Arc<AtomicBool>,
-    on_ready: impl FnOnce(SocketAddr),
+    on_ready: impl FnOnce(Option<SocketAddr>, Option<&std::path::Path>),
 ) -> Result<(), ServeError> {
     let (mut state, fleet) = load_control_state(&config)?;
     let revoked = state.revocations.clone();
 
     let n_shards = config.shard_count();
-    let listeners = bind_all(config.server.listen, n_shards)?;
-    let addr = shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?;
-    // The bound address (port 0 resolved): the default `public_url` is built from it.
     let mut config = config;
-    config.server.listen = addr;
-    let unix = bind_unix(&config.server)?;
-    let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    let (unix, listeners) = bind_listeners(&mut config, n_shards)?;
+    let unix_fd = unix.as_ref().map(|u| Arc::clone(&u.fd));
+    let listener_fds: Vec<RawFd> = listeners.iter().flatten().map(AsRawFd::as_raw_fd).collect();
     state.gate = Gate::start(&config.gate, &listener_fds);
 
     let Mesh {
@@ -199,7 +199,7 @@ pub fn run(
             cpu: cpus[idx % cpus.len()],
             listener: shard::Listeners {
                 tcp: listener,
-                unix: unix.clone(),
+                unix: unix_fd.clone(),
             },
             shared: Arc::clone(&shared),
             control_tx: control_tx.clone(),
@@ -223,7 +223,7 @@ pub fn run(
     let n_ready = ready_rx.iter().take(n_shards).count();
     if n_ready == n_shards {
         tracing::info!(shards = n_shards, ?cpus, "subzero started");
-        on_ready(addr);
+        on_ready(config.server.listen, config.server.unix_socket.as_deref());
     }
 
     let result = join_shards(threads, shutdown, &wakers);
@@ -232,7 +232,8 @@ pub fn run(
     for thread in [fleet_thread, lease_thread].into_iter().flatten() {
         let _ = thread.join();
     }
-    close_unix(&config.server, unix);
+    drop(unix_fd);
+    drop(unix); // removes the socket file
     tracing::info!("subzero stopped");
     result
 }
@@ -653,16 +654,38 @@ fn panic_if_told(idx: usize) {
     let _ = idx;
 }
 
-/// Closes the Unix-socket listener and removes its file (at shutdown).
-fn close_unix(server: &crate::config::ServerConfig, unix: Option<Arc<OwnedFd>>) {
-    drop(unix);
-    if let Some(path) = &server.unix_socket {
-        shard::remove_unix_socket(path);
+/// Binds the Unix socket (if any), then each shard's TCP listener (if any; `None` for every
+/// shard of a Unix-only server), and records the bound TCP address (port 0 resolved: the
+/// default `public_url` is built from it) in `config`. The Unix socket goes first: its guard
+/// removes the file if any later step of the start fails, the TCP bind included.
+fn bind_listeners(
+    config: &mut Config,
+    n_shards: usize,
+) -> Result<(Option<BoundUnix>, Vec<Option<OwnedFd>>), ServeError> {
+    let unix = bind_unix(&config.server)?;
+    let Some(listen) = config.server.listen else {
+        return Ok((unix, (0..n_shards).map(|_| None).collect()));
+    };
+    let listeners = bind_all(listen, n_shards)?;
+    config.server.listen = Some(shard::local_addr(&listeners[0]).map_err(ServeError::Runtime)?);
+    Ok((unix, listeners.into_iter().map(Some).collect()))
+}
+
+/// The bound Unix-socket listener (shared by every shard). Dropping it removes the socket
+/// file, so a start that fails after the bind leaves no file behind, and neither does a stop.
+struct BoundUnix {
+    path: std::path::PathBuf,
+    fd: Arc<OwnedFd>,
+}
+
+impl Drop for BoundUnix {
+    fn drop(&mut self) {
+        shard::remove_unix_socket(&self.path);
     }
 }
 
 /// Binds the configured Unix-socket listener (shared by every shard), if any.
-fn bind_unix(server: &crate::config::ServerConfig) -> Result<Option<Arc<OwnedFd>>, ServeError> {
+fn bind_unix(server: &crate::config::ServerConfig) -> Result<Option<BoundUnix>, ServeError> {
     let Some(path) = &server.unix_socket else {
         return Ok(None);
     };
@@ -679,7 +702,10 @@ fn bind_unix(server: &crate::config::ServerConfig) -> Result<Option<Arc<OwnedFd>
     };
     let fd = shard::bind_unix_listener(path, server.unix_mode, gid).map_err(err)?;
     tracing::info!("accepting on unix:{}", path.display());
-    Ok(Some(Arc::new(fd)))
+    Ok(Some(BoundUnix {
+        path: path.clone(),
+        fd: Arc::new(fd),
+    }))
 }
 
 fn bind_all(listen: SocketAddr, n_shards: usize) -> Result<Vec<OwnedFd>, ServeError> {

@@ -1,6 +1,8 @@
 //! End to end over a Unix stream socket with the real binary: curl, a pipelined burst, the
-//! socket file's mode, stale-file replacement and removal at shutdown, Envoy ext_authz shapes,
-//! connections spread over shards, and audit events naming the peer uid.
+//! socket file's mode, stale-file replacement and removal at shutdown (and after a failed
+//! start), Unix-only mode (no TCP listener), Envoy ext_authz shapes, connections spread over
+//! shards, audit events naming the peer uid and pid, and `/v1/block` with the CLI's
+//! `--server unix:` while the gate is off (the gate-on half is in gate_e2e.rs).
 
 mod common;
 
@@ -199,7 +201,8 @@ fn audit_events_name_the_peer_uid() {
     let denied = exchange(&sock, &request_bytes("GET", "/v1/authenticate", &[], ""), 1);
     assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
     let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
-    let want = format!("uid:{uid}");
+    // `exchange` connects from this process: SO_PEERCRED names its pid.
+    let want = format!("uid:{uid} pid:{}", std::process::id());
     let admin = bearer("admin-token-for-unix-tests");
     let sources = poll(
         "an audit event with the uid",
@@ -351,5 +354,249 @@ fn per_source_limits_key_unix_peers_on_their_uid() {
     }
     let tcp = server.request("GET", "/v1/authenticate", &[], "");
     assert_eq!(tcp.status, 401, "a TCP source has its own budget");
+    assert!(server.terminate());
+}
+
+/// Inodes of the TCP sockets in LISTEN state (`0A`) that process `pid` holds, read from its
+/// `/proc/<pid>/net/tcp{,6}` and matched against its own fds.
+fn tcp_listen_inodes(pid: u32) -> Vec<u64> {
+    let own: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|link| {
+            let text = link.to_string_lossy().into_owned();
+            text.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut listening = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = fields[9].parse().unwrap();
+            if fields[3] == "0A" && own.contains(&inode) {
+                listening.push(inode);
+            }
+        }
+    }
+    listening
+}
+
+/// `listen` naming only `unix:` means no TCP listener at all, not the default 127.0.0.1:8080
+/// beside it; with a TCP entry the same probe sees one listener per shard.
+#[test]
+fn a_unix_only_listen_list_opens_no_tcp_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sz.sock");
+    let config = dir.path().join("sz.toml");
+    std::fs::write(
+        &config,
+        format!("[server]\nlisten = \"unix:{}\"\n", sock.display()),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    // From the file alone (no --listen).
+    let server = Server::start_args(
+        &[
+            "serve",
+            "--shards",
+            "2",
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &data,
+    );
+    let healthz = exchange(&sock, &request_bytes("GET", "/healthz", &[], ""), 1);
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    assert_eq!(
+        tcp_listen_inodes(server.pid),
+        Vec::<u64>::new(),
+        "a unix-only server holds a TCP listener"
+    );
+    assert_eq!(
+        server.addr.port(),
+        0,
+        "it logged a TCP address: {}",
+        server.addr
+    );
+    assert!(server.terminate());
+    assert!(!sock.exists(), "the socket file is removed at shutdown");
+
+    // The same probe sees TCP listeners when the list has an IP:PORT (one per shard).
+    let both = start(&dir.path().join("both"), &sock, &["--shards", "2"]);
+    assert_eq!(tcp_listen_inodes(both.pid).len(), 2);
+    assert!(both.terminate());
+    // And `--listen unix:` alone replaces the file's list the same way.
+    let only = Server::start_unix_only(&dir.path().join("flag"), &sock, &["--shards", "1"]);
+    assert_eq!(tcp_listen_inodes(only.pid), Vec::<u64>::new());
+    assert!(only.terminate());
+}
+
+/// A start that fails after the Unix socket is bound (here the TCP port is taken) removes the
+/// socket file before it exits.
+#[test]
+fn a_start_that_fails_after_the_bind_removes_the_socket_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sz.sock");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = common::cli_env(
+        &[
+            "serve",
+            "--listen",
+            &format!("unix:{}", sock.display()),
+            "--listen",
+            &port,
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("accepting on unix:{}", sock.display())),
+        "bound first: {err}"
+    );
+    assert!(err.contains(&format!("cannot listen on {port}")), "{err}");
+    assert!(!sock.exists(), "the socket file outlived the failed start");
+}
+
+/// `/v1/block` with the gate off: 503 naming the gate, 400 for bad input, 405 with the allow
+/// line, 401 over TCP without the token; the CLI's `--server unix:` reaches it without a token
+/// and `stats --server unix:` reads `/metrics`; each attempted edit is in the audit log.
+#[test]
+fn block_endpoints_and_the_cli_over_the_socket_with_the_gate_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sz.sock");
+    std::fs::write(dir.path().join("admin.token"), "admin-token-for-unix-tests").unwrap();
+    let config = dir.path().join("sz.toml");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    std::fs::write(
+        &config,
+        format!("[admin]\ntoken_file = \"admin.token\"\nunix_uids = [{uid}]\n"),
+    )
+    .unwrap();
+    let server = start(
+        dir.path(),
+        &sock,
+        &["--shards", "1", "--config", config.to_str().unwrap()],
+    );
+    let call = |method: &str, body: &str| {
+        exchange(&sock, &request_bytes(method, "/v1/block", &[], body), 1)
+    };
+    let off = call(
+        "POST",
+        r#"{"cidr":"203.0.113.0/24","ttl_s":600,"reason":"manual"}"#,
+    );
+    assert!(off.starts_with("HTTP/1.1 503"), "{off}");
+    assert!(off.contains("the eBPF gate is off: "), "{off}");
+    assert!(call("GET", "").starts_with("HTTP/1.1 503"));
+    for bad in [
+        r#"{"cidr":"203.0.113.0/33"}"#,
+        r#"{"cidr":"10.0.0.0/8","ttl_s":99999999999}"#,
+        r#"{"cidr":"10.0.0.0/8","reason":"because"}"#,
+    ] {
+        let resp = call("POST", bad);
+        assert!(resp.starts_with("HTTP/1.1 400"), "{bad}: {resp}");
+        assert!(resp.contains("\"error\":\"invalid_request\""), "{resp}");
+    }
+    let put = call("PUT", "{}");
+    assert!(put.starts_with("HTTP/1.1 405"), "{put}");
+    assert!(put.contains("allow: GET, HEAD, POST, DELETE"), "{put}");
+    let tcp = server.request("GET", "/v1/block", &[], "");
+    assert_eq!(tcp.status, 401, "over TCP the token is needed");
+    let admin = bearer("admin-token-for-unix-tests");
+    let tcp = server.request("GET", "/v1/block", &[("Authorization", &admin)], "");
+    assert_eq!(tcp.status, 503, "{tcp:?}");
+
+    let server_arg = format!("unix:{}", sock.display());
+    let (code, _, err) = common::cli(&["block", "list", "--server", &server_arg]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("503") && err.contains("the eBPF gate is off"),
+        "{err}"
+    );
+    let (code, _, err) = common::cli(&["block", "add", "192.0.2.7", "--server", &server_arg]);
+    assert_eq!(code, 1, "{err}");
+    let url = format!("http://{}", server.addr);
+    let (code, _, err) = common::cli(&["block", "del", "192.0.2.7", "--server", &url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("401"), "no token file over http: {err}");
+    let (code, out, err) = common::cli(&["stats", "--server", &server_arg, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["shards"].as_array().map(Vec::len), Some(1), "{doc}");
+
+    let actions = poll(
+        "the block attempts in the audit log",
+        Duration::from_secs(10),
+        || {
+            let resp = server.request(
+                "GET",
+                "/v1/audit/events?after=0&limit=1000",
+                &[("Authorization", &admin)],
+                "",
+            );
+            let actions: Vec<String> = resp.json()["events"]
+                .as_array()?
+                .iter()
+                .filter(|e| {
+                    e["action"]
+                        .as_str()
+                        .is_some_and(|a| a.starts_with("gate.block."))
+                })
+                .map(|e| format!("{} {} {}", e["action"], e["resource"], e["outcome"]))
+                .collect();
+            (actions.len() >= 2).then_some(actions)
+        },
+    );
+    assert_eq!(
+        actions,
+        [
+            r#""gate.block.add" "203.0.113.0/24" "failed""#,
+            r#""gate.block.add" "192.0.2.7/32" "failed""#,
+        ],
+        "the 400s never reach the control plane"
+    );
+    assert!(server.terminate());
+}
+
+/// The connection's log line names the peer's uid and pid (here this test process).
+#[test]
+fn the_connection_log_names_the_peer_uid_and_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("sz.sock");
+    let data = dir.path().join("data");
+    let listen = format!("unix:{}", sock.display());
+    let server = Server::start_args_log(
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--shards",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        "info,subzero::shard=debug",
+        &data,
+    );
+    let healthz = exchange(&sock, &request_bytes("GET", "/healthz", &[], ""), 1);
+    assert!(healthz.starts_with("HTTP/1.1 200"), "{healthz}");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap());
+    let want = format!("uid={uid} pid={}", std::process::id());
+    let mut seen = Vec::new();
+    poll("the connection's log line", Duration::from_secs(10), || {
+        seen.extend(server.drain_log());
+        seen.iter()
+            .find(|l| l.contains("unix-socket peer connected") && l.contains(&want))
+            .cloned()
+    });
     assert!(server.terminate());
 }

@@ -683,3 +683,170 @@ fn cli_without_pins_says_how_to_start_the_gate() {
         );
     }
 }
+
+/// `serve` arguments for the gate on `iface`, TCP on `addr`, a Unix socket under `dir`, root
+/// as an admin uid over it and an admin token file; also the socket's and the token file's path.
+fn unix_admin_args(
+    addr: SocketAddr,
+    dir: &Path,
+    iface: &str,
+) -> (Vec<String>, std::path::PathBuf, std::path::PathBuf) {
+    let sock = dir.join("sz.sock");
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, "admin-token-for-gate-tests\n").unwrap();
+    let config = dir.join("sz.toml");
+    std::fs::write(
+        &config,
+        "[admin]\ntoken_file = \"admin.token\"\nunix_uids = [0]\n",
+    )
+    .unwrap();
+    let mut args = serve_args(addr, &dir.join("data"), iface);
+    args.extend([
+        "--listen".into(),
+        format!("unix:{}", sock.display()),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    (args, sock, token_file)
+}
+
+/// The `gate.block.*` audit events as `"action" "resource" "outcome"`, read over the Unix
+/// socket (as an `[admin] unix_uids` uid).
+fn block_audit_events(sock: &Path) -> Vec<String> {
+    let mut conn = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    conn.write_all(
+        b"GET /v1/audit/events?after=0&limit=1000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let doc: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    doc["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.starts_with("gate.block."))
+        })
+        .map(|e| format!("{} {} {}", e["action"], e["resource"], e["outcome"]))
+        .collect()
+}
+
+/// `subzero block add|del|list --server unix:/path` (and `http://` with the admin token file)
+/// edit the running gate through `/v1/block`: the pinned maps show the entry, its packets are
+/// dropped, and deleting it lets them through again.
+#[test]
+fn block_through_the_running_server_over_its_unix_socket() {
+    let Some(_g) = setup("gate e2e block --server") else {
+        return;
+    };
+    let ns = NetNs::veth('u');
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from((ns.host_ip, support::free_port(ns.host_ip)));
+    let [good, bad] = ns.peer_ips;
+    let (args, sock, token_file) = unix_admin_args(addr, dir.path(), &ns.host_if);
+    let _server = Server::start(&args, None, addr, &ns, good);
+    let server = format!("unix:{}", sock.display());
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    let out = subzero_ok(&[
+        "block",
+        "add",
+        "198.51.100.9/24",
+        "--ttl-s",
+        "600",
+        "--reason",
+        "threat",
+        "--server",
+        &server,
+    ]);
+    assert!(
+        out.contains("blocked 198.51.100.0/24 (threat) until unix time"),
+        "{out}"
+    );
+    // The pinned maps (no --server) show it.
+    let pinned = block_list();
+    let entry = pinned
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["cidr"] == "198.51.100.0/24")
+        .unwrap_or_else(|| panic!("not in the pinned maps: {pinned}"));
+    assert_eq!(entry["reason"], "threat");
+    let left_s = entry["expires_in_s"].as_u64().unwrap();
+    assert!((590..=600).contains(&left_s), "{entry}");
+    // The server's own listing names the expiry in unix seconds.
+    let listed: serde_json::Value = serde_json::from_str(&subzero_ok(&[
+        "block", "list", "--json", "--server", &server,
+    ]))
+    .unwrap();
+    let until = listed["entries"][0]["until_unix_s"].as_u64().unwrap();
+    assert!((now_s + 590..=now_s + 602).contains(&until), "{listed}");
+
+    // Live in the kernel: the blocked peer gets nothing, the other one is served.
+    subzero_ok(&["block", "add", &bad.to_string(), "--server", &server]);
+    let (r_good, r_bad) = ns.run(move || (healthz_from(good, addr, T), healthz_from(bad, addr, T)));
+    assert!(
+        r_good.as_ref().is_ok_and(|l| l.contains("200")),
+        "{r_good:?}"
+    );
+    assert!(r_bad.is_err(), "blocked source answered: {r_bad:?}");
+
+    // Over TCP the admin token file is needed.
+    let url = format!("http://{addr}");
+    let refused = subzero(&["block", "del", &bad.to_string(), "--server", &url]);
+    assert_eq!(refused.status.code(), Some(1));
+    let token_arg = token_file.display().to_string();
+    subzero_ok(&[
+        "block",
+        "del",
+        &bad.to_string(),
+        "--server",
+        &url,
+        "--admin-token-file",
+        &token_arg,
+    ]);
+    let r_bad = ns.run(move || healthz_from(bad, addr, T));
+    assert!(r_bad.as_ref().is_ok_and(|l| l.contains("200")), "{r_bad:?}");
+
+    subzero_ok(&["block", "del", "198.51.100.0/24", "--server", &server]);
+    assert_eq!(
+        block_list(),
+        serde_json::json!([]),
+        "gone from the pinned maps"
+    );
+    let again = subzero(&["block", "del", "198.51.100.0/24", "--server", &server]);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("404") && err.contains("not on the blocklist"),
+        "{err}"
+    );
+
+    // Each add and delete is in the audit log (read over the socket as an admin uid).
+    let noted = wait_for("the block edits in the audit log", COUNT_WAIT, || {
+        let noted = block_audit_events(&sock);
+        if noted.len() >= 5 {
+            Ok(noted)
+        } else {
+            Err(noted)
+        }
+    });
+    let bad_cidr = format!("{bad}/32");
+    assert_eq!(
+        noted,
+        [
+            r#""gate.block.add" "198.51.100.0/24" "ok""#.to_owned(),
+            format!(r#""gate.block.add" "{bad_cidr}" "ok""#),
+            format!(r#""gate.block.del" "{bad_cidr}" "ok""#),
+            r#""gate.block.del" "198.51.100.0/24" "ok""#.to_owned(),
+            r#""gate.block.del" "198.51.100.0/24" "not_found""#.to_owned(),
+        ]
+    );
+}

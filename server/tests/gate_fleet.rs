@@ -3,7 +3,8 @@
 //! blocks the attacker; node B, with the XDP gate on a veth into a network namespace, gets
 //! the entry through the Redis feed into its pinned `SZ_BLOCK_V4` (`subzero block list
 //! --json`), drops the attacker's packets while the other namespace address is served, and
-//! lets it back in when the entry's TTL has passed.
+//! lets it back in when the entry's TTL has passed. A manual block added and removed through
+//! A's `/v1/block` reaches B's gate the same way.
 //!
 //! Root and redis-server are required; with `CI=true` either missing fails the test,
 //! otherwise it is skipped with a printed reason. It takes `support::PinLock` like every
@@ -166,6 +167,52 @@ fn a_block_decided_on_one_node_is_enforced_by_another_nodes_xdp_gate_until_its_t
         other => Err(other),
     });
     wait_for("B's blocklist empty again", WAIT, || {
+        let list = block_list();
+        if list == serde_json::json!([]) {
+            Ok(())
+        } else {
+            Err(list)
+        }
+    });
+
+    manual_block_and_removal_reach_b(&mut conn, &ns, attacker, b_addr);
+}
+
+/// A manual block through A's admin endpoint, then its removal, both reach B's gate.
+fn manual_block_and_removal_reach_b(
+    conn: &mut common::Conn,
+    ns: &NetNs,
+    attacker: std::net::Ipv4Addr,
+    b_addr: SocketAddr,
+) {
+    let admin = [("Authorization", common::bearer(ADMIN))];
+    let admin: Vec<(&str, &str)> = admin.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let body = format!(r#"{{"cidr":"{attacker}/32","ttl_s":600,"reason":"manual"}}"#);
+    conn.send("POST", "/v1/block", &admin, &body);
+    let resp = conn.read_response();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let list = wait_for("the manual block in B's pinned blocklist", WAIT, || {
+        let list = block_list();
+        if list.as_array().is_some_and(|v| !v.is_empty()) {
+            Ok(list)
+        } else {
+            Err(list)
+        }
+    });
+    assert_eq!(list[0]["reason"], "manual", "{list}");
+    let blocked = ns.run(move || healthz_from(attacker, b_addr, T));
+    assert!(
+        blocked.is_err(),
+        "B drops the manually blocked source: {blocked:?}"
+    );
+    conn.send(
+        "DELETE",
+        "/v1/block",
+        &admin,
+        &format!(r#"{{"cidr":"{attacker}/32"}}"#),
+    );
+    assert_eq!(conn.read_response().status, 200);
+    wait_for("the manual block lifted on B", WAIT, || {
         let list = block_list();
         if list == serde_json::json!([]) {
             Ok(())

@@ -25,6 +25,7 @@ use crate::svg;
 use crate::util::{self, step, ChildGuard};
 use crate::wrk::{self, MixEntry};
 
+mod fleet;
 mod threat;
 
 /// Peer binaries built from `subzero-benches`.
@@ -615,6 +616,27 @@ fn token_request_bodies() -> [(&'static str, String); 2] {
     ]
 }
 
+/// Installs the load tools that are missing (apt): wrk, nginx, and for the fleet scenario
+/// redis-server and redis-cli.
+fn ensure_load_tools(fleet: bool) -> Result<()> {
+    let mut apt = Apt::default();
+    if util::find_executable("wrk").is_none() {
+        apt.ensure("wrk")?;
+    }
+    if util::find_executable("nginx").is_none() {
+        apt.ensure_one_of(&["nginx-light", "nginx"])?;
+    }
+    if fleet {
+        if util::find_executable("redis-server").is_none() {
+            apt.ensure("redis-server")?;
+        }
+        if util::find_executable("redis-cli").is_none() {
+            apt.ensure("redis-tools")?;
+        }
+    }
+    Ok(())
+}
+
 /// `cargo xtask bench`.
 pub fn bench(args: &BenchArgs) -> Result<()> {
     for name in &args.scenarios {
@@ -636,15 +658,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .filter(|bin| !release_dir.join(bin).is_file())
         .map(ToString::to_string)
         .collect();
-    step(&mut timings, "load tools (wrk, nginx)", || {
-        let mut apt = Apt::default();
-        if util::find_executable("wrk").is_none() {
-            apt.ensure("wrk")?;
-        }
-        if util::find_executable("nginx").is_none() {
-            apt.ensure_one_of(&["nginx-light", "nginx"])?;
-        }
-        Ok(())
+    step(&mut timings, "load tools (wrk, nginx, redis)", || {
+        ensure_load_tools(selected(fleet::SCENARIO))
     })?;
     if util::find_executable("nginx").is_none() {
         missing.push("nginx".into());
@@ -1939,22 +1954,25 @@ fn run_scenarios(
     selected: &dyn Fn(&str) -> bool,
     timings: &mut Vec<(String, Duration)>,
 ) -> String {
+    // The fleet scenario makes its own nodes, keys and tokens.
     let ours: Vec<&str> = SCENARIOS
         .into_iter()
-        .filter(|s| selected(s) && *s != "xdp-flood")
+        .filter(|s| selected(s) && *s != "xdp-flood" && *s != fleet::SCENARIO)
         .collect();
     let mut fx = None;
-    phase(
-        b,
-        timings,
-        "keys, tokens and config under target/bench",
-        SUBZERO,
-        &ours,
-        |b| {
-            fx = Some(prepare(b)?);
-            Ok(())
-        },
-    );
+    if !ours.is_empty() || selected("xdp-flood") {
+        phase(
+            b,
+            timings,
+            "keys, tokens and config under target/bench",
+            SUBZERO,
+            &ours,
+            |b| {
+                fx = Some(prepare(b)?);
+                Ok(())
+            },
+        );
+    }
     let mut scaling_note = String::from("scaling not selected");
     if let Some(fx) = &fx {
         let one_shard: Vec<&str> = ours.iter().copied().filter(|s| *s != "scaling").collect();
@@ -1998,6 +2016,16 @@ fn run_scenarios(
                 "no tokens: the subzero setup failed",
             )),
         }
+    }
+    if selected(fleet::SCENARIO) {
+        phase(
+            b,
+            timings,
+            "fleet (two subzero nodes through redis-server)",
+            SUBZERO,
+            &[fleet::SCENARIO],
+            fleet::fleet,
+        );
     }
     peer_scenarios(b, fx.as_ref(), selected, timings);
     scaling_note

@@ -53,7 +53,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue,
-        /// revoke, audit, permission, ratelimit, threat, mixed, xdp-flood, scaling.
+        /// revoke, audit, permission, ratelimit, monitor, threat, mixed, xdp-flood, scaling, fleet.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },

@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 13] = [
+pub const SCENARIOS: [&str; 14] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -23,6 +23,7 @@ pub const SCENARIOS: [&str; 13] = [
     "mixed",
     "xdp-flood",
     "scaling",
+    "fleet",
 ];
 
 /// Our server's name in rows.
@@ -44,6 +45,13 @@ pub const NGINX: &str = "nginx";
 /// Load descriptions used as row keys.
 pub const LOAD_SAT: &str = "wrk saturation";
 pub const LOAD_PIPE: &str = "wrk pipelined x16";
+
+/// Load names (row keys) of the fleet scenario's rows (`bench/fleet.rs`). The lease row for
+/// rate limits across the fleet joins them as `ratelimit-fleet`.
+pub const LOAD_FLEET_PROPAGATION: &str = "fleet-propagation";
+pub const LOAD_FLEET_REVOKE: &str = "fleet-revoke";
+/// Issue 13's target for a revocation's propagation between two nodes on loopback.
+pub const FLEET_PROPAGATION_P99_MAX_US: f64 = 10_000.0;
 
 /// Events per `POST /v1/audit/events` in the audit saturation run.
 pub const AUDIT_SAT_EVENTS_PER_BATCH: u64 = 100;
@@ -278,7 +286,24 @@ impl Report {
         self.audit_targets(&mut targets);
         self.ratelimit_targets(&mut targets);
         self.monitor_targets(&mut targets);
+        self.fleet_targets(&mut targets);
         self.targets = targets;
+    }
+
+    /// Issue 13: a revocation acknowledged by node A is refused by node B within the p99.
+    fn fleet_targets(&self, targets: &mut Vec<Target>) {
+        let row = self.row("fleet", SUBZERO, LOAD_FLEET_PROPAGATION);
+        targets.push(target(
+            "fleet revocation propagation p99 µs (node A's 200 → node B's 401, loopback)",
+            Cmp::AtMost,
+            FLEET_PROPAGATION_P99_MAX_US,
+            row.and_then(|r| r.p99_us),
+            format!(
+                "one redis-server, appendfsync always; p50 {} µs, max {} µs",
+                fmt_num(row.and_then(|r| r.p50_us), 0),
+                fmt_num(row.and_then(|r| r.max_us), 0)
+            ),
+        ));
     }
 
     /// Issue 10's audit targets: durable events/s on one shard, p99 time-to-ack at 10k/s.
@@ -937,6 +962,40 @@ mod tests {
         let scaling = target(&report, "scaling");
         assert!((scaling.value.unwrap() - 0.95).abs() < 1e-9);
         assert_eq!(scaling.verdict, Verdict::Met);
+    }
+
+    #[test]
+    fn fleet_propagation_row_feeds_its_target_and_its_section() {
+        let mut report = sample();
+        report.evaluate_targets(&[20_000], "two cores");
+        assert_eq!(
+            target(&report, "fleet revocation propagation").verdict,
+            Verdict::NotMeasured
+        );
+        let mut row = Row::new("fleet", SUBZERO, LOAD_FLEET_PROPAGATION);
+        row.p50_us = Some(900.0);
+        row.p99_us = Some(12_000.0);
+        row.max_us = Some(15_000.0);
+        report.rows.push(row.clone());
+        report.evaluate_targets(&[20_000], "two cores");
+        let t = target(&report, "fleet revocation propagation");
+        assert_eq!(t.verdict, Verdict::NotMet);
+        assert!(
+            t.detail.contains("p50 900 µs, max 15000 µs"),
+            "{}",
+            t.detail
+        );
+        row.p99_us = Some(4_000.0);
+        report.rows.retain(|r| r.scenario != "fleet");
+        report.rows.push(row);
+        report.evaluate_targets(&[20_000], "two cores");
+        assert_eq!(
+            target(&report, "fleet revocation propagation").verdict,
+            Verdict::Met
+        );
+        let md = report.to_markdown();
+        assert!(md.contains("## fleet\n"));
+        assert!(md.contains("| subzero | fleet-propagation |"), "{md}");
     }
 
     #[test]

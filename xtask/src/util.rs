@@ -226,7 +226,7 @@ pub fn http_request(
 }
 
 /// Whether `raw` holds a whole response whose body length is given by Content-Length.
-fn response_complete(raw: &[u8]) -> bool {
+pub fn response_complete(raw: &[u8]) -> bool {
     let Some(header_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return false;
     };

@@ -288,10 +288,11 @@ fn render_failed(out: &mut Vec<u8>, ka: bool) {
     );
 }
 
-/// An audit event's `source`: the peer IP, or `uid:N` for a Unix-socket peer.
-fn source_of(cx: &Cx<'_>) -> String {
-    match cx.peer_uid {
-        Some(uid) => format!("uid:{uid}"),
-        None => cx.peer.to_string(),
+/// An audit event's `source`: the peer IP, or `uid:N pid:M` for a Unix-socket peer.
+pub(super) fn source_of(cx: &Cx<'_>) -> String {
+    match (cx.peer_uid, cx.peer_pid) {
+        (Some(uid), Some(pid)) => format!("uid:{uid} pid:{pid}"),
+        (Some(uid), None) => format!("uid:{uid}"),
+        _ => cx.peer.to_string(),
     }
 }

@@ -11,6 +11,7 @@ mod audit;
 mod authn;
 mod authz;
 mod batch;
+mod block;
 mod budget;
 mod channel;
 #[doc(hidden)]
@@ -352,6 +353,9 @@ impl ShardApp {
                 self.delete_channel(req, cx, out, id)
             }
             (Method::Post, "/v1/keys/rotate") => self.rotate_keys(req, cx, out),
+            (Method::Get | Method::Post | Method::Delete, block::BLOCK_PATH) => {
+                self.admin_block(req, cx, out)
+            }
             (Method::Post, "/v1/xaa/delegate") => self.xaa_delegate(req, cx, out),
             (Method::Get, "/.well-known/oauth-authorization-server") => {
                 self.authorization_server_metadata(req, out)
@@ -606,6 +610,7 @@ const KNOWN_PATHS: &[(&str, &[u8])] = &[
     ("/v1/token", b"allow: POST"),
     ("/v1/revoke", b"allow: POST"),
     ("/v1/keys/rotate", b"allow: POST"),
+    ("/v1/block", b"allow: GET, HEAD, POST, DELETE"),
     ("/v1/permissions/check", b"allow: POST"),
     ("/v1/ratelimit/check", b"allow: POST"),
     ("/v1/threat/check", b"allow: POST"),

@@ -191,6 +191,7 @@ pub(super) fn control_reply(out: &mut Vec<u8>, reply: &ControlReply, ka: bool) {
             ka,
         ),
         ControlReply::Vault(reply) => super::vault::render_reply(out, reply, ka),
+        ControlReply::Block(reply) => super::block::render_reply(out, reply, ka),
         ControlReply::AuditWritten { .. }
         | ControlReply::AuditRecords(_)
         | ControlReply::AuditCheckpoint { .. }

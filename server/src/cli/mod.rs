@@ -3,6 +3,8 @@
 //!
 //! Errors are one sentence on stderr; exit codes: 0 ok, 1 runtime failure, 2 usage or config.
 
+mod block;
+mod remote;
 mod stats;
 
 use std::path::{Path, PathBuf};
@@ -44,12 +46,13 @@ enum Command {
         /// Then print rates every SECS seconds until interrupted.
         #[arg(long, value_name = "SECS")]
         watch: Option<u64>,
-        /// A running server to read (`http://127.0.0.1:8080`): its `/metrics`, scraped
-        /// twice a second apart (or every SECS with `--watch`).
+        /// A running server to read (`http://127.0.0.1:8080` or `unix:/path`): its
+        /// `/metrics`, scraped twice a second apart (or every SECS with `--watch`).
         #[arg(long, value_name = "URL")]
         server: Option<String>,
     },
-    /// Edit the kernel blocklist through the pinned maps (works while the server runs).
+    /// Edit the kernel blocklist through the pinned maps (works while the server runs), or
+    /// with `--server URL` through a running server's `/v1/block`.
     #[command(subcommand)]
     Block(BlockCommand),
     /// The audit log.
@@ -87,18 +90,45 @@ enum BlockCommand {
         /// manual, threat, ratelimit or other.
         #[arg(long, default_value = "manual")]
         reason: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Remove the exact entry for a CIDR.
     Del {
         /// The CIDR as added.
         cidr: String,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// List the entries.
     List {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
+}
+
+/// Where `block` acts: the pinned maps (default) or a running server.
+#[derive(Args, Debug)]
+struct RemoteArgs {
+    /// Act through a running server's `/v1/block` instead of the pinned maps:
+    /// `unix:/path` (no token needed for an `[admin] unix_uids` uid) or `http://host:port`.
+    #[arg(long, value_name = "URL")]
+    server: Option<String>,
+    /// File holding the admin token (for `--server http://...`).
+    #[arg(long, value_name = "FILE", requires = "server")]
+    admin_token_file: Option<PathBuf>,
+}
+
+impl RemoteArgs {
+    fn remote(&self) -> Option<block::Remote<'_>> {
+        Some(block::Remote {
+            server: self.server.as_deref()?,
+            admin_token_file: self.admin_token_file.as_deref(),
+        })
+    }
 }
 
 fn gate_failure(e: &crate::gate::GateError) -> Failure {
@@ -115,7 +145,8 @@ struct ServeArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Listen address: IP:PORT, or unix:/path for a Unix stream socket; repeatable (one of
-    /// each kind at most); replaces the file's `server.listen`.
+    /// each kind at most); replaces the file's whole `server.listen` list, so `--listen
+    /// unix:/path` alone runs with no TCP listener.
     #[arg(long)]
     listen: Vec<String>,
     /// Data directory (keys, revocations, vault, audit log).
@@ -273,13 +304,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cidr,
             ttl_s,
             reason,
-        }) => crate::gate::cli_block_add(&cidr, ttl_s, &reason).map_err(|e| gate_failure(&e)),
-        Command::Block(BlockCommand::Del { cidr }) => {
-            crate::gate::cli_block_del(&cidr).map_err(|e| gate_failure(&e))
-        }
-        Command::Block(BlockCommand::List { json }) => {
-            crate::gate::cli_block_list(json).map_err(|e| gate_failure(&e))
-        }
+            remote,
+        }) => match remote.remote() {
+            Some(r) => block::add(&r, &cidr, ttl_s, &reason).map_err(runtime),
+            None => crate::gate::cli_block_add(&cidr, ttl_s, &reason).map_err(|e| gate_failure(&e)),
+        },
+        Command::Block(BlockCommand::Del { cidr, remote }) => match remote.remote() {
+            Some(r) => block::del(&r, &cidr).map_err(runtime),
+            None => crate::gate::cli_block_del(&cidr).map_err(|e| gate_failure(&e)),
+        },
+        Command::Block(BlockCommand::List { json, remote }) => match remote.remote() {
+            Some(r) => block::list(&r, json).map_err(runtime),
+            None => crate::gate::cli_block_list(json).map_err(|e| gate_failure(&e)),
+        },
         Command::Audit(AuditCommand::Verify {
             data_dir,
             checkpoint,

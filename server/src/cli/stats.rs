@@ -1,4 +1,4 @@
-//! `subzero stats --server URL`: one screen per refresh with each shard's requests/s, p99, CPU,
+//! `subzero stats --server URL` (`http://host:port` or `unix:/path`): one screen per refresh with each shard's requests/s, p99, CPU,
 //! perf counters and degraded flags (from the server's `/metrics`) beside the eBPF gate's
 //! counters (from the pinned maps, when the gate is loaded).
 //!
@@ -8,14 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-/// Longest `/metrics` body read (the exposition of a large server is well under this).
-const MAX_METRICS_BYTES: usize = 16 << 20;
+use super::remote::Target;
 /// Longest `--watch` interval (a day).
 const MAX_WATCH_S: u64 = 86_400;
 
@@ -60,45 +57,14 @@ fn parse(text: &str) -> Vec<Sample> {
     out
 }
 
-/// `http://host:port` (or `host:port`) → a socket address.
-fn resolve(server: &str) -> Result<SocketAddr, String> {
-    let hostport = server
-        .strip_prefix("http://")
-        .unwrap_or(server)
-        .trim_end_matches('/');
-    if server.starts_with("https://") {
-        return Err("--server must be http:// (the local listener)".into());
+/// `GET /metrics`, over TCP or the Unix socket.
+fn fetch(target: &Target) -> Result<String, String> {
+    let resp = super::remote::request(target, "GET", "/metrics", None, "")
+        .map_err(|e| format!("cannot read /metrics: {e}"))?;
+    if resp.status != 200 {
+        return Err(format!("{target}: /metrics answered {}", resp.status));
     }
-    hostport
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("cannot resolve {hostport}"))
-}
-
-/// `GET /metrics` with `Connection: close`.
-fn fetch(addr: SocketAddr) -> Result<String, String> {
-    let fail = |e: std::io::Error| format!("cannot read /metrics from {addr}: {e}");
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(fail)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(fail)?;
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: subzero\r\nConnection: close\r\n\r\n")
-        .map_err(fail)?;
-    let mut bytes = Vec::new();
-    conn.take(MAX_METRICS_BYTES as u64)
-        .read_to_end(&mut bytes)
-        .map_err(fail)?;
-    let text = String::from_utf8_lossy(&bytes);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: no HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!(
-            "{addr}: /metrics answered {}",
-            head.lines().next().unwrap_or("")
-        ));
-    }
-    Ok(body.to_owned())
+    Ok(resp.body)
 }
 
 /// One shard's row.
@@ -255,13 +221,13 @@ fn render(doc: &serde_json::Value) -> String {
 /// `subzero stats --server URL [--json] [--watch SECS]`: one refresh (two scrapes a second
 /// apart, for the rates), or one every `SECS` until interrupted.
 pub fn server_stats(server: &str, json: bool, watch_s: Option<u64>) -> Result<(), String> {
-    let addr = resolve(server)?;
-    let mut before = parse(&fetch(addr)?);
+    let target = Target::parse(server)?;
+    let mut before = parse(&fetch(&target)?);
     let mut at = Instant::now();
     let interval = Duration::from_secs(watch_s.unwrap_or(1).clamp(1, MAX_WATCH_S));
     loop {
         std::thread::sleep(interval);
-        let now = parse(&fetch(addr)?);
+        let now = parse(&fetch(&target)?);
         let dt = at.elapsed().as_secs_f64();
         at = Instant::now();
         let mut doc = json!({

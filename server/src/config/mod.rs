@@ -155,8 +155,10 @@ pub struct Config {
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Address every shard's SO_REUSEPORT listener binds.
-    pub listen: SocketAddr,
+    /// Address every shard's SO_REUSEPORT listener binds; `None` when `listen` names only a
+    /// `unix:/path` (Unix-only: no TCP listener at all). The default 127.0.0.1:8080 applies
+    /// only when no `listen` is given.
+    pub listen: Option<SocketAddr>,
     /// Keys, vault, revocations, audit log.
     pub data_dir: PathBuf,
     /// Shard count.
@@ -292,7 +294,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             server: ServerConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
                 data_dir: PathBuf::from("var/subzero"),
                 shards: Shards::Auto,
                 limits: ShardLimits {
@@ -760,11 +762,13 @@ impl Config {
         Ok(())
     }
 
-    /// Base of our absolute URLs: `server.public_url`, or `http://<listen>`.
+    /// Base of our absolute URLs: `server.public_url`, or `http://<listen>` (`http://localhost`
+    /// for a Unix-only server, as a front proxy on the same host addresses it).
     pub fn public_url(&self) -> String {
-        match &self.server.public_url {
-            Some(url) => url.clone(),
-            None => format!("http://{}", self.server.listen),
+        match (&self.server.public_url, self.server.listen) {
+            (Some(url), _) => url.clone(),
+            (None, Some(addr)) => format!("http://{addr}"),
+            (None, None) => "http://localhost".to_owned(),
         }
     }
 
@@ -859,9 +863,15 @@ fn validate_gate(g: &GateConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Applies a `listen` list: at most one `IP:PORT` (kept as the TCP listener; the default stays
-/// when the list names none) and at most one `unix:/path`.
+/// Applies a `listen` list, which replaces the listeners wholly: at most one `IP:PORT` and at
+/// most one `unix:/path`. A list with only a `unix:` entry means no TCP listener (the default
+/// 127.0.0.1:8080 applies only when no list is given at all); an empty list is an error.
 fn apply_listen(server: &mut ServerConfig, entries: &[String]) -> Result<(), ConfigError> {
+    if entries.is_empty() {
+        return Err(ConfigError::Invalid(
+            "server.listen names no listener: give IP:PORT, unix:/path, or both".into(),
+        ));
+    }
     let (mut tcp, mut unix) = (None, None);
     for entry in entries {
         if let Some(path) = entry.strip_prefix("unix:") {
@@ -883,9 +893,7 @@ fn apply_listen(server: &mut ServerConfig, entries: &[String]) -> Result<(), Con
             }
         }
     }
-    if let Some(addr) = tcp {
-        server.listen = addr;
-    }
+    server.listen = tcp;
     server.unix_socket = unix;
     Ok(())
 }

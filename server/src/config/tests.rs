@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn default_is_valid_and_listens_on_8080() {
     let c = Config::load(None, &Overrides::default()).unwrap();
-    assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.server.listen, Some("127.0.0.1:8080".parse().unwrap()));
     assert_eq!(c.auth.audiences, vec!["subzero".to_owned()]);
 }
 
@@ -185,7 +185,7 @@ fn listen_takes_a_list_with_a_unix_socket_mode_and_group() {
         Path::new("."),
     )
     .unwrap();
-    assert_eq!(c.server.listen.to_string(), "127.0.0.1:9000");
+    assert_eq!(c.server.listen, Some("127.0.0.1:9000".parse().unwrap()));
     assert_eq!(
         c.server.unix_socket.as_deref(),
         Some(Path::new("/run/sz/s.sock"))
@@ -199,7 +199,10 @@ fn listen_takes_a_list_with_a_unix_socket_mode_and_group() {
         Some(Path::new("/tmp/x.sock"))
     );
     assert_eq!(one.server.unix_mode, 0o660);
+    assert_eq!(one.server.listen, None, "unix: only means no TCP listener");
+    assert_eq!(one.public_url(), "http://localhost");
     for bad in [
+        "listen = []",
         "listen = [\"unix:/a\", \"unix:/b\"]",
         "listen = [\"127.0.0.1:1\", \"127.0.0.1:2\"]",
         "listen = \"nope\"",
@@ -209,4 +212,42 @@ fn listen_takes_a_list_with_a_unix_socket_mode_and_group() {
         let text = format!("[server]\n{bad}\n");
         assert!(Config::from_toml(&text, Path::new(".")).is_err(), "{bad}");
     }
+}
+
+#[test]
+fn listen_flags_replace_the_files_whole_list() {
+    let dir = std::env::temp_dir().join(format!("sz-cfg-listen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sz.toml");
+    std::fs::write(
+        &file,
+        "[server]\nlisten = [\"127.0.0.1:9000\", \"unix:/run/sz/file.sock\"]\n",
+    )
+    .unwrap();
+    let unix_only = Overrides {
+        listen: vec!["unix:/run/sz/flag.sock".into()],
+        ..Overrides::default()
+    };
+    let c = Config::load(Some(&file), &unix_only).unwrap();
+    assert_eq!(
+        c.server.listen, None,
+        "no TCP: the file's 127.0.0.1:9000 is replaced"
+    );
+    assert_eq!(
+        c.server.unix_socket.as_deref(),
+        Some(Path::new("/run/sz/flag.sock"))
+    );
+    let tcp_only = Overrides {
+        listen: vec!["127.0.0.1:9001".into()],
+        ..Overrides::default()
+    };
+    let c = Config::load(Some(&file), &tcp_only).unwrap();
+    assert_eq!(c.server.listen, Some("127.0.0.1:9001".parse().unwrap()));
+    assert_eq!(
+        c.server.unix_socket, None,
+        "the file's unix: entry is replaced too"
+    );
+    let c = Config::load(Some(&file), &Overrides::default()).unwrap();
+    assert_eq!(c.server.listen, Some("127.0.0.1:9000".parse().unwrap()));
+    assert!(c.server.unix_socket.is_some());
 }

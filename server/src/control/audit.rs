@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 
 use crate::audit::{self, AuditLog, Event};
-use crate::plane::{ControlReply, ReplyTo, VaultOp, VaultReply};
+use crate::plane::{BlockReply, ControlReply, ReplyTo, VaultOp, VaultReply};
 
 /// Most events the control plane emits itself, or takes from shards, in one pass; beyond it
 /// they are counted as dropped (a pass normally holds a few).
@@ -202,7 +202,9 @@ pub fn vault_event_fields(namespace: &crate::vault::Namespace, op: &VaultOp) -> 
 /// The outcome word of a control reply, for its event.
 pub fn outcome_of(reply: &ControlReply) -> &'static str {
     match reply {
-        ControlReply::Vault(VaultReply::NotFound) | ControlReply::ChannelUnknown => "not_found",
+        ControlReply::Vault(VaultReply::NotFound)
+        | ControlReply::ChannelUnknown
+        | ControlReply::Block(BlockReply::NotBlocked { .. }) => "not_found",
         ControlReply::Vault(
             VaultReply::Refused { .. } | VaultReply::Full { .. } | VaultReply::OutOfSpace { .. },
         )
@@ -214,7 +216,8 @@ pub fn outcome_of(reply: &ControlReply) -> &'static str {
         | ControlReply::RevokeFailed
         | ControlReply::RotateFailed
         | ControlReply::AuditFailed
-        | ControlReply::Vault(VaultReply::Unreadable) => "failed",
+        | ControlReply::Vault(VaultReply::Unreadable)
+        | ControlReply::Block(BlockReply::GateOff | BlockReply::Failed { .. }) => "failed",
         _ => "ok",
     }
 }

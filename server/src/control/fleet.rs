@@ -294,23 +294,35 @@ impl ControlPlane {
         reason: BlockReason,
         now_s: u64,
     ) -> bool {
-        let Some(shared) = self.store.shared() else {
-            return false;
-        };
         let event = FeedEvent::Block {
             cidr: cidr.to_string(),
             until_unix_s: (ttl_s > 0).then_some(now_s + ttl_s),
             reason: reason.as_str().to_owned(),
         };
-        let published = shared.publish(event, now_s);
-        self.apply_fleet(now_s);
-        match published {
+        match self.fleet_publish(event, now_s) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(%cidr, error = %e, "fleet: block kept on this node only");
                 false
             }
         }
+    }
+
+    /// Appends an event to the fleet's feed and applies what came with it (the event
+    /// included, on this node too). Outside a fleet: `Unavailable`.
+    pub(super) fn fleet_publish(
+        &mut self,
+        event: FeedEvent,
+        now_s: u64,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(shared) = self.store.shared() else {
+            return Err(crate::store::StoreError::Unavailable(
+                "not in a fleet".into(),
+            ));
+        };
+        let published = shared.publish(event, now_s);
+        self.apply_fleet(now_s);
+        published
     }
 
     /// Other nodes' keys for the verifier and the merged JWKS (every node serves the same

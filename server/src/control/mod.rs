@@ -9,6 +9,7 @@
 //! is on disk (fdatasync) and queued to every shard ahead of the acknowledgement.
 
 mod audit;
+mod block;
 mod channel;
 mod fleet;
 mod vault;
@@ -348,16 +349,21 @@ impl ControlPlane {
                 other => others.push(other),
             }
         }
+        // In a fleet, each write may bring other nodes' changes along: they are mirrored
+        // before the next kind of write stages against the mirrors.
         if !revokes.is_empty() {
             for (reply_to, reply) in self.revoke_batch(revokes, now_s) {
                 self.reply(reply_to, reply);
             }
+            self.apply_fleet(now_s);
         }
         if !tuple_writes.is_empty() {
             self.relationships_batch(tuple_writes, now_s);
+            self.apply_fleet(now_s);
         }
         if !vault_requests.is_empty() {
             self.vault_batch(vault_requests, now_s);
+            self.apply_fleet(now_s);
         }
         for msg in others {
             self.handle(msg, now_s);
@@ -524,6 +530,10 @@ impl ControlPlane {
                 namespace,
                 op,
             } => self.vault_batch(vec![(reply_to, namespace, op)], now_s),
+            ControlMsg::AdminBlock { reply_to, op } => {
+                let reply = self.admin_block(op, now_s);
+                self.reply(reply_to, reply);
+            }
             ControlMsg::RotateKeys { reply_to } => {
                 let reply = self.rotate(now_s);
                 let kid = match &reply {

@@ -10,18 +10,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// A shard's listening sockets: its own SO_REUSEPORT TCP socket and, when configured, the one
-/// Unix-socket listener that every shard arms a multishot accept on (the kernel hands each
-/// connection to one of them).
+/// Unix-socket listener that every shard arms a single-shot accept on (the kernel hands each
+/// connection to one of them). At least one of the two is there.
 pub struct Listeners {
-    /// This shard's TCP listener.
-    pub tcp: OwnedFd,
+    /// This shard's TCP listener; `None` for a Unix-only server.
+    pub tcp: Option<OwnedFd>,
     /// The shared Unix-socket listener.
     pub unix: Option<Arc<OwnedFd>>,
 }
 
 impl From<OwnedFd> for Listeners {
     fn from(tcp: OwnedFd) -> Self {
-        Self { tcp, unix: None }
+        Self {
+            tcp: Some(tcp),
+            unix: None,
+        }
     }
 }
 
@@ -39,8 +42,17 @@ pub(super) fn set_nodelay(fd: RawFd) {
     }
 }
 
-/// The uid of a Unix-socket peer (`SO_PEERCRED`), `None` when the kernel does not say.
-pub(super) fn peer_uid(fd: RawFd) -> Option<u32> {
+/// A Unix-socket peer's credentials from `SO_PEERCRED`, as of its `connect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its effective uid: the rate-limit and admin key.
+    pub uid: u32,
+    /// Its pid (for audit events and logs; several pids of one uid share one budget).
+    pub pid: u32,
+}
+
+/// The credentials of a Unix-socket peer (`SO_PEERCRED`), `None` when the kernel does not say.
+pub(super) fn peer_cred(fd: RawFd) -> Option<PeerCred> {
     // SAFETY: all-zero is a valid ucred.
     let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -54,7 +66,10 @@ pub(super) fn peer_uid(fd: RawFd) -> Option<u32> {
             &raw mut len,
         )
     };
-    (rc == 0).then_some(cred.uid)
+    (rc == 0).then_some(PeerCred {
+        uid: cred.uid,
+        pid: u32::try_from(cred.pid).unwrap_or(0),
+    })
 }
 
 pub(super) fn peer_ip(fd: RawFd) -> IpAddr {
@@ -186,6 +201,15 @@ mod tests {
         std::fs::write(&file, b"keep").unwrap();
         assert!(bind_unix_listener(&file, 0o660, None).is_err());
         assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+    }
+
+    #[test]
+    fn peer_cred_names_the_connecting_uid_and_pid() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let cred = peer_cred(std::os::fd::AsRawFd::as_raw_fd(&a)).unwrap();
+        assert_eq!(cred.pid, std::process::id());
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(cred.uid, unsafe { libc::geteuid() });
     }
 
     #[test]

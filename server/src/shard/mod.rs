@@ -20,6 +20,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 pub use listen::{
     bind_unix_listener, group_id, is_unix_peer_key, remove_unix_socket, unix_peer_key, Listeners,
+    PeerCred,
 };
 pub use runtime::{run_shard, RuntimeStats, ShardLimits, MAX_CONNECTIONS_PER_SHARD};
 
@@ -49,6 +50,9 @@ pub struct Cx<'a> {
     pub peer: IpAddr,
     /// `SO_PEERCRED` uid of a Unix-socket peer; `None` over TCP.
     pub peer_uid: Option<u32>,
+    /// `SO_PEERCRED` pid of a Unix-socket peer (for audit events and logs only; limits and
+    /// admin checks key on the uid); `None` over TCP.
+    pub peer_pid: Option<u32>,
     /// Wall clock, unix seconds, read once per loop iteration.
     pub now_s: u64,
     /// Shard index.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use super::bufring::BufRing;
-use super::listen::{peer_ip, peer_uid, set_nodelay, Listeners};
+use super::listen::{peer_cred, peer_ip, set_nodelay, Listeners, PeerCred};
 use super::mesh::Inbox;
 use super::{Cx, Handler, Outcome, Ready, Ticket};
 use crate::http::{self, Parsed};
@@ -153,8 +153,8 @@ struct Conn {
     fd: OwnedFd,
     gen: u32,
     peer: IpAddr,
-    /// `SO_PEERCRED` uid of a Unix-socket peer (read once at accept); `None` over TCP.
-    uid: Option<u32>,
+    /// `SO_PEERCRED` uid and pid of a Unix-socket peer (read once at accept); `None` over TCP.
+    cred: Option<PeerCred>,
     inbuf: Vec<u8>,
     out: Vec<u8>,
     sending: Vec<u8>,
@@ -302,7 +302,8 @@ struct Shard<H: Handler> {
     idx: usize,
     ring: IoUring,
     bufs: BufRing,
-    listener: OwnedFd,
+    /// This shard's TCP listener; `None` for a Unix-only server.
+    listener: Option<OwnedFd>,
     /// The one Unix-socket listener every shard also accepts on (shared, not owned here).
     unix_listener: Option<Arc<OwnedFd>>,
     limits: ShardLimits,
@@ -393,9 +394,7 @@ pub fn run_shard<H: Handler>(
         limits,
     };
     shard.arm_accept(LISTEN_TCP);
-    if shard.unix_listener.is_some() {
-        shard.arm_accept(LISTEN_UNIX);
-    }
+    shard.arm_accept(LISTEN_UNIX);
     shard.arm_wake();
     let result = shard.run(shutdown);
     shard.bufs.unregister(&shard.ring);
@@ -493,7 +492,10 @@ impl<H: Handler> Shard<H> {
                 None => return,
             }
         } else {
-            self.listener.as_raw_fd()
+            match &self.listener {
+                Some(l) => l.as_raw_fd(),
+                None => return,
+            }
         };
         // The Unix listener is one socket shared by every shard: a single-shot accept,
         // re-armed after each connection, queues this shard behind the others' waits, so the
@@ -602,10 +604,19 @@ impl<H: Handler> Shard<H> {
             RuntimeStats::bump(&self.stats.rejected_over_limit);
             return; // dropping `fd` closes it
         }
-        let (peer, uid) = if which == LISTEN_UNIX {
+        let (peer, cred) = if which == LISTEN_UNIX {
             RuntimeStats::bump(&self.stats.unix_accepted);
-            let uid = peer_uid(fd.as_raw_fd());
-            (super::unix_peer_key(uid.unwrap_or(u32::MAX)), uid)
+            let cred = peer_cred(fd.as_raw_fd());
+            match cred {
+                Some(PeerCred { uid, pid }) => {
+                    tracing::debug!(shard = self.idx, uid, pid, "unix-socket peer connected");
+                }
+                None => tracing::debug!(shard = self.idx, "unix-socket peer without credentials"),
+            }
+            // Keyed per uid, not per pid: a front proxy's workers are several pids of one uid
+            // and share one budget (and a pid is reused once its process exits).
+            let uid = cred.map_or(u32::MAX, |c| c.uid);
+            (super::unix_peer_key(uid), cred)
         } else {
             set_nodelay(fd.as_raw_fd());
             (peer_ip(fd.as_raw_fd()), None)
@@ -616,7 +627,7 @@ impl<H: Handler> Shard<H> {
             fd,
             gen,
             peer,
-            uid,
+            cred,
             inbuf: Vec::new(),
             out: Vec::new(),
             sending: Vec::new(),
@@ -786,7 +797,8 @@ impl<H: Handler> Shard<H> {
                 Ok(Parsed::Complete(req, used)) => {
                     let mut cx = Cx {
                         peer: conn.peer,
-                        peer_uid: conn.uid,
+                        peer_uid: conn.cred.map(|c| c.uid),
+                        peer_pid: conn.cred.map(|c| c.pid),
                         now_s,
                         shard_idx: self.idx,
                         pass,
@@ -1079,7 +1091,14 @@ impl<H: Handler> Shard<H> {
             if conn.shut {
                 continue; // already closing; its completions free it
             }
-            tracing::warn!(shard = self.idx, bytes, peer = %conn.peer, "closing a connection: shard buffers over budget");
+            tracing::warn!(
+                shard = self.idx,
+                bytes,
+                peer = %conn.peer,
+                uid = conn.cred.map(|c| c.uid),
+                pid = conn.cred.map(|c| c.pid),
+                "closing a connection: shard buffers over budget"
+            );
             force_close(conn, &mut self.tickets);
             RuntimeStats::bump(&self.stats.shed_for_memory);
             total = total.saturating_sub(bytes);

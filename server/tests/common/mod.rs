@@ -50,8 +50,38 @@ impl Server {
         };
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "info")
+            .args(extra);
+        Server::launch(cmd, !wrapper.is_empty(), data_dir, "info")
+    }
+
+    /// Starts `subzero serve --listen unix:SOCK --data-dir DIR` plus `extra` args: no TCP
+    /// listener (`addr` is 0.0.0.0:0, so the TCP helpers do not apply), ready once it logs
+    /// "listening on unix:".
+    pub fn start_unix_only(data_dir: &Path, sock: &Path, extra: &[&str]) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--listen", &format!("unix:{}", sock.display())])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra);
+        Server::launch(cmd, false, data_dir, "info")
+    }
+
+    /// Starts `subzero ARGS` exactly as given (no `--listen` added) and waits (bounded) until
+    /// it logs where it listens; `addr` is 0.0.0.0:0 when that is a Unix socket only.
+    pub fn start_args(args: &[&str], data_dir: &Path) -> Server {
+        Server::start_args_log(args, "info", data_dir)
+    }
+
+    /// Like `start_args`, with `RUST_LOG=rust_log` (e.g. `info,subzero::shard=debug`).
+    pub fn start_args_log(args: &[&str], rust_log: &str, data_dir: &Path) -> Server {
+        let mut cmd = Command::new(bin());
+        cmd.args(args);
+        Server::launch(cmd, false, data_dir, rust_log)
+    }
+
+    /// Spawns `cmd` and waits (bounded) until it logs where it listens.
+    fn launch(mut cmd: Command, wrapped: bool, data_dir: &Path, rust_log: &str) -> Server {
+        cmd.env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start subzero");
@@ -79,11 +109,15 @@ impl Server {
             };
             seen.push(line.clone());
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.trim().parse().expect("address in log line");
-                let pid = if wrapper.is_empty() {
-                    child.id()
+                let addr = if rest.starts_with("unix:") {
+                    SocketAddr::from(([0, 0, 0, 0], 0))
                 } else {
+                    rest.trim().parse().expect("address in log line")
+                };
+                let pid = if wrapped {
                     only_child_of(child.id())
+                } else {
+                    child.id()
                 };
                 return Server {
                     child,
@@ -527,6 +561,20 @@ fn parse_response(buf: &[u8]) -> Option<(Response, usize)> {
 pub fn cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin())
         .args(args)
+        .output()
+        .expect("run subzero");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `subzero ARGS` with extra environment variables; (exit code, stdout, stderr).
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run subzero");
     (
