@@ -3,7 +3,10 @@
 //! the others, a revocation on A fails the token on B and C (propagation measured over 200),
 //! a relationship written on A is visible on C with `at_least_revision`, a vault entry stored
 //! on B is read by its owner on C, Redis stopped under traffic leaves authentication working
-//! and writes 503 until it is back, and a node that missed 1,000 changes catches up.
+//! and writes 503 until it is back, and a node that missed 1,000 changes catches up. A global
+//! rate limit holds across three nodes within the lease overshoot (on one Redis and on a
+//! Cluster), fails open or closed as configured while Redis is down, and `lease_ms = 0` is
+//! one Redis round trip per check.
 
 mod common;
 mod redis_support;
@@ -605,4 +608,38 @@ fn without_leases_every_check_is_one_redis_round_trip() {
         metric_sum(t, "subzero_fleet_lease_requests_total") == n_checks
             && metric_sum(t, "subzero_fleet_leased_keys") == 0
     });
+}
+
+/// The same bound on a three-master Redis Cluster (where the lease thread makes one call per
+/// ask instead of a pipeline): three nodes, two clients each, 2 s on one key.
+#[test]
+fn a_global_limit_holds_on_a_redis_cluster() {
+    if !redis_support::available("fleet global rate limits, cluster") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let cluster = RedisCluster::start(3);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    let redis = format!("[{}]", seeds.join(", "));
+    let nodes: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(root.path(), name, &redis, LOGIN_RULE))
+        .collect();
+    let nodes: Vec<&Server> = nodes.iter().collect();
+    let started = Instant::now();
+    let per_client = hammer(&nodes, "login:cluster", started + Duration::from_secs(2));
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let allowed: u64 = per_client.iter().map(|c| c.0).sum();
+    let bound = LOGIN_BURST as f64 + LOGIN_RATE * (elapsed_s + LEASE_MS as f64 / 1000.0) + 1.0;
+    assert!(
+        allowed as f64 <= bound,
+        "the fleet admitted {allowed} > {bound:.1}"
+    );
+    assert!(allowed >= LOGIN_BURST, "the fleet admits: {allowed}");
+    let units: u64 = nodes
+        .iter()
+        .map(|n| metric_sum(&n.metrics(), "subzero_fleet_lease_units_total"))
+        .sum();
+    assert!(units > 0, "units came from the cluster");
 }
