@@ -560,6 +560,37 @@ mod tests {
     }
 
     #[test]
+    fn a_global_answer_becomes_the_usual_decision_and_the_fail_mode_decides_without_redis() {
+        let rule = KeyRule {
+            key_prefix: "login:".into(),
+            rate_per_s: 20.0,
+            burst: 10,
+            shadow: false,
+        };
+        let allowed = global_decision(&rule, Answer::Allowed { remaining: 6 }, FailMode::Closed);
+        assert_eq!(
+            (allowed.allowed, allowed.remaining, allowed.retry_after_s),
+            (true, 6, 0)
+        );
+        assert_eq!(allowed.reset_after_s, 1, "4 units back at 20/s");
+        let denied = global_decision(
+            &rule,
+            Answer::Denied {
+                retry_after_ms: 1_200,
+            },
+            FailMode::Open,
+        );
+        assert_eq!((denied.allowed, denied.retry_after_s), (false, 2));
+        // Redis did not say (a partial grant): still at least a second.
+        let partial = global_decision(&rule, Answer::Denied { retry_after_ms: 0 }, FailMode::Open);
+        assert_eq!(partial.retry_after_s, 1);
+        let open = global_decision(&rule, Answer::Unavailable, FailMode::Open);
+        assert_eq!((open.allowed, open.retry_after_s), (true, 0));
+        let closed = global_decision(&rule, Answer::Unavailable, FailMode::Closed);
+        assert_eq!((closed.allowed, closed.retry_after_s), (false, 1));
+    }
+
+    #[test]
     fn headers_follow_the_draft_syntax() {
         let refused = Decision {
             allowed: false,
