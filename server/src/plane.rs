@@ -485,6 +485,48 @@ pub enum ShardMsg {
         /// What happened.
         reply: ControlReply,
     },
+    /// The fleet's lease thread answers a [`LeaseRequest`] of this shard.
+    Lease(LeaseAnswer),
+}
+
+/// A shard asks the fleet's lease thread for units of a global rate limit (fleet mode only).
+/// Sent over a bounded `sync_channel` that shards only `try_send` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// The asking shard (the answer goes back over the mesh).
+    pub shard_idx: usize,
+    /// The shard's id of this ask, handed back in the answer.
+    pub ask_id: u64,
+    /// Index of the key rule in `[[ratelimit.rules]]`.
+    pub rule_idx: usize,
+    /// The limited key (1 to `ratelimit::MAX_KEY_BYTES` bytes).
+    pub key: Box<str>,
+    /// Units to take from the shared budget (at least 1).
+    pub want: u32,
+}
+
+/// What Redis's GCRA script granted (`fleet::lease::Grant`, as it crosses the mesh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// Units taken from the shared budget (0 to `want`).
+    pub granted: u32,
+    /// When `granted` is 0: milliseconds until one unit is available (at least 1).
+    pub retry_after_ms: u64,
+    /// Whole units left in the shared budget after this grant.
+    pub remaining: u32,
+}
+
+/// The lease thread's answer to a [`LeaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    /// The request's `ask_id`.
+    pub ask_id: u64,
+    /// The request's rule.
+    pub rule_idx: usize,
+    /// The request's key.
+    pub key: Box<str>,
+    /// What Redis granted; `None` when Redis was unreachable (or the script failed).
+    pub grant: Option<LeaseGrant>,
 }
 
 /// Work a key's owner shard does on state only it holds. The shard that received the

@@ -153,6 +153,7 @@ pub fn run(
     let Mesh {
         shards: shard_ports,
         control: control_outbox,
+        fleet: fleet_outbox,
         gauges: mesh_gauges,
         wakers,
     } = Mesh::<ShardMsg>::build(n_shards).map_err(ServeError::Runtime)?;
@@ -173,6 +174,7 @@ pub fn run(
     let relationships = control.relationships();
     let (control_tx, control_rx) = sync_channel(CONTROL_QUEUE_DEPTH);
     let fleet_thread = spawn_fleet_thread(&config, fleet.as_ref(), &control_tx, shutdown)?;
+    let (lease_tx, lease_thread) = spawn_lease_thread(&config, fleet_outbox, shutdown)?;
     let shared = Arc::new(AppShared {
         config: Arc::clone(&config),
         mesh_gauges,
@@ -201,6 +203,7 @@ pub fn run(
             },
             shared: Arc::clone(&shared),
             control_tx: control_tx.clone(),
+            lease_tx: lease_tx.clone(),
             keys: Arc::clone(&keys),
             relationships: relationships.clone(),
             revoked: revoked.clone(),
@@ -213,6 +216,7 @@ pub fn run(
         threads.push(spawn_shard(seed, Arc::clone(shutdown))?);
     }
     drop(control_tx);
+    drop(lease_tx);
     drop(ready_tx);
     // "Listening" only once every shard has built its state (a large cache takes a moment):
     // a client that connects then is answered at once. A shard that dies first ends the wait.
@@ -225,8 +229,8 @@ pub fn run(
     let result = join_shards(threads, shutdown, &wakers);
     shutdown.store(true, Ordering::Relaxed);
     let _ = control_thread.join();
-    if let Some(fleet_thread) = fleet_thread {
-        let _ = fleet_thread.join();
+    for thread in [fleet_thread, lease_thread].into_iter().flatten() {
+        let _ = thread.join();
     }
     drop(unix_fd);
     drop(unix); // removes the socket file
@@ -321,6 +325,32 @@ fn spawn_fleet_thread(
     )
     .map_err(ServeError::Runtime)?;
     Ok(Some(handle))
+}
+
+/// In a fleet with key rules, the lease thread and the sender every shard asks it on.
+#[allow(
+    clippy::type_complexity,
+    reason = "a pair of optional ends, named at the one call site"
+)]
+fn spawn_lease_thread(
+    config: &Config,
+    outbox: Outbox<ShardMsg>,
+    shutdown: &Arc<AtomicBool>,
+) -> Result<
+    (
+        Option<std::sync::mpsc::SyncSender<crate::plane::LeaseRequest>>,
+        Option<std::thread::JoinHandle<()>>,
+    ),
+    ServeError,
+> {
+    let rules = &config.ratelimit.key_rules;
+    let Some(fleet) = config.fleet.as_ref().filter(|_| !rules.is_empty()) else {
+        return Ok((None, None));
+    };
+    let (tx, rx) = sync_channel(crate::fleet::MAX_LEASE_QUEUE);
+    let handle = crate::fleet::spawn_lease_thread(fleet, rules, rx, outbox, Arc::clone(shutdown))
+        .map_err(ServeError::Runtime)?;
+    Ok((Some(tx), Some(handle)))
 }
 
 /// What the fleet's threads start from.
@@ -544,6 +574,7 @@ struct ShardSeed {
     listener: shard::Listeners,
     shared: Arc<AppShared>,
     control_tx: std::sync::mpsc::SyncSender<ControlMsg>,
+    lease_tx: Option<std::sync::mpsc::SyncSender<crate::plane::LeaseRequest>>,
     keys: Arc<KeySnapshot>,
     relationships: Option<Arc<crate::authz::Snapshot>>,
     revoked: Denylist,
@@ -569,6 +600,7 @@ fn spawn_shard(
                 listener,
                 shared,
                 control_tx,
+                lease_tx,
                 keys,
                 relationships,
                 revoked,
@@ -586,6 +618,7 @@ fn spawn_shard(
                 control: control_tx,
                 outbox,
                 runtime: Arc::clone(&stats),
+                lease: lease_tx,
             };
             let app = ShardApp::new(idx, shared, links, keys, revoked, cache_seed);
             let app = app.with_relationships(relationships);

@@ -3,7 +3,10 @@
 //! the others, a revocation on A fails the token on B and C (propagation measured over 200),
 //! a relationship written on A is visible on C with `at_least_revision`, a vault entry stored
 //! on B is read by its owner on C, Redis stopped under traffic leaves authentication working
-//! and writes 503 until it is back, and a node that missed 1,000 changes catches up.
+//! and writes 503 until it is back, and a node that missed 1,000 changes catches up. A global
+//! rate limit holds across three nodes within the lease overshoot (on one Redis and on a
+//! Cluster), fails open or closed as configured while Redis is down, and `lease_ms = 0` is
+//! one Redis round trip per check.
 
 mod common;
 mod redis_support;
@@ -11,7 +14,7 @@ mod redis_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{bearer, issue, metric, poll, Conn, Server};
+use common::{bearer, issue, metric, metric_sum, poll, Conn, Server};
 use redis_support::{Redis, RedisCluster};
 
 const ADMIN: &str = "admin-token-for-fleet-tests";
@@ -390,4 +393,253 @@ fn a_node_that_missed_a_thousand_changes_catches_up_from_the_feed() {
 #[test]
 fn a_node_that_missed_a_thousand_changes_catches_up_from_a_snapshot_past_a_trimmed_feed() {
     missed_changes(100);
+}
+
+/// The global rate-limit rule of the lease tests: 20 units/s, a burst of 10.
+const LOGIN_RULE: &str =
+    "[[ratelimit.rules]]\nkey_prefix = \"login:\"\nrate_per_s = 20.0\nburst = 10\n";
+const LOGIN_RATE: f64 = 20.0;
+const LOGIN_BURST: u64 = 10;
+/// The default `[fleet] lease_ms`.
+const LEASE_MS: u64 = 50;
+
+/// One check of `key` on `conn`: `(status, allowed)`.
+fn check_key(conn: &mut Conn, key: &str) -> (u16, bool) {
+    let body = serde_json::json!({ "key": key }).to_string();
+    conn.send(
+        "POST",
+        "/v1/ratelimit/check",
+        &[("Authorization", &bearer(ADMIN))],
+        &body,
+    );
+    let resp = conn.read_response();
+    let allowed = resp.json()["allowed"] == true;
+    assert_eq!(
+        resp.status == 200,
+        allowed,
+        "status and verdict agree: {resp:?}"
+    );
+    if resp.status == 429 {
+        assert!(resp.header("retry-after").is_some(), "{resp:?}");
+        assert!(resp.header("ratelimit-policy").is_some(), "{resp:?}");
+    }
+    (resp.status, allowed)
+}
+
+fn unavailable(server: &Server) -> u64 {
+    metric_sum(
+        &server.metrics(),
+        "subzero_fleet_ratelimit_unavailable_total",
+    )
+}
+
+/// Two clients per node check `key` back to back until `until`; per client (two per node, in
+/// node order): `(allowed, denied)`.
+fn hammer(nodes: &[&Server], key: &str, until: Instant) -> Vec<(u64, u64)> {
+    std::thread::scope(|scope| {
+        let clients: Vec<_> = nodes
+            .iter()
+            .flat_map(|node| [node, node])
+            .map(|node| {
+                let mut conn = node.connect();
+                scope.spawn(move || {
+                    let (mut allowed, mut denied) = (0u64, 0u64);
+                    while Instant::now() < until {
+                        match check_key(&mut conn, key) {
+                            (_, true) => allowed += 1,
+                            (_, false) => denied += 1,
+                        }
+                    }
+                    (allowed, denied)
+                })
+            })
+            .collect();
+        clients.into_iter().map(|c| c.join().unwrap()).collect()
+    })
+}
+
+/// Three nodes hammer one key of a global rule for 3 s: the fleet admits at least the burst
+/// and never more than `burst + rate · (elapsed + lease_ms)` (+1 for rounding). Then Redis
+/// stops: a fail-open node allows and counts it, a fail-closed node answers 429; Redis back,
+/// grants resume.
+#[test]
+fn a_global_limit_holds_across_three_nodes_within_the_lease_overshoot_and_fails_as_configured() {
+    if !redis_support::available("fleet global rate limits") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let mut redis = Redis::start();
+    let url = format!("\"{}\"", redis.url());
+    let a = start_node(root.path(), "a", &url, LOGIN_RULE);
+    let b = start_node(root.path(), "b", &url, LOGIN_RULE);
+    let closed = format!("fail_mode = \"closed\"\n{LOGIN_RULE}");
+    let c = start_node(root.path(), "c", &url, &closed);
+    let nodes = [&a, &b, &c];
+
+    let started = Instant::now();
+    let until = started + Duration::from_secs(3);
+    let per_client = hammer(&nodes, "login:alice", until);
+    let allowed: u64 = per_client.iter().map(|c| c.0).sum();
+    let denied: u64 = per_client.iter().map(|c| c.1).sum();
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let bound = LOGIN_BURST as f64 + LOGIN_RATE * (elapsed_s + LEASE_MS as f64 / 1000.0) + 1.0;
+    eprintln!(
+        "global limit over {elapsed_s:.2} s on three nodes: {allowed} allowed, {denied} denied, bound {bound:.1}"
+    );
+    assert!(
+        allowed as f64 <= bound,
+        "the fleet admitted {allowed} > {bound:.1}"
+    );
+    assert!(allowed >= LOGIN_BURST, "the fleet admits: {allowed}");
+    assert!(denied > 0, "the clients went over the limit");
+    for (node_idx, node) in nodes.iter().enumerate() {
+        // Once the node's metrics count every check it answered, none went by the fail mode.
+        let n_checks: u64 = per_client[2 * node_idx..2 * node_idx + 2]
+            .iter()
+            .map(|(a, d)| a + d)
+            .sum();
+        node.wait_metrics("every check counted", |t| {
+            metric_sum(t, "subzero_ratelimit_checks_total") == n_checks
+        });
+        let late = metric_sum(&node.metrics(), "subzero_fleet_lease_late_total");
+        assert_eq!(
+            unavailable(node),
+            0,
+            "Redis was up the whole time ({late} grants late)"
+        );
+    }
+    let asked = metric_sum(&a.metrics(), "subzero_fleet_lease_requests_total");
+    assert!(asked > 0, "A asked the lease thread");
+
+    redis_down_then_back(&mut redis, &a, &b, &c);
+}
+
+/// Redis stops: the fail-open node `a` allows and counts it, the fail-closed node `c` answers
+/// 429 with `Retry-After: 1`; Redis back: grants resume and `b` enforces the limit again.
+fn redis_down_then_back(redis: &mut Redis, a: &Server, b: &Server, c: &Server) {
+    redis.stop();
+    let mut on_a = a.connect();
+    for _ in 0..(3 * LOGIN_BURST) {
+        assert_eq!(check_key(&mut on_a, "login:redis-down"), (200, true));
+    }
+    a.wait_metrics("fail-open checks counted", |t| {
+        metric_sum(t, "subzero_fleet_ratelimit_unavailable_total") >= 3 * LOGIN_BURST
+    });
+    assert!(a
+        .metrics()
+        .contains("subzero_fleet_ratelimit_unavailable_total{shard=\"0\",mode=\"open\"}"));
+    let resp = c.request(
+        "POST",
+        "/v1/ratelimit/check",
+        &[("Authorization", &bearer(ADMIN))],
+        r#"{"key":"login:redis-down"}"#,
+    );
+    assert_eq!(resp.status, 429, "{resp:?}");
+    assert_eq!(resp.header("retry-after"), Some("1"), "{resp:?}");
+    c.wait_metrics("fail-closed checks counted", |t| {
+        metric_sum(t, "subzero_fleet_ratelimit_unavailable_total") >= 1
+    });
+    // A key no rule matches is answered as always.
+    let resp = c.request(
+        "POST",
+        "/v1/ratelimit/check",
+        &[("Authorization", &bearer(ADMIN))],
+        r#"{"key":"other:x"}"#,
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.json()["rule"], serde_json::Value::Null);
+
+    // Redis back: the closed node admits again and grants resume.
+    redis.restart();
+    let units_before = metric_sum(&c.metrics(), "subzero_fleet_lease_units_total");
+    let mut on_c = c.connect();
+    poll(
+        "the closed node admits again",
+        Duration::from_secs(10),
+        || (check_key(&mut on_c, "login:redis-back") == (200, true)).then_some(()),
+    );
+    c.wait_metrics("units granted after Redis came back", |t| {
+        metric_sum(t, "subzero_fleet_lease_units_total") > units_before
+    });
+    // And the limit holds again: a fresh key's burst runs out on B too (B's first checks may
+    // still be answered open while its connection comes back).
+    let mut on_b = b.connect();
+    poll(
+        "B enforces the limit again",
+        Duration::from_secs(10),
+        || {
+            (0..3 * LOGIN_BURST)
+                .any(|_| check_key(&mut on_b, "login:after") == (429, false))
+                .then_some(())
+        },
+    );
+}
+
+/// `lease_ms = 0`: no leases, each check is one Redis round trip for exactly its cost, so a
+/// fresh key admits its burst (plus what refilled meanwhile) and every check was one ask.
+#[test]
+fn without_leases_every_check_is_one_redis_round_trip() {
+    if !redis_support::available("fleet global rate limits") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let redis = Redis::start();
+    let url = format!("\"{}\"", redis.url());
+    let a = start_node(
+        root.path(),
+        "a",
+        &url,
+        &format!("lease_ms = 0\n{LOGIN_RULE}"),
+    );
+    let n_checks = 2 * LOGIN_BURST;
+    let mut conn = a.connect();
+    let started = Instant::now();
+    let n_allowed = (0..n_checks)
+        .filter(|_| check_key(&mut conn, "login:rtt").1)
+        .count() as u64;
+    let refilled = (LOGIN_RATE * started.elapsed().as_secs_f64()).ceil() as u64;
+    assert!(
+        (LOGIN_BURST..=LOGIN_BURST + refilled).contains(&n_allowed),
+        "{n_allowed} of {n_checks} allowed"
+    );
+    a.wait_metrics("one ask per check", |t| {
+        metric_sum(t, "subzero_fleet_lease_requests_total") == n_checks
+            && metric_sum(t, "subzero_fleet_leased_keys") == 0
+    });
+}
+
+/// The same bound on a three-master Redis Cluster (where the lease thread makes one call per
+/// ask instead of a pipeline): three nodes, two clients each, 2 s on one key.
+#[test]
+fn a_global_limit_holds_on_a_redis_cluster() {
+    if !redis_support::available("fleet global rate limits, cluster") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let cluster = RedisCluster::start(3);
+    let seeds: Vec<String> = cluster.seeds().iter().map(|s| format!("\"{s}\"")).collect();
+    let redis = format!("[{}]", seeds.join(", "));
+    let nodes: Vec<Server> = ["a", "b", "c"]
+        .iter()
+        .map(|name| start_node(root.path(), name, &redis, LOGIN_RULE))
+        .collect();
+    let nodes: Vec<&Server> = nodes.iter().collect();
+    let started = Instant::now();
+    let per_client = hammer(&nodes, "login:cluster", started + Duration::from_secs(2));
+    let elapsed_s = started.elapsed().as_secs_f64();
+    let allowed: u64 = per_client.iter().map(|c| c.0).sum();
+    let bound = LOGIN_BURST as f64 + LOGIN_RATE * (elapsed_s + LEASE_MS as f64 / 1000.0) + 1.0;
+    assert!(
+        allowed as f64 <= bound,
+        "the fleet admitted {allowed} > {bound:.1}"
+    );
+    assert!(allowed >= LOGIN_BURST, "the fleet admits: {allowed}");
+    let units: u64 = nodes
+        .iter()
+        .map(|n| metric_sum(&n.metrics(), "subzero_fleet_lease_units_total"))
+        .sum();
+    assert!(units > 0, "units came from the cluster");
 }

@@ -7,7 +7,9 @@ mod redis_support;
 use std::time::Instant;
 
 use redis_support::{Redis, RedisCluster};
-use subzero::fleet::lease::{acquire, interval_us, Granted, LeaseTable, Take};
+use subzero::fleet::lease::{
+    acquire, acquire_many, interval_us, AcquireAsk, Granted, LeaseTable, Take,
+};
 
 const LEASE_MS: u64 = 50;
 
@@ -185,4 +187,38 @@ fn three_nodes_on_a_redis_cluster_stay_within_the_lease_bound() {
     masters.sort_unstable();
     masters.dedup();
     assert_eq!(masters, [0, 1, 2]);
+}
+
+/// One pipeline of asks on a fresh server (the script not loaded yet, so the NOSCRIPT path
+/// runs): each ask is granted as `acquire` would, in order, two asks of one key share its
+/// budget, and a second pipeline finds the script loaded.
+#[test]
+fn a_pipeline_of_asks_loads_the_script_and_grants_each_in_order() {
+    if !redis_support::available("fleet_redis") {
+        return;
+    }
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let ask = |key, want| AcquireAsk {
+        rule: "p",
+        key,
+        // One unit per 100 s: nothing refills while the test runs, however slow the machine.
+        rate_per_s: 0.01,
+        burst: 10,
+        want,
+    };
+    let asks = [ask("a", 4), ask("b", 25), ask("a", 8), ask("c", 1)];
+    let got = acquire_many(&mut conn, &asks).expect("pipeline");
+    let granted: Vec<u32> = got.iter().map(|g| g.granted).collect();
+    // "a": 4 of its 10, then the 6 left; "b": the burst; "c": one.
+    assert_eq!(granted, [4, 10, 6, 1], "{got:?}");
+    assert_eq!((got[2].remaining, got[1].remaining), (0, 0));
+    let again = acquire_many(&mut conn, &[ask("a", 1), ask("d", 2)]).expect("pipeline");
+    assert_eq!(again[0].granted, 0, "a's budget is spent: {again:?}");
+    assert!(again[0].retry_after_ms >= 1);
+    assert_eq!(again[1].granted, 2);
+    // The single-ask path sees the same shared state.
+    let d = acquire(&mut conn, "p", "d", 0.01, 10, 10).unwrap();
+    assert_eq!(d.granted, 8, "{d:?}");
 }

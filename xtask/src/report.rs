@@ -50,6 +50,10 @@ pub const LOAD_PIPE: &str = "wrk pipelined x16";
 /// rate limits across the fleet joins them as `ratelimit-fleet`.
 pub const LOAD_FLEET_PROPAGATION: &str = "fleet-propagation";
 pub const LOAD_FLEET_REVOKE: &str = "fleet-revoke";
+/// A rate-limit check of a fleet-wide rule answered from the node's leases (default `lease_ms`).
+pub const LOAD_FLEET_RATELIMIT: &str = "ratelimit-fleet";
+/// The same check with `lease_ms = 0`: one Redis round trip per check.
+pub const LOAD_FLEET_RATELIMIT_RTT: &str = "ratelimit-fleet-rtt";
 /// Issue 13's target for a revocation's propagation between two nodes on loopback.
 pub const FLEET_PROPAGATION_P99_MAX_US: f64 = 10_000.0;
 

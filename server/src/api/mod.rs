@@ -17,6 +17,7 @@ mod channel;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gather;
+mod leased;
 mod owned;
 mod ratecheck;
 mod ratelimit;
@@ -64,6 +65,9 @@ pub struct ShardLinks {
     pub outbox: Outbox<ShardMsg>,
     /// The runtime's connection counters, for `/metrics`.
     pub runtime: Arc<RuntimeStats>,
+    /// Fleet mode with key rules: asks for global rate-limit units to the lease thread
+    /// (bounded; shards only `try_send`).
+    pub lease: Option<SyncSender<crate::plane::LeaseRequest>>,
 }
 
 /// A validated token as the cache keeps it.
@@ -168,6 +172,8 @@ pub struct ShardApp {
     key_limiter: crate::ratelimit::KeyLimiter,
     /// Owned work: tickets waiting for other shards, replies owed to them.
     owned: owned::Owned,
+    /// Fleet mode with key rules: global limits answered from this shard's leases.
+    global: Option<ratecheck::Global>,
     /// Threat and risk state this shard owns, its open gathers and its counters.
     sec: security::SecurityState,
     /// The `RateLimit-Policy` header line of each key rule, rendered once.
@@ -204,6 +210,7 @@ impl ShardApp {
             control,
             outbox,
             runtime,
+            lease,
         } = links;
         debug_assert_eq!(outbox.sender(), crate::shard::mesh::Sender::Shard(idx));
         let config = &shared.config;
@@ -248,6 +255,7 @@ impl ShardApp {
                 config.ratelimit.max_tracked_keys,
             ),
             owned: owned::Owned::default(),
+            global: lease.and_then(|tx| ratecheck::Global::new(config, tx)),
             sec: security::SecurityState::new(config, cache_seed),
             rate_policies: config
                 .ratelimit
@@ -681,6 +689,9 @@ impl Handler for ShardApp {
             self.echo_tickets
                 .retain(|_, &mut since_s| since_s + deferred_timeout_s >= now_s);
             self.owned.expire(now_s, deferred_timeout_s);
+            if let Some(global) = &mut self.global {
+                global.expire(deferred_timeout_s);
+            }
             self.sec.expire(now_s, deferred_timeout_s);
             self.sweep_slots_left = self.cache.capacity().div_ceil(SWEEP_PASS_S);
             self.pool_refill_due = true;
@@ -760,6 +771,7 @@ impl ShardApp {
                 self.security_part_done(ticket, result, ready);
             }
             ShardMsg::ThreatBlocked { source } => self.note_threat_block(source),
+            ShardMsg::Lease(answer) => self.on_lease_answer(answer, ready),
             ShardMsg::Relationships(snapshot) => self.relationships = Some(snapshot),
             ShardMsg::Keys(snapshot) => {
                 let retired = self.keys.kids.iter().any(|k| !snapshot.kids.contains(k));

@@ -2,6 +2,12 @@
 //! that is this shard, else over the mesh through `owned.rs`), so N shards never allow N× a
 //! rule. Also the IETF `RateLimit-Policy`/`RateLimit` headers every 429 carries.
 //!
+//! In a fleet (`[fleet]` with key rules) a check of a key a rule matches is decided on the
+//! shard that received it, from this shard's lease of the fleet-wide GCRA in Redis
+//! (`leased.rs`): at once while the lease covers it, else deferred until the lease thread's
+//! grant arrives (`ShardMsg::Lease`). Redis unreachable or the lease queue full: the
+//! configured fail mode (`open` allows, `closed` answers 429 with `Retry-After: 1`).
+//!
 //! Who may call: the admin token, or a bearer token (ours or a trusted issuer's) with scope
 //! `ratelimit`.
 
@@ -10,13 +16,88 @@ use std::fmt::Write as _;
 
 use serde::Deserialize;
 
+use super::leased::{Answer, Check, Leased, Waiter};
 use super::owned::{self, Route};
 use super::{authn, respond, ShardApp};
+use crate::config::{Config, FailMode};
 use crate::http::{self, Request, Status};
 use crate::monitor::Op;
-use crate::plane::{OwnedResult, OwnedWork};
-use crate::ratelimit::{CostError, Decision, KeyVerdict, MAX_KEY_BYTES};
-use crate::shard::{Cx, Outcome};
+use crate::plane::{LeaseAnswer, LeaseRequest, OwnedResult, OwnedWork};
+use crate::ratelimit::{rules, CostError, Decision, KeyRule, KeyVerdict, MAX_KEY_BYTES};
+use crate::shard::{Cx, Outcome, Ready};
+
+/// A shard's global rate limits in a fleet: its leases, its waiting checks, the way to the
+/// lease thread and the fail mode.
+pub(super) struct Global {
+    tx: std::sync::mpsc::SyncSender<LeaseRequest>,
+    leased: Leased,
+    fail_mode: FailMode,
+}
+
+impl Global {
+    /// `Some` in fleet mode with key rules.
+    pub(super) fn new(
+        config: &Config,
+        tx: std::sync::mpsc::SyncSender<LeaseRequest>,
+    ) -> Option<Global> {
+        let fleet = config.fleet.as_ref()?;
+        let rules = &config.ratelimit.key_rules;
+        if rules.is_empty() {
+            return None;
+        }
+        let bursts: Vec<u32> = rules.iter().map(|r| r.burst).collect();
+        Some(Global {
+            tx,
+            leased: Leased::new(&bursts, fleet.lease_ms, config.ratelimit.max_tracked_keys),
+            fail_mode: fleet.fail_mode,
+        })
+    }
+
+    /// Forgets checks the runtime answered `503` already.
+    pub(super) fn expire(&mut self, deferred_timeout_s: u64) {
+        self.leased.expire(
+            crate::unix_now_ms(),
+            deferred_timeout_s.saturating_mul(1000),
+        );
+    }
+
+    /// Hands an ask to the lease thread; false when its queue is full (or it is gone).
+    fn send(&self, shard_idx: usize, rule_idx: usize, key: &str, ask: super::leased::Ask) -> bool {
+        let req = LeaseRequest {
+            shard_idx,
+            ask_id: ask.ask_id,
+            rule_idx,
+            key: Box::from(key),
+            want: ask.want,
+        };
+        self.tx.try_send(req).is_ok()
+    }
+}
+
+/// The decision a global check's answer stands for, under `rule` and the fail mode.
+fn global_decision(rule: &KeyRule, answer: Answer, fail_mode: FailMode) -> Decision {
+    let refill_s = |units: u32| (f64::from(units) / rule.rate_per_s).ceil().max(1.0) as u64;
+    match answer {
+        Answer::Allowed { remaining } => Decision {
+            allowed: true,
+            remaining,
+            retry_after_s: 0,
+            reset_after_s: refill_s(rule.burst.saturating_sub(remaining)),
+        },
+        Answer::Denied { retry_after_ms } => Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_s: retry_after_ms.div_ceil(1000).max(1),
+            reset_after_s: refill_s(rule.burst),
+        },
+        Answer::Unavailable => Decision {
+            allowed: fail_mode == FailMode::Open,
+            remaining: 0,
+            retry_after_s: u64::from(fail_mode == FailMode::Closed),
+            reset_after_s: 1,
+        },
+    }
+}
 
 /// The path.
 pub(super) const RATELIMIT_CHECK_PATH: &str = "/v1/ratelimit/check";
@@ -101,6 +182,9 @@ impl ShardApp {
                 return done;
             }
         };
+        if let Some(answer) = self.global_check(&key, cost, cx, out, ka) {
+            return answer;
+        }
         let n_shards = self.outbox.n_shards();
         match owned::route(key.as_bytes(), self.idx, n_shards) {
             Route::Local => {
@@ -130,6 +214,113 @@ impl ShardApp {
                 }
                 (Outcome::Deferred(ticket), Op::RateLimitCheck)
             }
+        }
+    }
+
+    /// Fleet mode: a check of a key a rule matches, from this shard's lease or deferred until
+    /// the lease thread's grant. `None` (not in a fleet, or no rule matches): as without one.
+    fn global_check(
+        &mut self,
+        key: &str,
+        cost: u32,
+        cx: &mut Cx<'_>,
+        out: &mut Vec<u8>,
+        ka: bool,
+    ) -> Option<(Outcome, Op)> {
+        let global = self.global.as_mut()?;
+        let rule_idx = rules::match_key(self.key_limiter.rules(), key)?;
+        let done = Some((Outcome::Done, Op::RateLimitCheck));
+        let burst = self.key_limiter.rules()[rule_idx].burst;
+        if cost > burst {
+            self.write_rate_verdict(out, &Err(CostError::OverBurst { cost, burst }), ka);
+            return done;
+        }
+        let ticket = cx.defer();
+        let waiter = Waiter {
+            ticket,
+            keep_alive: ka,
+            cost,
+        };
+        let answer = match global
+            .leased
+            .check(rule_idx, key, waiter, crate::unix_now_ms())
+        {
+            Check::Now(answer) => answer,
+            Check::Wait { ask: None } => {
+                return Some((Outcome::Deferred(ticket), Op::RateLimitCheck));
+            }
+            Check::Wait { ask: Some(ask) } => {
+                if global.send(self.idx, rule_idx, key, ask) {
+                    return Some((Outcome::Deferred(ticket), Op::RateLimitCheck));
+                }
+                // The queue is full: an ask from a check is waited on by that check alone.
+                let failed = global.leased.ask_failed(rule_idx, key);
+                debug_assert_eq!(failed, [waiter]);
+                Answer::Unavailable
+            }
+        };
+        let verdict = self.global_verdict(rule_idx, answer);
+        self.write_rate_verdict(out, &Ok(verdict), ka);
+        done
+    }
+
+    /// The lease thread answered: completes the checks that waited on it, and asks again for
+    /// those the grant did not cover.
+    pub(super) fn on_lease_answer(&mut self, answer: LeaseAnswer, ready: &mut Ready) {
+        let Some(global) = self.global.as_mut() else {
+            return;
+        };
+        let LeaseAnswer {
+            ask_id,
+            rule_idx,
+            key,
+            grant,
+        } = answer;
+        let now_ms = crate::unix_now_ms();
+        let (mut done, next) = global
+            .leased
+            .answered(rule_idx, &key, ask_id, grant, now_ms);
+        if let Some(ask) = next {
+            if !global.send(self.idx, rule_idx, &key, ask) {
+                let failed = global.leased.ask_failed(rule_idx, &key);
+                done.extend(failed.into_iter().map(|w| (w, Answer::Unavailable)));
+            }
+        }
+        for (waiter, answer) in done {
+            let verdict = self.global_verdict(rule_idx, answer);
+            let mut response = Vec::new();
+            self.write_rate_verdict(&mut response, &Ok(verdict), waiter.keep_alive);
+            self.counters.count_status(respond::status_of(&response));
+            ready.push((waiter.ticket, response));
+        }
+    }
+
+    /// A global check's verdict, counted under its rule (a shadow rule never denies).
+    fn global_verdict(&mut self, rule_idx: usize, answer: Answer) -> KeyVerdict {
+        let fail_mode = self
+            .global
+            .as_ref()
+            .map_or(crate::config::FailMode::Open, |g| g.fail_mode);
+        let rule = &self.key_limiter.rules()[rule_idx];
+        let shadow = rule.shadow;
+        let mut decision = global_decision(rule, answer, fail_mode);
+        let counts = &mut self.key_limiter.counts[rule_idx];
+        let shadow_denied = shadow && !decision.allowed;
+        if decision.allowed {
+            counts.allowed += 1;
+        } else if shadow {
+            counts.shadow_denied += 1;
+            counts.allowed += 1;
+            decision.allowed = true;
+            decision.retry_after_s = 0;
+        } else {
+            counts.denied += 1;
+        }
+        KeyVerdict {
+            decision,
+            rule_idx: Some(rule_idx),
+            shadow,
+            shadow_denied,
         }
     }
 
@@ -304,6 +495,28 @@ impl ShardApp {
         for (name, value) in lines {
             let _ = writeln!(text, "{name}{{shard=\"{shard}\"}} {value}");
         }
+        if let Some(g) = &self.global {
+            let mode = match g.fail_mode {
+                FailMode::Open => "open",
+                FailMode::Closed => "closed",
+            };
+            let c = g.leased.counts;
+            let _ = writeln!(
+                text,
+                "subzero_fleet_ratelimit_unavailable_total{{shard=\"{shard}\",mode=\"{mode}\"}} {}\n\
+                 subzero_fleet_lease_requests_total{{shard=\"{shard}\"}} {}\n\
+                 subzero_fleet_lease_units_total{{shard=\"{shard}\"}} {}\n\
+                 subzero_fleet_lease_late_total{{shard=\"{shard}\"}} {}\n\
+                 subzero_fleet_lease_waiting{{shard=\"{shard}\"}} {}\n\
+                 subzero_fleet_leased_keys{{shard=\"{shard}\"}} {}",
+                c.unavailable,
+                c.requests,
+                c.units,
+                c.late,
+                g.leased.n_waiters(),
+                g.leased.n_leased_keys(),
+            );
+        }
         for (route, limited, shadow_denied, untracked) in self.source_limiter.counts() {
             let _ = writeln!(
                 text,
@@ -344,6 +557,37 @@ mod tests {
             );
         }
         assert!(parse_body(format!(r#"{{"key":"{}"}}"#, "x".repeat(256)).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_global_answer_becomes_the_usual_decision_and_the_fail_mode_decides_without_redis() {
+        let rule = KeyRule {
+            key_prefix: "login:".into(),
+            rate_per_s: 20.0,
+            burst: 10,
+            shadow: false,
+        };
+        let allowed = global_decision(&rule, Answer::Allowed { remaining: 6 }, FailMode::Closed);
+        assert_eq!(
+            (allowed.allowed, allowed.remaining, allowed.retry_after_s),
+            (true, 6, 0)
+        );
+        assert_eq!(allowed.reset_after_s, 1, "4 units back at 20/s");
+        let denied = global_decision(
+            &rule,
+            Answer::Denied {
+                retry_after_ms: 1_200,
+            },
+            FailMode::Open,
+        );
+        assert_eq!((denied.allowed, denied.retry_after_s), (false, 2));
+        // Redis did not say (a partial grant): still at least a second.
+        let partial = global_decision(&rule, Answer::Denied { retry_after_ms: 0 }, FailMode::Open);
+        assert_eq!(partial.retry_after_s, 1);
+        let open = global_decision(&rule, Answer::Unavailable, FailMode::Open);
+        assert_eq!((open.allowed, open.retry_after_s), (true, 0));
+        let closed = global_decision(&rule, Answer::Unavailable, FailMode::Closed);
+        assert_eq!((closed.allowed, closed.retry_after_s), (false, 1));
     }
 
     #[test]

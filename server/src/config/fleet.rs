@@ -35,7 +35,8 @@ pub struct FleetConfig {
     pub vault_key_file: Option<PathBuf>,
     /// Global rate limits while Redis is unreachable.
     pub fail_mode: FailMode,
-    /// How long leased rate-limit units stay spendable (ms).
+    /// How long leased rate-limit units stay spendable (ms); 0: no leases, every global
+    /// rate-limit check is one Redis round trip for exactly its cost.
     pub lease_ms: u64,
     /// A node publishes a snapshot (and trims the feed behind it) every this many changes.
     pub snapshot_every: u64,
@@ -127,7 +128,7 @@ pub(super) fn from_file(file: FileFleet, base: &Path) -> Result<Option<FleetConf
         connect_timeout_ms: file.connect_timeout_ms.unwrap_or(250),
         io_timeout_ms: file.io_timeout_ms.unwrap_or(500),
     };
-    check_range("fleet.lease_ms", c.lease_ms as usize, 1, 10_000)?;
+    check_range("fleet.lease_ms", c.lease_ms as usize, 0, 10_000)?;
     check_range(
         "fleet.snapshot_every",
         c.snapshot_every as usize,
@@ -160,6 +161,10 @@ mod tests {
         assert_eq!(f.redis, ["redis://127.0.0.1:6379"]);
         assert!(!f.cluster);
         assert_eq!(f.fail_mode, FailMode::Open);
+        assert_eq!(f.lease_ms, 50);
+        // 0: no leases, one Redis round trip per check.
+        let c = Config::from_toml("[fleet]\nredis = \"redis://h\"\nlease_ms = 0\n", base).unwrap();
+        assert_eq!(c.fleet.unwrap().lease_ms, 0);
         let c = Config::from_toml(
             "[fleet]\nredis = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\nfail_mode = \"closed\"\nvault_key_file = \"fleet.key\"\n",
             base,
@@ -184,7 +189,10 @@ mod tests {
                 "[fleet]\nredis = \"redis://h\"\nnode_id = \"a b\"\n",
                 "node_id",
             ),
-            ("[fleet]\nredis = \"redis://h\"\nlease_ms = 0\n", "lease_ms"),
+            (
+                "[fleet]\nredis = \"redis://h\"\nlease_ms = 10001\n",
+                "lease_ms",
+            ),
             ("[fleet]\nredis = \"redis://h\"\nbogus = 1\n", "bogus"),
         ] {
             let err = Config::from_toml(text, base).unwrap_err().to_string();

@@ -129,6 +129,63 @@ pub fn acquire(
     })
 }
 
+/// One ask of [`acquire_many`]: `want` units of `key` under the rule `rule` (`rate_per_s`,
+/// `burst`).
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireAsk<'a> {
+    /// The rule's name (its key prefix).
+    pub rule: &'a str,
+    /// The limited key.
+    pub key: &'a str,
+    /// The rule's rate.
+    pub rate_per_s: f64,
+    /// The rule's burst.
+    pub burst: u32,
+    /// Units to take (at least 1).
+    pub want: u32,
+}
+
+/// [`acquire`] for several asks in one pipeline on a single Redis (not a Cluster: its keys
+/// live on several nodes): one write, one read, and with `appendfsync always` one AOF fsync
+/// for the lot instead of one per ask. A server that does not know the script gets one
+/// SCRIPT LOAD and the pipeline once more.
+pub fn acquire_many(
+    conn: &mut dyn redis::ConnectionLike,
+    asks: &[AcquireAsk<'_>],
+) -> redis::RedisResult<Vec<Grant>> {
+    let hash = redis::Script::new(GCRA_LUA).get_hash().to_owned();
+    let mut pipe = redis::pipe();
+    for a in asks {
+        pipe.cmd("EVALSHA")
+            .arg(&hash)
+            .arg(1)
+            .arg(redis_key(a.rule, a.key))
+            .arg(interval_us(a.rate_per_s))
+            .arg(a.burst)
+            .arg(a.want.max(1));
+    }
+    let replies: Vec<(u32, u64, u32)> = match pipe.query(conn) {
+        Ok(replies) => replies,
+        // NOSCRIPT (however the pipeline reports it): load the script and go again.
+        Err(e) if !e.is_io_error() && !e.is_connection_dropped() => {
+            redis::cmd("SCRIPT")
+                .arg("LOAD")
+                .arg(GCRA_LUA)
+                .query::<String>(conn)?;
+            pipe.query(conn)?
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(replies
+        .into_iter()
+        .map(|(granted, retry_after_ms, remaining)| Grant {
+            granted,
+            retry_after_ms,
+            remaining,
+        })
+        .collect())
+}
+
 /// A check answered from the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
@@ -253,6 +310,12 @@ impl LeaseTable {
             next_sweep_ms: 0,
             counts: LeaseCounts::default(),
         }
+    }
+
+    /// Whether a grant for an ask made at `asked_at_ms` would arrive too late at `now_ms`
+    /// ([`Granted::Late`]).
+    pub fn is_late(&self, asked_at_ms: u64, now_ms: u64) -> bool {
+        now_ms >= asked_at_ms + self.lease_ms
     }
 
     /// Keys held now.

@@ -4,12 +4,15 @@
 //! shared change (revocations, relationships, vault entries, channels, blocks, public keys)
 //! is an entry of one Redis Stream that every node applies in order (`feed.rs`, `store.rs`),
 //! and a tailing thread (`tail.rs`) wakes the control plane when other nodes wrote. Redis is
-//! reached with the `redis` crate's blocking client from the control-plane and fleet threads
-//! only (`conn.rs`); the shards never wait on it.
+//! reached with the `redis` crate's blocking client from the control-plane, fleet and lease
+//! threads only (`conn.rs`); the shards never wait on it. Global rate limits: each shard
+//! answers checks from its own leases (`lease.rs`), refilled by the lease thread
+//! (`lease_thread.rs`) from a GCRA in Redis.
 
 mod conn;
 mod feed;
 pub mod lease;
+mod lease_thread;
 mod store;
 mod tail;
 
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub use conn::{Conn, Link};
 pub use feed::{StreamId, BLOCKS_KEY, FEED_KEY, KEYS_KEY, REV_KEY, SNAP_KEY};
+pub use lease_thread::{spawn_lease_thread, MAX_LEASE_QUEUE};
 pub use store::{FleetStore, META_REV, META_STREAM_ID};
 pub use tail::spawn_tail;
 

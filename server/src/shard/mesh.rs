@@ -1,9 +1,11 @@
 //! The bounded channel mesh: one SPSC queue per (sender, receiver) pair among shards, plus one
-//! from the control plane to each shard, each receiver woken through its eventfd.
+//! from the control plane and one from the fleet's lease thread to each shard, each receiver
+//! woken through its eventfd.
 //!
 //! [`Mesh::build`] hands out ports that own exactly their ends: each shard gets an [`Outbox`]
-//! (its producers to every other shard) and an [`Inbox`] (its consumers from every peer and from
-//! the control plane), and the control plane gets its own `Outbox`. Ports are moved into their
+//! (its producers to every other shard) and an [`Inbox`] (its consumers from every peer, from
+//! the control plane and from the lease thread), and the control plane and the lease thread
+//! get their own `Outbox`. Ports are moved into their
 //! threads; since `Producer` and `Consumer` are neither `Clone` nor `Sync`, no other thread can
 //! push to an edge it does not own or pop from another shard's inbox.
 
@@ -27,6 +29,8 @@ pub enum Sender {
     Shard(usize),
     /// The control plane.
     Control,
+    /// The fleet's lease thread (global rate-limit grants).
+    Fleet,
 }
 
 /// One sender's producers, one per receiving shard (none to itself).
@@ -59,10 +63,12 @@ impl<M> Outbox<M> {
     }
 }
 
-/// One shard's consumers: the control plane's edge and one edge from every other shard.
+/// One shard's consumers: the control plane's edge, the lease thread's edge and one edge from
+/// every other shard.
 pub struct Inbox<M> {
     idx: usize,
     from_control: Consumer<M>,
+    from_fleet: Consumer<M>,
     from_shards: Vec<Option<Consumer<M>>>,
     waker: Arc<Waker>,
     /// Shard edge to look at first next time, so one busy peer cannot starve the others.
@@ -73,10 +79,13 @@ impl<M> Inbox<M> {
     /// Receives the next message.
     ///
     /// The control plane's edge is drained first: a revocation or key change it queued before a
-    /// shard's request is applied before that request is served here. Peer edges are taken in
-    /// rotation.
+    /// shard's request is applied before that request is served here. The lease thread's edge
+    /// comes next (its grants answer checks waiting on this shard), then peer edges in rotation.
     pub fn recv(&mut self) -> Option<M> {
         if let Some(msg) = self.from_control.pop() {
+            return Some(msg);
+        }
+        if let Some(msg) = self.from_fleet.pop() {
             return Some(msg);
         }
         let n = self.from_shards.len();
@@ -93,7 +102,7 @@ impl<M> Inbox<M> {
     /// Messages waiting here now.
     pub fn depth(&self) -> usize {
         let peers: usize = self.from_shards.iter().flatten().map(Consumer::len).sum();
-        self.from_control.len() + peers
+        self.from_control.len() + self.from_fleet.len() + peers
     }
 
     /// This shard's waker (its eventfd is armed on the shard's ring).
@@ -146,6 +155,8 @@ pub struct Mesh<M> {
     pub shards: Vec<(Outbox<M>, Inbox<M>)>,
     /// The control plane's outbox.
     pub control: Outbox<M>,
+    /// The lease thread's outbox (unused without a fleet).
+    pub fleet: Outbox<M>,
     /// Inbox depths for `/metrics`.
     pub gauges: MeshGauges<M>,
     /// For waking every shard at shutdown.
@@ -183,18 +194,24 @@ impl<M: Send> Mesh<M> {
         }
         let mut control_to = Vec::with_capacity(n_shards);
         let mut from_control = Vec::with_capacity(n_shards);
+        let mut fleet_to = Vec::with_capacity(n_shards);
+        let mut from_fleet = Vec::with_capacity(n_shards);
         for edges in &mut gauges {
             let (tx, rx) = spsc::channel(MESH_QUEUE_DEPTH);
             edges.push(rx.gauge());
             control_to.push(Some(tx));
             from_control.push(rx);
+            let (tx, rx) = spsc::channel(MESH_QUEUE_DEPTH);
+            edges.push(rx.gauge());
+            fleet_to.push(Some(tx));
+            from_fleet.push(rx);
         }
         let shards = producers
             .into_iter()
             .zip(consumers)
-            .zip(from_control)
+            .zip(from_control.into_iter().zip(from_fleet))
             .enumerate()
-            .map(|(idx, ((to, from_shards), from_control))| {
+            .map(|(idx, ((to, from_shards), (from_control, from_fleet)))| {
                 let outbox = Outbox {
                     from: Sender::Shard(idx),
                     to,
@@ -203,6 +220,7 @@ impl<M: Send> Mesh<M> {
                 let inbox = Inbox {
                     idx,
                     from_control,
+                    from_fleet,
                     from_shards,
                     waker: Arc::clone(&wakers.0[idx]),
                     next_peer_idx: 0,
@@ -215,6 +233,11 @@ impl<M: Send> Mesh<M> {
             control: Outbox {
                 from: Sender::Control,
                 to: control_to,
+                wakers: wakers.clone(),
+            },
+            fleet: Outbox {
+                from: Sender::Fleet,
+                to: fleet_to,
                 wakers: wakers.clone(),
             },
             gauges: MeshGauges { per_shard: gauges },
@@ -232,6 +255,7 @@ mod tests {
         let Mesh {
             shards,
             mut control,
+            mut fleet,
             gauges,
             ..
         } = Mesh::<(Sender, usize)>::build(3).unwrap();
@@ -243,12 +267,14 @@ mod tests {
             }
         }
         for to_idx in 0..3 {
+            fleet.send(to_idx, (Sender::Fleet, to_idx)).unwrap();
             control.send(to_idx, (Sender::Control, to_idx)).unwrap();
         }
         for (to_idx, inbox) in inboxes.iter_mut().enumerate() {
-            assert_eq!((inbox.depth(), gauges.depth(to_idx)), (3, 3));
-            // The control edge comes first.
+            assert_eq!((inbox.depth(), gauges.depth(to_idx)), (4, 4));
+            // The control edge comes first, then the lease thread's, whatever the send order.
             assert_eq!(inbox.recv(), Some((Sender::Control, to_idx)));
+            assert_eq!(inbox.recv(), Some((Sender::Fleet, to_idx)));
             let mut from: Vec<Sender> = std::iter::from_fn(|| inbox.recv())
                 .map(|(from, to)| {
                     assert_eq!(to, to_idx);
@@ -257,7 +283,7 @@ mod tests {
                 .collect();
             from.sort_by_key(|s| match s {
                 Sender::Shard(i) => *i,
-                Sender::Control => usize::MAX,
+                Sender::Control | Sender::Fleet => usize::MAX,
             });
             let expected: Vec<Sender> =
                 (0..3).filter(|&i| i != to_idx).map(Sender::Shard).collect();
