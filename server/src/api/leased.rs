@@ -160,12 +160,14 @@ impl Leased {
     pub fn check(&mut self, rule: usize, key: &str, waiter: Waiter, now_ms: u64) -> Check {
         debug_assert!(waiter.cost >= 1);
         let per_rtt = self.table.is_none();
-        if let Some(p) = self.pending[rule].get(key) {
-            if p.waiters.len() >= MAX_LEASE_WAITERS_PER_KEY || self.n_waiters >= MAX_LEASE_WAITERS {
+        if let Some(n_waiting) = self.pending[rule].get(key).map(|p| p.waiters.len()) {
+            if n_waiting >= MAX_LEASE_WAITERS_PER_KEY || self.n_waiters >= MAX_LEASE_WAITERS {
                 return self.unavailable();
             }
             let ask = per_rtt.then(|| self.new_ask(waiter.cost));
-            let p = self.pending[rule].get_mut(key).expect("present above");
+            let Some(p) = self.pending[rule].get_mut(key) else {
+                return self.unavailable();
+            };
             let ask_id = ask.map_or(p.ask_id, |a| a.ask_id);
             p.ask_id = ask_id;
             p.waiters.push_back(Queued {
