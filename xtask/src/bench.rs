@@ -27,6 +27,7 @@ use crate::wrk::{self, MixEntry};
 
 mod fleet;
 mod threat;
+mod unix;
 
 /// Peer binaries built from `subzero-benches`.
 const PEER_BINS: [&str; 6] = [
@@ -2016,6 +2017,16 @@ fn run_scenarios(
                 "no tokens: the subzero setup failed",
             )),
         }
+    }
+    if let Some(fx) = fx.as_ref().filter(|_| selected(unix::SCENARIO)) {
+        phase(
+            b,
+            timings,
+            "unix (Unix socket beside TCP; nginx auth_request end to end)",
+            SUBZERO,
+            &[unix::SCENARIO],
+            |b| unix::unix(b, fx),
+        );
     }
     if selected(fleet::SCENARIO) {
         phase(

@@ -53,7 +53,8 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Run only these scenarios (repeatable): auth-hit, auth-cold, batch, token-issue,
-        /// revoke, audit, permission, ratelimit, monitor, threat, mixed, xdp-flood, scaling, fleet.
+        /// revoke, audit, permission, ratelimit, monitor, threat, mixed, xdp-flood, scaling, fleet,
+        /// unix.
         #[arg(long = "scenario", value_name = "NAME")]
         scenarios: Vec<String>,
     },

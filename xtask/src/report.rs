@@ -9,7 +9,7 @@ use crate::loadgen::CeilingResult;
 use crate::metrics::OpTiming;
 
 /// Scenario names accepted by `--scenario`, in report order.
-pub const SCENARIOS: [&str; 14] = [
+pub const SCENARIOS: [&str; 15] = [
     "auth-hit",
     "auth-cold",
     "batch",
@@ -24,6 +24,7 @@ pub const SCENARIOS: [&str; 14] = [
     "xdp-flood",
     "scaling",
     "fleet",
+    "unix",
 ];
 
 /// Our server's name in rows.
@@ -56,6 +57,30 @@ pub const LOAD_FLEET_RATELIMIT: &str = "ratelimit-fleet";
 pub const LOAD_FLEET_RATELIMIT_RTT: &str = "ratelimit-fleet-rtt";
 /// Issue 13's target for a revocation's propagation between two nodes on loopback.
 pub const FLEET_PROPAGATION_P99_MAX_US: f64 = 10_000.0;
+
+/// The unix scenario (`bench/unix.rs`, issue 14): cache-hit authenticate over the Unix socket
+/// beside loopback TCP on one server, and through nginx `auth_request` end to end.
+pub const UNIX_SCENARIO: &str = "unix";
+/// Issue 14's target: server CPU per request over the Unix socket ÷ the same over loopback TCP.
+pub const UNIX_TCP_MAX_RATIO: f64 = 0.6;
+/// Issue 14's target: (nginx + subzero over the Unix socket) ÷ (nginx + the tokio/hyper
+/// gateway peer over TCP), CPU per authenticated API request.
+pub const NGINX_UNIX_VS_GATEWAY_MAX_RATIO: f64 = 0.8;
+/// The closed-loop (saturation) offer of the direct rows: `loadgen --closed-loop`.
+pub const LOAD_CLOSED_LOOP: &str = "loadgen closed loop";
+pub const TRANSPORT_TCP: &str = "loopback TCP";
+pub const TRANSPORT_UNIX: &str = "Unix socket";
+/// Server names of the end-to-end rows: one nginx worker and what answers its `auth_request`.
+pub const E2E_NGINX_SUBZERO_TCP: &str = "nginx + subzero (TCP)";
+pub const E2E_NGINX_SUBZERO_UNIX: &str = "nginx + subzero (Unix socket)";
+pub const E2E_NGINX_GATEWAY_TCP: &str = "nginx + peer-hyper-gateway (TCP)";
+/// The end-to-end rows' fixed offered rate (one core holds nginx and the auth server).
+pub const E2E_RATE_RPS: u64 = 10_000;
+
+/// A direct row's load name: the offer (closed loop or `load_rate`) and the transport.
+pub fn unix_load(offer: &str, transport: &str) -> String {
+    format!("{offer}, {transport}")
+}
 
 /// Events per `POST /v1/audit/events` in the audit saturation run.
 pub const AUDIT_SAT_EVENTS_PER_BATCH: u64 = 100;
@@ -291,7 +316,54 @@ impl Report {
         self.ratelimit_targets(&mut targets);
         self.monitor_targets(&mut targets);
         self.fleet_targets(&mut targets);
+        self.unix_targets(rates_rps, &mut targets);
         self.targets = targets;
+    }
+
+    /// Issue 14: CPU per cache-hit authenticate over the Unix socket against loopback TCP (same
+    /// server, same run), and nginx + subzero over the Unix socket against nginx + the
+    /// tokio/hyper gateway, per authenticated API request.
+    fn unix_targets(&self, rates_rps: &[u64], targets: &mut Vec<Target>) {
+        let cpu = |server: &str, load: &str| {
+            self.metric(UNIX_SCENARIO, server, load, |r| r.cpu_us_per_req)
+        };
+        let offers = std::iter::once(LOAD_CLOSED_LOOP.to_string())
+            .chain(rates_rps.iter().map(|&r| load_rate(r)));
+        for offer in offers {
+            let tcp = cpu(SUBZERO, &unix_load(&offer, TRANSPORT_TCP));
+            let unix = cpu(SUBZERO, &unix_load(&offer, TRANSPORT_UNIX));
+            targets.push(target(
+                &format!(
+                    "Unix socket ÷ loopback TCP, server CPU per cache-hit authenticate ({offer})"
+                ),
+                Cmp::AtMost,
+                UNIX_TCP_MAX_RATIO,
+                ratio(unix, tcp),
+                format!(
+                    "one shard listening on both; Unix {} µs, TCP {} µs",
+                    fmt_num(unix, 2),
+                    fmt_num(tcp, 2)
+                ),
+            ));
+        }
+        for load in [LOAD_SAT.to_string(), load_rate(E2E_RATE_RPS)] {
+            let via_tcp = cpu(E2E_NGINX_SUBZERO_TCP, &load);
+            let via_unix = cpu(E2E_NGINX_SUBZERO_UNIX, &load);
+            let gateway = cpu(E2E_NGINX_GATEWAY_TCP, &load);
+            targets.push(target(
+                &format!("nginx auth_request: (nginx + subzero, Unix socket) ÷ (nginx + hyper gateway, TCP), CPU per API request ({load})"),
+                Cmp::AtMost,
+                NGINX_UNIX_VS_GATEWAY_MAX_RATIO,
+                ratio(via_unix, gateway),
+                format!(
+                    "nginx + subzero Unix {} µs, nginx + subzero TCP {} µs (Unix ÷ TCP {}), nginx + gateway {} µs",
+                    fmt_num(via_unix, 2),
+                    fmt_num(via_tcp, 2),
+                    fmt_ratio(ratio(via_unix, via_tcp)),
+                    fmt_num(gateway, 2)
+                ),
+            ));
+        }
     }
 
     /// Issue 13: a revocation acknowledged by node A is refused by node B within the p99.
@@ -1000,6 +1072,87 @@ mod tests {
         let md = report.to_markdown();
         assert!(md.contains("## fleet\n"));
         assert!(md.contains("| subzero | fleet-propagation |"), "{md}");
+    }
+
+    #[test]
+    fn unix_rows_feed_the_ratio_targets_with_their_verdicts() {
+        let mut report = sample();
+        report.evaluate_targets(&[20_000], "two cores");
+        let direct = "Unix socket ÷ loopback TCP, server CPU per cache-hit authenticate";
+        let sat = format!("{direct} ({LOAD_CLOSED_LOOP})");
+        let at_20k = format!("{direct} ({})", load_rate(20_000));
+        let e2e =
+            "nginx auth_request: (nginx + subzero, Unix socket) ÷ (nginx + hyper gateway, TCP)";
+        let e2e_sat = format!("{e2e}, CPU per API request ({LOAD_SAT})");
+        assert_eq!(target(&report, &sat).verdict, Verdict::NotMeasured);
+        let direct_row = |offer: &str, transport: &str, cpu: f64| {
+            measured(
+                UNIX_SCENARIO,
+                SUBZERO,
+                &unix_load(offer, transport),
+                1e4,
+                cpu,
+                1.0,
+            )
+        };
+        report.rows.extend([
+            direct_row(LOAD_CLOSED_LOOP, TRANSPORT_TCP, 10.0),
+            direct_row(LOAD_CLOSED_LOOP, TRANSPORT_UNIX, 5.0),
+            direct_row(&load_rate(20_000), TRANSPORT_TCP, 10.0),
+            direct_row(&load_rate(20_000), TRANSPORT_UNIX, 7.0),
+            measured(
+                UNIX_SCENARIO,
+                E2E_NGINX_SUBZERO_TCP,
+                LOAD_SAT,
+                1e4,
+                40.0,
+                1.0,
+            ),
+            measured(
+                UNIX_SCENARIO,
+                E2E_NGINX_SUBZERO_UNIX,
+                LOAD_SAT,
+                1e4,
+                30.0,
+                1.0,
+            ),
+            measured(
+                UNIX_SCENARIO,
+                E2E_NGINX_GATEWAY_TCP,
+                LOAD_SAT,
+                1e4,
+                50.0,
+                1.0,
+            ),
+        ]);
+        report.evaluate_targets(&[20_000], "two cores");
+        let t = target(&report, &sat);
+        assert_eq!((t.value, t.verdict), (Some(0.5), Verdict::Met));
+        assert!(
+            t.detail.contains("Unix 5.00 µs, TCP 10.00 µs"),
+            "{}",
+            t.detail
+        );
+        let t = target(&report, &at_20k);
+        assert!((t.value.unwrap() - 0.7).abs() < 1e-9);
+        assert_eq!(t.verdict, Verdict::NotMet);
+        let t = target(&report, &e2e_sat);
+        assert!((t.value.unwrap() - 0.6).abs() < 1e-9);
+        assert_eq!(t.verdict, Verdict::Met);
+        assert!(t.detail.contains("(Unix ÷ TCP 0.75×)"), "{}", t.detail);
+        let e2e_rate = format!("{e2e}, CPU per API request ({})", load_rate(E2E_RATE_RPS));
+        assert_eq!(target(&report, &e2e_rate).verdict, Verdict::NotMeasured);
+        // A FAILED row is not a measurement.
+        for row in report
+            .rows
+            .iter_mut()
+            .filter(|r| r.server == E2E_NGINX_GATEWAY_TCP)
+        {
+            row.status = Status::Failed;
+        }
+        report.evaluate_targets(&[20_000], "two cores");
+        assert_eq!(target(&report, &e2e_sat).verdict, Verdict::NotMeasured);
+        assert!(report.to_markdown().contains("## unix\n"));
     }
 
     #[test]

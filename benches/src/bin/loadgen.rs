@@ -5,6 +5,10 @@
 //! (`--pipeline` requests in flight at most). Latency runs from the due time to the response,
 //! so a server that falls behind is charged for the queueing it causes (no coordinated
 //! omission). Prints one JSON line on stdout at the end.
+//!
+//! `--closed-loop` instead keeps `--pipeline` requests in flight on every connection for the
+//! duration (saturation, like wrk, but also over a Unix socket): each response sends the next
+//! request at once, and latency runs from that send.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::Write as _;
@@ -34,8 +38,12 @@ struct Args {
     #[arg(long, default_value = "/")]
     path: String,
     /// Offered load, requests per second (all connections together).
-    #[arg(long)]
-    rate: u64,
+    #[arg(long, required_unless_present = "closed_loop")]
+    rate: Option<u64>,
+    /// Closed loop (saturation) instead of a fixed rate: each connection always has
+    /// `--pipeline` requests in flight until the duration is over.
+    #[arg(long, conflicts_with = "rate")]
+    closed_loop: bool,
     /// Keep-alive connections opened before the run starts.
     #[arg(long, default_value_t = 16)]
     connections: usize,
@@ -166,6 +174,13 @@ struct Loadgen {
     pipeline: usize,
     histogram: Histogram<u64>,
     counters: Counters,
+    /// Closed loop: a response sends the next request while `now_ns` is before this (ns since
+    /// the start); 0 in fixed-rate mode.
+    refill_until_ns: u64,
+    /// Closed loop: the index of the next request.
+    next_idx: u64,
+    /// When the run loop last looked at the clock, ns since the start.
+    now_ns: u64,
 }
 
 fn push(ring: &mut IoUring, entry: &squeue::Entry) -> std::io::Result<()> {
@@ -199,8 +214,30 @@ impl Loadgen {
 
     /// Assigns request `idx`, due at `due_ns`, to its connection.
     fn enqueue(&mut self, idx: u64, due_ns: u64) {
-        self.counters.n_requests += 1;
         let conn_idx = (idx % self.conns.len() as u64) as usize;
+        self.enqueue_on(conn_idx, idx, due_ns);
+    }
+
+    /// Closed loop: tops connection `conn_idx` up to `pipeline` requests, due now, while the
+    /// run lasts.
+    fn refill(&mut self, conn_idx: usize) {
+        if self.now_ns >= self.refill_until_ns {
+            return;
+        }
+        let conn = &self.conns[conn_idx];
+        let n_missing = self
+            .pipeline
+            .saturating_sub(conn.queued.len() + conn.in_flight.len());
+        for _ in 0..n_missing {
+            let idx = self.next_idx;
+            self.next_idx += 1;
+            self.enqueue_on(conn_idx, idx, self.now_ns);
+        }
+    }
+
+    /// Assigns request `idx`, due at `due_ns`, to connection `conn_idx`.
+    fn enqueue_on(&mut self, conn_idx: usize, idx: u64, due_ns: u64) {
+        self.counters.n_requests += 1;
         let conn = &mut self.conns[conn_idx];
         if conn.stream.is_none() && !conn.broken {
             // Dead for good: it could not reconnect.
@@ -255,6 +292,7 @@ impl Loadgen {
         self.counters.n_reconnects += 1;
         if let Ok(stream) = connect(self.addr, self.unix.as_deref()) {
             conn.stream = Some(stream);
+            self.refill(conn_idx);
             self.arm_recv(conn_idx)?;
         } else {
             self.counters.n_errors += conn.queued.len() as u64;
@@ -325,6 +363,7 @@ impl Loadgen {
             self.fail(conn_idx);
             return Ok(());
         }
+        self.refill(conn_idx);
         self.mark_dirty(conn_idx);
         self.arm_recv(conn_idx)
     }
@@ -382,36 +421,54 @@ impl Loadgen {
             .sum()
     }
 
-    /// Runs the schedule and the drain; returns the elapsed time.
-    fn run(&mut self, schedule: Schedule, drain: Duration) -> std::io::Result<Duration> {
+    /// Runs the offered load and the drain; returns the elapsed time.
+    fn run(&mut self, offer: &Offer, drain: Duration) -> std::io::Result<Duration> {
         for conn_idx in 0..self.conns.len() {
             self.arm_recv(conn_idx)?;
         }
         let start = Instant::now();
-        let offered_ns = schedule.due_ns(schedule.n_requests());
+        let (offered_ns, mut n_total) = match offer {
+            Offer::Rate(schedule) => (
+                schedule.due_ns(schedule.n_requests()),
+                schedule.n_requests(),
+            ),
+            Offer::Closed { duration_ns } => {
+                self.refill_until_ns = *duration_ns;
+                for conn_idx in 0..self.conns.len() {
+                    self.refill(conn_idx);
+                }
+                (*duration_ns, 0)
+            }
+        };
         let deadline_ns = offered_ns + drain.as_nanos() as u64;
         let mut n_scheduled: u64 = 0;
-        let mut n_total = schedule.n_requests();
         let mut completions = Vec::with_capacity(RING_ENTRIES as usize * 2);
         loop {
             let now_ns = start.elapsed().as_nanos() as u64;
+            self.now_ns = now_ns;
             if stop_requested() {
                 n_total = n_scheduled;
+                self.refill_until_ns = 0;
             }
-            let n_due = schedule.n_due(now_ns).min(n_total);
-            while n_scheduled < n_due {
-                self.enqueue(n_scheduled, schedule.due_ns(n_scheduled));
-                n_scheduled += 1;
+            if let Offer::Rate(schedule) = offer {
+                let n_due = schedule.n_due(now_ns).min(n_total);
+                while n_scheduled < n_due {
+                    self.enqueue(n_scheduled, schedule.due_ns(n_scheduled));
+                    n_scheduled += 1;
+                }
             }
             self.flush_dirty()?;
-            let all_sent = n_scheduled == n_total;
+            let all_sent = match offer {
+                Offer::Rate(_) => n_scheduled == n_total,
+                Offer::Closed { .. } => now_ns >= self.refill_until_ns,
+            };
             if all_sent && (self.n_outstanding() == 0 || now_ns >= deadline_ns) {
                 break;
             }
-            let wake_ns = if all_sent {
-                deadline_ns
-            } else {
-                schedule.due_ns(n_scheduled)
+            let wake_ns = match offer {
+                _ if all_sent => deadline_ns,
+                Offer::Rate(schedule) => schedule.due_ns(n_scheduled),
+                Offer::Closed { .. } => self.refill_until_ns,
             };
             let wait = Duration::from_nanos(wake_ns.saturating_sub(now_ns));
             let timespec = Timespec::from(wait);
@@ -426,6 +483,7 @@ impl Loadgen {
                 Err(error) => return Err(error),
             }
             let now_ns = start.elapsed().as_nanos() as u64;
+            self.now_ns = now_ns;
             completions.clear();
             completions.extend(self.ring.completion());
             for completion in &completions {
@@ -477,6 +535,7 @@ impl Loadgen {
             "reconnects": self.counters.n_reconnects,
             "connections": self.conns.len(),
             "pipeline": self.pipeline,
+            "mode": if self.refill_until_ns > 0 || self.next_idx > 0 { "closed-loop" } else { "rate" },
         })
     }
 }
@@ -512,7 +571,10 @@ fn check_limits(args: &Args) -> Result<(), String> {
     if !(1..=DURATION_S_MAX).contains(&args.duration_s) {
         return Err(format!("--duration-s must be in 1..={DURATION_S_MAX}"));
     }
-    if !(1..=RATE_MAX).contains(&args.rate) {
+    if args
+        .rate
+        .is_some_and(|rate| !(1..=RATE_MAX).contains(&rate))
+    {
         return Err(format!("--rate must be in 1..={RATE_MAX}"));
     }
     if !(1..=PIPELINE_MAX).contains(&args.pipeline) {
@@ -527,7 +589,13 @@ fn check_limits(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
+/// What the run offers: a fixed-rate schedule, or a closed loop for a duration.
+enum Offer {
+    Rate(Schedule),
+    Closed { duration_ns: u64 },
+}
+
+fn setup(args: &Args) -> Result<(Loadgen, Offer), String> {
     check_limits(args)?;
     let (addr, target) = resolve(args)?;
     let headers = args
@@ -612,8 +680,17 @@ fn setup(args: &Args) -> Result<(Loadgen, Schedule), String> {
         pipeline: args.pipeline,
         histogram,
         counters: Counters::default(),
+        refill_until_ns: 0,
+        next_idx: 0,
+        now_ns: 0,
     };
-    Ok((loadgen, Schedule::new(args.rate, args.duration_s)))
+    let offer = match args.rate {
+        Some(rate) => Offer::Rate(Schedule::new(rate, args.duration_s)),
+        None => Offer::Closed {
+            duration_ns: args.duration_s * 1_000_000_000,
+        },
+    };
+    Ok((loadgen, offer))
 }
 
 fn main() {
@@ -625,14 +702,14 @@ fn main() {
         eprintln!("loadgen: signal handler: {error}");
         std::process::exit(2);
     }
-    let (mut loadgen, schedule) = match setup(&args) {
+    let (mut loadgen, offer) = match setup(&args) {
         Ok(setup) => setup,
         Err(error) => {
             eprintln!("loadgen: {error}");
             std::process::exit(2);
         }
     };
-    let elapsed = match loadgen.run(schedule, Duration::from_secs(args.drain_s)) {
+    let elapsed = match loadgen.run(&offer, Duration::from_secs(args.drain_s)) {
         Ok(elapsed) => elapsed,
         Err(error) => {
             eprintln!("loadgen: io_uring: {error}");

@@ -208,7 +208,10 @@ fn authenticate(
     ) else {
         return unauthorized();
     };
-    let mut response = text(StatusCode::OK, "ok");
+    // An empty body, as subzero's: nginx's `auth_request` never reads a subrequest's body, so
+    // an upstream answer with one cannot go back to the keep-alive pool (one connection per
+    // check, which measured 3× the CPU per API request).
+    let mut response = text(StatusCode::OK, "");
     let headers = response.headers_mut();
     headers.insert("x-auth-subject", subject);
     headers.insert("x-auth-scopes", scopes);
