@@ -28,6 +28,19 @@ definition doc {
 }
 ";
 
+/// A temp dir with the shared vault key, a fresh Redis and its URL as a TOML string; `None`
+/// (skip) without redis-server outside CI.
+fn fleet_setup(what: &str) -> Option<(tempfile::TempDir, Redis, String)> {
+    if !redis_support::available(what) {
+        return None;
+    }
+    let root = tempfile::tempdir().unwrap();
+    shared_vault_key(root.path());
+    let redis = Redis::start();
+    let url = format!("\"{}\"", redis.url());
+    Some((root, redis, url))
+}
+
 /// Writes one node's config and starts it.
 fn start_node(root: &Path, name: &str, redis: &str, extra: &str) -> Server {
     let dir = root.join(name);
@@ -262,13 +275,9 @@ fn the_same_holds_on_a_three_master_redis_cluster() {
 
 #[test]
 fn redis_down_keeps_authentication_refuses_writes_then_catches_up() {
-    if !redis_support::available("fleet e2e") {
+    let Some((root, mut redis, url)) = fleet_setup("fleet e2e") else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    shared_vault_key(root.path());
-    let mut redis = Redis::start();
-    let url = format!("\"{}\"", redis.url());
+    };
     let a = start_node(root.path(), "a", &url, "");
     let b = start_node(root.path(), "b", &url, "");
     let token = issue(&a.data_dir, "carol", "subzero", &[]);
@@ -325,13 +334,9 @@ fn redis_down_keeps_authentication_refuses_writes_then_catches_up() {
 /// catches up: from the feed when A's `snapshot_every` is above 1,000, from A's snapshot (the
 /// feed trimmed behind it, past C's position) when it is 100.
 fn missed_changes(snapshot_every: u64) {
-    if !redis_support::available("fleet e2e") {
+    let Some((root, _redis, url)) = fleet_setup("fleet e2e") else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    shared_vault_key(root.path());
-    let redis = Redis::start();
-    let url = format!("\"{}\"", redis.url());
+    };
     let a = start_node(
         root.path(),
         "a",
@@ -464,13 +469,9 @@ fn hammer(nodes: &[&Server], key: &str, until: Instant) -> Vec<(u64, u64)> {
 /// grants resume.
 #[test]
 fn a_global_limit_holds_across_three_nodes_within_the_lease_overshoot_and_fails_as_configured() {
-    if !redis_support::available("fleet global rate limits") {
+    let Some((root, mut redis, url)) = fleet_setup("fleet global rate limits") else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    shared_vault_key(root.path());
-    let mut redis = Redis::start();
-    let url = format!("\"{}\"", redis.url());
+    };
     let a = start_node(root.path(), "a", &url, LOGIN_RULE);
     let b = start_node(root.path(), "b", &url, LOGIN_RULE);
     let closed = format!("fail_mode = \"closed\"\n{LOGIN_RULE}");
@@ -580,13 +581,9 @@ fn redis_down_then_back(redis: &mut Redis, a: &Server, b: &Server, c: &Server) {
 /// fresh key admits its burst (plus what refilled meanwhile) and every check was one ask.
 #[test]
 fn without_leases_every_check_is_one_redis_round_trip() {
-    if !redis_support::available("fleet global rate limits") {
+    let Some((root, _redis, url)) = fleet_setup("fleet global rate limits") else {
         return;
-    }
-    let root = tempfile::tempdir().unwrap();
-    shared_vault_key(root.path());
-    let redis = Redis::start();
-    let url = format!("\"{}\"", redis.url());
+    };
     let a = start_node(
         root.path(),
         "a",
