@@ -301,27 +301,8 @@ impl ShardApp {
             .global
             .as_ref()
             .map_or(crate::config::FailMode::Open, |g| g.fail_mode);
-        let rule = &self.key_limiter.rules()[rule_idx];
-        let shadow = rule.shadow;
-        let mut decision = global_decision(rule, answer, fail_mode);
-        let counts = &mut self.key_limiter.counts[rule_idx];
-        let shadow_denied = shadow && !decision.allowed;
-        if decision.allowed {
-            counts.allowed += 1;
-        } else if shadow {
-            counts.shadow_denied += 1;
-            counts.allowed += 1;
-            decision.allowed = true;
-            decision.retry_after_s = 0;
-        } else {
-            counts.denied += 1;
-        }
-        KeyVerdict {
-            decision,
-            rule_idx: Some(rule_idx),
-            shadow,
-            shadow_denied,
-        }
+        let decision = global_decision(&self.key_limiter.rules()[rule_idx], answer, fail_mode);
+        self.key_limiter.settle(rule_idx, decision)
     }
 
     /// `Some(answer)` unless `req` carries the admin token or a valid token with `scope`

@@ -112,9 +112,14 @@ impl KeyLimiter {
             });
         };
         let limit = self.limits[rule_idx];
-        let shadow = self.rules[rule_idx].shadow;
         let checked = self.map.check(key, limit, cost, now_ms, u32::MAX)?;
-        let mut decision = checked.decision;
+        Ok(self.settle(rule_idx, checked.decision))
+    }
+
+    /// The verdict of rule `rule_idx`'s decision (local, or the fleet's), counted under the
+    /// rule; a shadow rule's denial is counted and allowed.
+    pub fn settle(&mut self, rule_idx: usize, mut decision: Decision) -> KeyVerdict {
+        let shadow = self.rules[rule_idx].shadow;
         let counts = &mut self.counts[rule_idx];
         let shadow_denied = shadow && !decision.allowed;
         if decision.allowed {
@@ -127,12 +132,12 @@ impl KeyLimiter {
         } else {
             counts.denied += 1;
         }
-        Ok(KeyVerdict {
+        KeyVerdict {
             decision,
             rule_idx: Some(rule_idx),
             shadow,
             shadow_denied,
-        })
+        }
     }
 }
 
