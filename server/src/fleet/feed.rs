@@ -453,6 +453,23 @@ mod tests {
         assert!(StreamId::parse(b"x-1").is_none());
     }
 
+    /// An XRANGE entry `[id, [r, n, k, b]]`.
+    fn entry(rev: &[u8], node: &[u8], kind: &[u8], body: Vec<u8>) -> Value {
+        Value::Array(vec![
+            bulk(b"5-1"),
+            Value::Array(vec![
+                bulk(b"r"),
+                bulk(rev),
+                bulk(b"n"),
+                bulk(node),
+                bulk(b"k"),
+                bulk(kind),
+                bulk(b"b"),
+                Value::BulkString(body),
+            ]),
+        ])
+    }
+
     #[test]
     fn entries_parse_and_damage_is_an_error() {
         let ops = vec![crate::store::Op::Revoke {
@@ -463,49 +480,12 @@ mod tests {
             exp_s: 99,
         }];
         let body = crate::store::encode_ops(&ops);
-        let v = Value::Array(vec![
-            bulk(b"5-1"),
-            Value::Array(vec![
-                bulk(b"r"),
-                bulk(b"7"),
-                bulk(b"n"),
-                bulk(b"node-a"),
-                bulk(b"k"),
-                bulk(b"store"),
-                bulk(b"b"),
-                Value::BulkString(body.clone()),
-            ]),
-        ]);
-        let e = parse_entry(&v).unwrap();
+        let e = parse_entry(&entry(b"7", b"node-a", b"store", body.clone())).unwrap();
         assert_eq!((e.rev, e.node.as_str()), (7, "node-a"));
         assert_eq!(e.kind, Kind::Records(ops));
-        let truncated = Value::Array(vec![
-            bulk(b"5-1"),
-            Value::Array(vec![
-                bulk(b"r"),
-                bulk(b"7"),
-                bulk(b"n"),
-                bulk(b"a"),
-                bulk(b"k"),
-                bulk(b"store"),
-                bulk(b"b"),
-                Value::BulkString(body[..body.len() - 3].to_vec()),
-            ]),
-        ]);
+        let truncated = entry(b"7", b"a", b"store", body[..body.len() - 3].to_vec());
         assert!(parse_entry(&truncated).is_err());
-        let unknown = Value::Array(vec![
-            bulk(b"5-1"),
-            Value::Array(vec![
-                bulk(b"r"),
-                bulk(b"7"),
-                bulk(b"n"),
-                bulk(b"a"),
-                bulk(b"k"),
-                bulk(b"bogus"),
-                bulk(b"b"),
-                bulk(b"{}"),
-            ]),
-        ]);
+        let unknown = entry(b"7", b"a", b"bogus", b"{}".to_vec());
         assert!(parse_entry(&unknown)
             .unwrap_err()
             .to_string()
