@@ -221,21 +221,25 @@ fn one_key_from_many_connections_on_both_shards_never_gets_more_than_its_burst()
         "the burst, once, for the whole server: {statuses:?}"
     );
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 110);
-    let text = server.wait_metrics("checks that crossed the mesh", |t| {
+    // Both shards received checks (the connections did land on both) and checks crossed the
+    // mesh. Each shard publishes its section once a second on its own, so this waits until
+    // both sections show it; a shard that got no request fails the wait.
+    let per_shard = |t: &str| -> Vec<u64> {
+        (0..2)
+            .map(|shard| {
+                common::metric(
+                    t,
+                    &format!("subzero_http_requests_total{{shard=\"{shard}\"}}"),
+                )
+                .unwrap_or(0)
+            })
+            .collect()
+    };
+    server.wait_metrics("checks on both shards that crossed the mesh", |t| {
         metric_sum(t, "subzero_owned_hops_sent_total") > 0
             && metric_sum(t, "subzero_owned_hops_served_total") > 0
+            && per_shard(t).iter().all(|&n| n > 0)
     });
-    // Both shards received checks: the connections did land on both.
-    let per_shard: Vec<u64> = (0..2)
-        .map(|shard| {
-            common::metric(
-                &text,
-                &format!("subzero_http_requests_total{{shard=\"{shard}\"}}"),
-            )
-            .unwrap_or(0)
-        })
-        .collect();
-    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
 }
 
 /// The per-source limit on every request: `route = "authenticate"` at burst 3 for the whole
