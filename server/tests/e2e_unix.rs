@@ -208,14 +208,7 @@ fn audit_events_name_the_peer_uid() {
         "an audit event with the uid",
         Duration::from_secs(10),
         || {
-            let resp = server.request(
-                "GET",
-                "/v1/audit/events?after=0&limit=1000",
-                &[("Authorization", &admin)],
-                "",
-            );
-            let sources: Vec<String> = resp.json()["events"]
-                .as_array()?
+            let sources: Vec<String> = audit_events(&server, &admin)?
                 .iter()
                 .filter_map(|e| e["source"].as_str().map(str::to_owned))
                 .collect();
@@ -537,14 +530,7 @@ fn block_endpoints_and_the_cli_over_the_socket_with_the_gate_off() {
         "the block attempts in the audit log",
         Duration::from_secs(10),
         || {
-            let resp = server.request(
-                "GET",
-                "/v1/audit/events?after=0&limit=1000",
-                &[("Authorization", &admin)],
-                "",
-            );
-            let actions: Vec<String> = resp.json()["events"]
-                .as_array()?
+            let actions: Vec<String> = audit_events(&server, &admin)?
                 .iter()
                 .filter(|e| {
                     e["action"]
@@ -599,4 +585,16 @@ fn the_connection_log_names_the_peer_uid_and_pid() {
             .cloned()
     });
     assert!(server.terminate());
+}
+
+/// The audit log's first 1,000 events, read with the admin bearer `admin` (`None` when the
+/// answer holds no event list).
+fn audit_events(server: &Server, admin: &str) -> Option<Vec<serde_json::Value>> {
+    let resp = server.request(
+        "GET",
+        "/v1/audit/events?after=0&limit=1000",
+        &[("Authorization", admin)],
+        "",
+    );
+    resp.json()["events"].as_array().cloned()
 }
