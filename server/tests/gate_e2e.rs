@@ -384,14 +384,7 @@ fn rate_limit_offender_lands_on_the_kernel_blocklist() {
 
     // The control plane blocks it in the kernel with the gate's TTL.
     let offender_cidr = format!("{offender}/32");
-    let list = wait_for("the offender on the blocklist", COUNT_WAIT, || {
-        let list = block_list();
-        if list.as_array().is_some_and(|v| !v.is_empty()) {
-            Ok(list)
-        } else {
-            Err(list)
-        }
-    });
+    let list = support::wait_blocklisted("the offender on the blocklist", COUNT_WAIT);
     let waited_s = reported_at.elapsed().as_secs() + 1;
     assert_eq!(
         list.as_array().map(Vec::len),
@@ -513,14 +506,7 @@ fn route_limit_offender_is_blocked_in_the_kernel_then_served_after_the_ttl() {
         "{refused}"
     );
 
-    let list = wait_for("the offender on the blocklist", COUNT_WAIT, || {
-        let list = block_list();
-        if list.as_array().is_some_and(|v| !v.is_empty()) {
-            Ok(list)
-        } else {
-            Err(list)
-        }
-    });
+    let list = support::wait_blocklisted("the offender on the blocklist", COUNT_WAIT);
     assert_eq!(list[0]["cidr"], format!("{offender}/32"), "{list}");
     assert_eq!(list[0]["reason"], "ratelimit", "{list}");
     assert!(list[0]["expires_in_s"].as_u64() <= Some(ttl_s), "{list}");

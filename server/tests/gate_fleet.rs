@@ -122,14 +122,7 @@ fn a_block_decided_on_one_node_is_enforced_by_another_nodes_xdp_gate_until_its_t
     );
 
     // On B's pinned map, with the threat TTL, and enforced by B's XDP program.
-    let list = wait_for("the attacker in B's pinned blocklist", WAIT, || {
-        let list = block_list();
-        if list.as_array().is_some_and(|v| !v.is_empty()) {
-            Ok(list)
-        } else {
-            Err(list)
-        }
-    });
+    let list = support::wait_blocklisted("the attacker in B's pinned blocklist", WAIT);
     assert_eq!(list[0]["cidr"], format!("{attacker}/32"), "{list}");
     assert_eq!(list[0]["reason"], "threat", "{list}");
     assert!(list[0]["expires_in_s"].as_u64() <= Some(3), "{list}");
@@ -148,14 +141,7 @@ fn a_block_decided_on_one_node_is_enforced_by_another_nodes_xdp_gate_until_its_t
         Ok(line) if line.contains("200") => Ok(()),
         other => Err(other),
     });
-    wait_for("B's blocklist empty again", WAIT, || {
-        let list = block_list();
-        if list == serde_json::json!([]) {
-            Ok(())
-        } else {
-            Err(list)
-        }
-    });
+    support::wait_blocklist_empty("B's blocklist empty again", WAIT);
 
     manual_block_and_removal_reach_b(&mut conn, &ns, attacker, b_addr);
 }
@@ -173,14 +159,7 @@ fn manual_block_and_removal_reach_b(
     conn.send("POST", "/v1/block", &admin, &body);
     let resp = conn.read_response();
     assert_eq!(resp.status, 200, "{resp:?}");
-    let list = wait_for("the manual block in B's pinned blocklist", WAIT, || {
-        let list = block_list();
-        if list.as_array().is_some_and(|v| !v.is_empty()) {
-            Ok(list)
-        } else {
-            Err(list)
-        }
-    });
+    let list = support::wait_blocklisted("the manual block in B's pinned blocklist", WAIT);
     assert_eq!(list[0]["reason"], "manual", "{list}");
     let blocked = ns.run(move || healthz_from(attacker, b_addr, T));
     assert!(
@@ -194,12 +173,5 @@ fn manual_block_and_removal_reach_b(
         &format!(r#"{{"cidr":"{attacker}/32"}}"#),
     );
     assert_eq!(conn.read_response().status, 200);
-    wait_for("the manual block lifted on B", WAIT, || {
-        let list = block_list();
-        if list == serde_json::json!([]) {
-            Ok(())
-        } else {
-            Err(list)
-        }
-    });
+    support::wait_blocklist_empty("the manual block lifted on B", WAIT);
 }

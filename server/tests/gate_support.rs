@@ -564,3 +564,27 @@ pub fn subzero_ok(args: &[&str]) -> String {
 pub fn block_list() -> serde_json::Value {
     serde_json::from_str(&subzero_ok(&["block", "list", "--json"])).expect("block list --json")
 }
+
+/// Polls the pinned blocklist until it lists something (at most `timeout`); returns it.
+pub fn wait_blocklisted(what: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(what, timeout, || {
+        let list = block_list();
+        if list.as_array().is_some_and(|v| !v.is_empty()) {
+            Ok(list)
+        } else {
+            Err(list)
+        }
+    })
+}
+
+/// Polls the pinned blocklist until it is empty (at most `timeout`).
+pub fn wait_blocklist_empty(what: &str, timeout: Duration) {
+    wait_for(what, timeout, || {
+        let list = block_list();
+        if list == serde_json::json!([]) {
+            Ok(())
+        } else {
+            Err(list)
+        }
+    });
+}

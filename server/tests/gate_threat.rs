@@ -146,14 +146,7 @@ fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat
         "{actions:?}"
     );
 
-    let list = wait_for("the attacker on the blocklist", WAIT, || {
-        let list = block_list();
-        if list.as_array().is_some_and(|v| !v.is_empty()) {
-            Ok(list)
-        } else {
-            Err(list)
-        }
-    });
+    let list = support::wait_blocklisted("the attacker on the blocklist", WAIT);
     assert_eq!(
         list.as_array().map(Vec::len),
         Some(1),
@@ -186,12 +179,5 @@ fn credential_stuffing_blocks_the_reported_source_in_the_kernel_until_the_threat
             other => Err(other),
         }
     });
-    wait_for("the expired entry leaves the list", WAIT, || {
-        let list = block_list();
-        if list == serde_json::json!([]) {
-            Ok(())
-        } else {
-            Err(list)
-        }
-    });
+    support::wait_blocklist_empty("the expired entry leaves the list", WAIT);
 }
